@@ -1,0 +1,1 @@
+"""Real-time appointment notifications over SSE and WebSocket."""

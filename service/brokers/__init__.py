@@ -1,0 +1,1 @@
+"""Broker backends: Redis for production, in-memory for one-process development."""

@@ -1,0 +1,98 @@
+"""The broker interface: pub/sub with one listener per process, history streams,
+and the few key/value operations tickets and revocations need.
+
+Two implementations: `RedisBroker` (production, any number of processes) and
+`MemoryBroker` (one process: `make run` and unit tests of the hub).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+# Called by the listener for every pub/sub message: (channel, raw payload).
+MessageHandler = Callable[[str, bytes], None]
+# Called after the listener re-established its subscriptions following a loss.
+ReconnectHandler = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: str
+    # Id of the entry published just before this one on the same history stream
+    # ("" for the first): lets a reader prove nothing was trimmed in between.
+    prev: str
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    entries: list[HistoryEntry]
+    exists: bool
+    first_id: str | None
+
+
+class Broker(abc.ABC):
+    """One per process, created and closed by the lifespan."""
+
+    @abc.abstractmethod
+    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
+        """Connect (fail fast when unreachable) and start the listener."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop the listener and release every connection."""
+
+    @property
+    @abc.abstractmethod
+    def listener_up(self) -> bool:
+        """True while the listener is connected and subscribed."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise `BrokerUnavailableError` unless the broker answers."""
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Subscribe the process to `channel`; returns once the server confirmed it."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Drop the process' subscription to `channel`."""
+
+    @abc.abstractmethod
+    async def publish_event(
+        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
+    ) -> str:
+        """Atomically append `event_json` to the history stream and publish it live
+        with the new entry id spliced in as `"id"`; returns that id."""
+
+    @abc.abstractmethod
+    async def publish_raw(self, channel: str, payload: str) -> int:
+        """A plain PUBLISH (control messages, tests); returns the receiver count."""
+
+    @abc.abstractmethod
+    async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
+        """Up to `count` entries strictly after `after_id`, oldest first."""
+
+    @abc.abstractmethod
+    async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
+        """SET with a TTL (tickets, revocations)."""
+
+    @abc.abstractmethod
+    async def get_values(self, *keys: str) -> list[str | None]:
+        """MGET."""
+
+    @abc.abstractmethod
+    async def delete_value(self, key: str) -> bool:
+        """DEL; True when something was deleted."""
+
+    @abc.abstractmethod
+    async def append_stream(self, key: str, fields: dict[str, str], *, maxlen: int) -> str:
+        """XADD with an approximate MAXLEN; returns the entry id."""
+
+
+def splice_id(event_json: str, event_id: str) -> str:
+    """Insert `"id"` as the first member of a JSON object we serialized ourselves."""
+    return f'{{"id":"{event_id}",{event_json[1:]}'

@@ -1,0 +1,140 @@
+"""In-process broker for one-process development (`make run`) and hub unit tests.
+
+It mirrors the Redis broker's semantics (history ids, `prev` links, trimming,
+TTLs) so that resume works the same way; it cannot be shared between processes,
+which is why settings refuse it with more than one worker and in production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from service.brokers.base import (
+    Broker,
+    HistoryEntry,
+    HistoryPage,
+    MessageHandler,
+    ReconnectHandler,
+    splice_id,
+)
+from service.services.hub import parse_stream_id
+
+
+@dataclass
+class _Stream:
+    entries: deque[HistoryEntry] = field(default_factory=deque)
+    last_key: tuple[int, int] = (0, 0)
+    expires_at: float | None = None
+
+
+class MemoryBroker(Broker):
+    def __init__(self, *, control_channel: str) -> None:
+        self._control = control_channel
+        self._on_message: MessageHandler | None = None
+        self._channels: set[str] = set()
+        self._streams: dict[str, _Stream] = {}
+        self._values: dict[str, tuple[str, float]] = {}
+        # Field maps appended with `append_stream`, readable by in-process consumers.
+        self.stream_records: dict[str, deque[tuple[str, dict[str, str]]]] = {}
+        self._running = False
+
+    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
+        self._on_message = on_message
+        self._channels.add(self._control)
+        self._running = True
+
+    async def stop(self) -> None:
+        self._running = False
+        self._channels.clear()
+
+    @property
+    def listener_up(self) -> bool:
+        return self._running
+
+    async def ping(self) -> None:
+        return None
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+
+    def _deliver(self, channel: str, payload: str) -> int:
+        if channel not in self._channels or self._on_message is None:
+            return 0
+        # Delivered on a later loop iteration, like a message read from a socket.
+        asyncio.get_running_loop().call_soon(self._on_message, channel, payload.encode())
+        return 1
+
+    def _live_stream(self, key: str) -> _Stream | None:
+        stream = self._streams.get(key)
+        if stream is not None and stream.expires_at is not None and stream.expires_at < time.time():
+            del self._streams[key]
+            return None
+        return stream
+
+    def _next_id(self, stream: _Stream) -> str:
+        ms = int(time.time() * 1000)
+        last_ms, last_seq = stream.last_key
+        key = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+        stream.last_key = key
+        return f"{key[0]}-{key[1]}"
+
+    def _append(self, key: str, payload: str, *, maxlen: int, ttl_s: int | None) -> str:
+        stream = self._live_stream(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
+        prev = stream.entries[-1].id if stream.entries else ""
+        entry_id = self._next_id(stream)
+        stream.entries.append(HistoryEntry(id=entry_id, prev=prev, payload=payload))
+        while len(stream.entries) > maxlen:
+            stream.entries.popleft()
+        if ttl_s is not None:
+            stream.expires_at = time.time() + ttl_s
+        return entry_id
+
+    async def publish_event(
+        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
+    ) -> str:
+        entry_id = self._append(history_key, event_json, maxlen=maxlen, ttl_s=ttl_s)
+        self._deliver(channel, splice_id(event_json, entry_id))
+        return entry_id
+
+    async def publish_raw(self, channel: str, payload: str) -> int:
+        return self._deliver(channel, payload)
+
+    async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
+        stream = self._live_stream(history_key)
+        if stream is None:
+            return HistoryPage(entries=[], exists=False, first_id=None)
+        after = parse_stream_id(after_id)
+        entries = [e for e in stream.entries if parse_stream_id(e.id) > after][:count]
+        first = stream.entries[0].id if stream.entries else None
+        return HistoryPage(entries=entries, exists=True, first_id=first)
+
+    async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
+        self._values[key] = (value, time.time() + ttl_s)
+
+    async def get_values(self, *keys: str) -> list[str | None]:
+        now = time.time()
+        out: list[str | None] = []
+        for key in keys:
+            item = self._values.get(key)
+            if item is not None and item[1] < now:
+                del self._values[key]
+                item = None
+            out.append(item[0] if item else None)
+        return out
+
+    async def delete_value(self, key: str) -> bool:
+        return self._values.pop(key, None) is not None
+
+    async def append_stream(self, key: str, fields: dict[str, str], *, maxlen: int) -> str:
+        entry_id = self._append(key, "", maxlen=maxlen, ttl_s=None)
+        records = self.stream_records.setdefault(key, deque(maxlen=maxlen))
+        records.append((entry_id, dict(fields)))
+        return entry_id

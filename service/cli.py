@@ -1,0 +1,208 @@
+"""`notify serve | publish | token`: run the service, publish an event, mint a dev token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import httpx
+import uvicorn
+from pydantic import ValidationError
+
+from service.config import Settings, get_settings
+from service.services.principal import Role, Scope
+from service.services.tokens import mint_token
+
+
+def _serve(settings: Settings) -> int:
+    # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
+    # drain needs the grace window, uvicorn gets a little more to finish writing.
+    graceful_s = int(settings.shutdown_grace_s) + 2
+    uvicorn.run(
+        "service.main:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_config=None,
+        access_log=False,
+        proxy_headers=settings.proxy_headers,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        timeout_keep_alive=settings.keepalive_timeout_s,
+        timeout_graceful_shutdown=graceful_s,
+        ws="websockets-sansio",
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_timeout_s,
+        ws_max_size=settings.ws_max_message_bytes,
+        loop="auto",
+        http="auto",
+        server_header=False,
+    )
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    if settings.env == "production":
+        print("notify token mints development tokens only; refused in production.", file=sys.stderr)
+        return 2
+    secret = settings.jwt_hmac_secret()
+    if secret is None:
+        print("no HMAC secret configured (NOTIFY_JWT_SECRET)", file=sys.stderr)
+        return 2
+    print(
+        mint_token(
+            secret=secret,
+            sub=args.sub,
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            role=Role(args.role),
+            scopes=args.scope.split() if args.scope else (),
+            ttl_s=args.ttl_s,
+        )
+    )
+    return 0
+
+
+def _event_from_args(args: argparse.Namespace) -> dict[str, object]:
+    if args.json:
+        loaded: dict[str, object] = json.loads(args.json)
+        return loaded
+    data: dict[str, object] = {}
+    for field in ("status", "starts_at", "ends_at", "location_id", "clinician_id"):
+        value = getattr(args, field)
+        if value is not None:
+            data[field] = value
+    return {
+        "type": args.type,
+        "patient_id": args.patient_id,
+        "appointment_id": args.appointment_id,
+        "occurred_at": args.occurred_at or datetime.now(UTC).isoformat(),
+        "data": data,
+    }
+
+
+async def _publish_redis(settings: Settings, event_dict: dict[str, object]) -> dict[str, object]:
+    from service.brokers.redis import RedisBroker
+    from service.schemas.events import EventCreate
+    from service.services.channels import RedisKeys
+    from service.services.publisher import publish
+
+    keys = RedisKeys(settings.key_prefix)
+    broker = RedisBroker(
+        url=settings.effective_redis_url,
+        control_channel=keys.control,
+        max_connections=2,
+        pool_timeout_s=settings.redis_pool_timeout_s,
+        socket_timeout_s=settings.redis_socket_timeout_s,
+    )
+    try:
+        stored = await publish(
+            broker=broker,
+            keys=keys,
+            event=EventCreate.model_validate(event_dict),
+            history_maxlen=settings.history_maxlen,
+            history_ttl_s=settings.history_ttl_s,
+        )
+    finally:
+        await broker.stop()
+    result: dict[str, object] = json.loads(stored.model_dump_json(exclude_none=True))
+    return result
+
+
+def _publish_http(settings: Settings, event_dict: dict[str, object], url: str) -> dict[str, object]:
+    """With the memory broker the events live in the server process: go through its API."""
+    secret = settings.jwt_hmac_secret()
+    if secret is None:
+        raise SystemExit("no HMAC secret to mint a service token; use --url with a Redis broker")
+    token = mint_token(
+        secret=secret,
+        sub="svc_cli",
+        audience=settings.jwt_audience,
+        issuer=settings.jwt_issuer,
+        role=Role.SERVICE,
+        scopes=[Scope.EVENTS_PUBLISH],
+        ttl_s=60,
+    )
+    response = httpx.post(
+        f"{url.rstrip('/')}/v1/events",
+        json=event_dict,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    if response.status_code != 201:
+        raise SystemExit(f"publish failed: HTTP {response.status_code} {response.text}")
+    result: dict[str, object] = response.json()
+    return result
+
+
+def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    from service.services.errors import DomainError
+
+    event_dict = _event_from_args(args)
+    try:
+        if settings.uses_memory_broker or args.url:
+            url = args.url or f"http://{settings.host}:{settings.port}"
+            stored = _publish_http(settings, event_dict, url)
+        else:
+            stored = asyncio.run(_publish_redis(settings, event_dict))
+    except ValidationError as exc:
+        print(f"invalid event: {exc}", file=sys.stderr)
+        return 2
+    except DomainError as exc:
+        print(f"not published: {exc.public_message}", file=sys.stderr)
+        return 1
+    print(json.dumps(stored))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notify", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="run the service (uvicorn) with NOTIFY_* settings")
+
+    token = commands.add_parser("token", help="mint a development token (not in production)")
+    token.add_argument("--sub", required=True, help="subject: the patient id for patients")
+    token.add_argument("--role", default="patient", choices=[r.value for r in Role])
+    token.add_argument("--scope", default="", help='space-separated, e.g. "events:publish"')
+    token.add_argument("--ttl-s", type=int, default=3600)
+
+    pub = commands.add_parser("publish", help="publish an event (history + live)")
+    pub.add_argument("--json", help="the whole event as JSON (overrides the other flags)")
+    pub.add_argument("--patient-id")
+    pub.add_argument("--appointment-id")
+    pub.add_argument("--type", default="appointment.updated")
+    pub.add_argument("--occurred-at")
+    pub.add_argument("--status")
+    pub.add_argument("--starts-at")
+    pub.add_argument("--ends-at")
+    pub.add_argument("--location-id")
+    pub.add_argument("--clinician-id")
+    pub.add_argument(
+        "--url", help="publish through this server's HTTP API (default with memory://)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except ValidationError as exc:
+        print(f"invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        return _serve(settings)
+    if args.command == "token":
+        return _token(settings, args)
+    if not args.json and not (args.patient_id and args.appointment_id):
+        print("publish needs --json or --patient-id and --appointment-id", file=sys.stderr)
+        return 2
+    return _publish(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

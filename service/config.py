@@ -1,0 +1,176 @@
+"""Typed settings read from `NOTIFY_*` environment variables.
+
+Nothing here runs at import time: `get_settings()` builds (and caches) the settings
+when the application factory or the CLI asks for them, so a bad value crashes the
+process at startup with the variable's name, never in the middle of a request.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal, Self
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+# Only ever valid outside production: `model_validator` below refuses both there.
+DEV_JWT_SECRET = "dev-insecure-secret-change-me-0123456789"  # noqa: S105
+MEMORY_URL = "memory://"
+
+Environment = Literal["development", "test", "production"]
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="NOTIFY_", extra="ignore", frozen=True)
+
+    env: Environment = "development"
+
+    # --- Redis -------------------------------------------------------------------
+    # `None` means "not given": development falls back to the in-memory broker,
+    # production refuses to start (see `_check_production`).
+    redis_url: str | None = None
+    # Pool bound: the pub/sub listener holds one connection for the life of the
+    # process, requests borrow the rest. pods x workers x this must stay under
+    # Redis' `maxclients` (10000 by default).
+    redis_max_connections: int = Field(default=20, ge=2, le=1000)
+    # How long a request waits for a free pool connection before it becomes a 503.
+    redis_pool_timeout_s: float = Field(default=2.0, gt=0, le=30)
+    # Socket timeout for ordinary commands; redis-py 8 defaults to 5 s.
+    redis_socket_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Readiness fails if PING takes longer than this.
+    redis_health_timeout_s: float = Field(default=1.0, gt=0, le=10)
+    key_prefix: str = Field(default="notify:", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+
+    # --- JWT ---------------------------------------------------------------------
+    jwt_algorithms: Annotated[list[str], NoDecode] = ["HS256"]
+    jwt_secret: SecretStr | None = None
+    jwt_public_key: SecretStr | None = None
+    jwt_jwks_url: str | None = None
+    jwt_audience: str = "notify"
+    jwt_issuer: str = "notify-dev"
+    # Clock skew tolerated between the identity provider and this service.
+    jwt_leeway_s: int = Field(default=10, ge=0, le=300)
+    # JWKS keys are cached this long; an outage keeps serving the cached keys.
+    jwt_jwks_cache_s: int = Field(default=300, ge=10)
+
+    # --- uvicorn (`notify serve`) -----------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    workers: int = Field(default=1, ge=1, le=64)
+    # Above nginx's upstream keepalive_timeout (60 s) and the ALB's idle timeout,
+    # so the proxy, not uvicorn, closes idle keep-alive connections (no 502s).
+    keepalive_timeout_s: int = Field(default=75, ge=1)
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = "127.0.0.1"
+    # Protocol pings keep WebSockets alive through the ALB's 60 s idle timeout.
+    ws_ping_interval_s: float = Field(default=20.0, gt=0)
+    ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+    ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+
+    # --- Streams -----------------------------------------------------------------
+    # Under the ALB's 60 s idle timeout: only real bytes reset it.
+    heartbeat_s: float = Field(default=15.0, gt=0, lt=60)
+    sse_retry_ms: int = Field(default=3000, ge=100, le=600_000)
+    # Per-connection backlog before the connection is closed as "too slow".
+    client_queue_max: int = Field(default=256, ge=1, le=100_000)
+    # A dead TCP peer is only noticed when a write stalls this long.
+    send_timeout_s: float = Field(default=30.0, gt=0)
+    history_maxlen: int = Field(default=1000, ge=1, le=1_000_000)
+    history_ttl_s: int = Field(default=7 * 24 * 3600, ge=60)
+    # Replay is read from history in pages of this size.
+    history_page: int = Field(default=500, ge=10, le=10_000)
+
+    # --- Capacity ----------------------------------------------------------------
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_subject: int = Field(default=10, ge=1)
+
+    # --- Lifecycle ---------------------------------------------------------------
+    # Drain window, under Kubernetes' default 30 s terminationGracePeriodSeconds.
+    shutdown_grace_s: float = Field(default=25.0, gt=0, le=600)
+    # Streams are told to reconnect spread over this share of the grace window so
+    # that clients don't all come back to the next pod in the same instant.
+    shutdown_jitter_fraction: float = Field(default=0.4, gt=0, le=0.9)
+
+    # --- Logging / HTTP ----------------------------------------------------------
+    log_format: Literal["console", "json"] | None = None
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @classmethod
+    def _parse_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _known_algorithms(cls, value: list[str]) -> list[str]:
+        allowed = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384"}
+        unknown = [alg for alg in value if alg not in allowed]
+        if not value or unknown:
+            raise ValueError(f"NOTIFY_JWT_ALGORITHMS must be a subset of {sorted(allowed)}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_production(self) -> Self:
+        if self.env == "production":
+            if not self.redis_url:
+                raise ValueError("NOTIFY_REDIS_URL is required when NOTIFY_ENV=production")
+            if self.redis_url.startswith(MEMORY_URL):
+                raise ValueError("NOTIFY_REDIS_URL=memory:// is refused when NOTIFY_ENV=production")
+            secret = self.jwt_secret.get_secret_value() if self.jwt_secret else None
+            if secret == DEV_JWT_SECRET:
+                raise ValueError("the development NOTIFY_JWT_SECRET is refused in production")
+            if not (secret or self.jwt_public_key or self.jwt_jwks_url):
+                raise ValueError(
+                    "one of NOTIFY_JWT_SECRET, NOTIFY_JWT_PUBLIC_KEY or NOTIFY_JWT_JWKS_URL "
+                    "is required when NOTIFY_ENV=production"
+                )
+            if secret is not None and len(secret) < 32:
+                raise ValueError("NOTIFY_JWT_SECRET must be at least 32 characters in production")
+        if self.uses_memory_broker and self.workers > 1:
+            raise ValueError(
+                "NOTIFY_REDIS_URL=memory:// holds state in one process: it cannot serve "
+                "NOTIFY_WORKERS > 1 (configure Redis)"
+            )
+        if self.redis_url and not self.redis_url.startswith(
+            (MEMORY_URL, "redis://", "rediss://", "unix://")
+        ):
+            raise ValueError("NOTIFY_REDIS_URL must be redis://, rediss://, unix:// or memory://")
+        return self
+
+    @property
+    def uses_memory_broker(self) -> bool:
+        return self.effective_redis_url == MEMORY_URL
+
+    @property
+    def effective_redis_url(self) -> str:
+        return self.redis_url or MEMORY_URL
+
+    @property
+    def effective_log_format(self) -> Literal["console", "json"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.env == "development" else "json"
+
+    def jwt_hmac_secret(self) -> str | None:
+        """The HMAC key: the configured one, or the development default outside production."""
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        if self.env != "production" and not (self.jwt_public_key or self.jwt_jwks_url):
+            return DEV_JWT_SECRET
+        return None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings from the environment, built once; a FastAPI dependency tests can swap."""
+    return Settings()

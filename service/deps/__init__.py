@@ -1,0 +1,1 @@
+"""FastAPI dependencies: get_settings → get_state → get_principal → require_role/scope."""

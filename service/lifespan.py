@@ -1,0 +1,201 @@
+"""Start-up and shutdown, in order.
+
+Start: settings → logging → Redis (PING, fail fast) → listener → ready.
+Stop (SIGTERM): readiness 503 at once → every stream told to reconnect, spread over
+a jitter window → streams end → (uvicorn runs the lifespan shutdown) listener stops
+→ pool closes. All inside `NOTIFY_SHUTDOWN_GRACE_S`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any, TypedDict
+
+import structlog
+from fastapi import FastAPI
+
+from service.brokers.base import Broker
+from service.brokers.memory import MemoryBroker
+from service.brokers.redis import RedisBroker
+from service.config import Settings, get_settings
+from service.logging import configure_logging
+from service.services.channels import RedisKeys
+from service.services.history import HistoryReader
+from service.services.hub import CloseReason, Hub
+from service.services.limits import ConnectionLimiter
+from service.services.supervisor import Supervisor
+from service.services.tokens import TokenConfig, TokenVerifier
+
+log = structlog.get_logger(__name__)
+
+# The listener must be subscribed before the process calls itself started.
+LISTENER_START_TIMEOUT_S = 10.0
+
+
+@dataclass
+class AppState:
+    """Everything a request needs from the process, created once by the lifespan."""
+
+    settings: Settings
+    keys: RedisKeys
+    broker: Broker
+    hub: Hub
+    history: HistoryReader
+    verifier: TokenVerifier
+    limiter: ConnectionLimiter
+    supervisor: Supervisor
+    draining: bool = False
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin_drain(self) -> None:
+        """Readiness goes 503 now; each stream gets its reconnect hint at a random
+        moment of the jitter window so clients don't all return at once."""
+        if self.draining:
+            return
+        self.draining = True
+        window = self.settings.shutdown_grace_s * self.settings.shutdown_jitter_fraction
+        loop = asyncio.get_running_loop()
+        subscribers = self.hub.subscribers
+        log.info("drain_started", streams=len(subscribers), window_s=round(window, 1))
+        for subscriber in subscribers:
+            delay = random.uniform(0, window)  # noqa: S311
+            loop.call_later(delay, subscriber.close, CloseReason.SHUTDOWN)
+
+    async def wait_streams_closed(self, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.hub.subscribers and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        return not self.hub.subscribers
+
+
+class LifespanState(TypedDict):
+    notify: AppState
+
+
+def build_state(settings: Settings) -> AppState:
+    keys = RedisKeys(settings.key_prefix)
+    broker: Broker
+    if settings.uses_memory_broker:
+        broker = MemoryBroker(control_channel=keys.control)
+    else:
+        broker = RedisBroker(
+            url=settings.effective_redis_url,
+            control_channel=keys.control,
+            max_connections=settings.redis_max_connections,
+            pool_timeout_s=settings.redis_pool_timeout_s,
+            socket_timeout_s=settings.redis_socket_timeout_s,
+        )
+    hub = Hub(keys=keys, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe)
+    history = HistoryReader(broker=broker, keys=keys, page_size=settings.history_page)
+    hub.backfill_reader = lambda pid, after, _timeout: history.read_all_after(pid, after)
+    verifier = TokenVerifier(
+        TokenConfig(
+            algorithms=tuple(settings.jwt_algorithms),
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway_s=settings.jwt_leeway_s,
+            hmac_secret=settings.jwt_hmac_secret(),
+            public_key=(
+                settings.jwt_public_key.get_secret_value() if settings.jwt_public_key else None
+            ),
+        )
+    )
+    return AppState(
+        settings=settings,
+        keys=keys,
+        broker=broker,
+        hub=hub,
+        history=history,
+        verifier=verifier,
+        limiter=ConnectionLimiter(
+            max_total=settings.max_connections,
+            max_per_subject=settings.max_connections_per_subject,
+        ),
+        supervisor=Supervisor(),
+    )
+
+
+def _route_message(state: AppState) -> Callable[[str, bytes], None]:
+    control = state.keys.control
+
+    def on_message(channel: str, raw: bytes) -> None:
+        if channel == control:
+            log.debug("control_message")
+            return
+        state.hub.on_message(channel, raw)
+
+    return on_message
+
+
+SignalHandler = Callable[[int, FrameType | None], Any]
+
+
+def _chain_exit_signals(on_exit: Callable[[], None]) -> Callable[[], None]:
+    """Run `on_exit` on the loop when SIGTERM/SIGINT arrive, after the handler the
+    server installed (uvicorn's sets `should_exit`). Returns an undo function.
+
+    The lifespan shutdown only runs once every connection has ended, so draining
+    the streams must start from the signal itself."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous: dict[int, Any] = {}
+
+    def make_handler(original: Any) -> SignalHandler:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            if callable(original):
+                original(signum, frame)
+            loop.call_soon_threadsafe(on_exit)
+
+        return handler
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        original = signal.getsignal(sig)
+        previous[sig] = original
+        signal.signal(sig, make_handler(original))
+
+    def undo() -> None:
+        for sig, original in previous.items():
+            signal.signal(sig, original)
+
+    return undo
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
+    settings_factory = app.dependency_overrides.get(get_settings, get_settings)
+    settings: Settings = settings_factory()
+    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
+    state = build_state(settings)
+    await state.broker.start(
+        on_message=_route_message(state), on_reconnect=state.hub.backfill
+    )
+    if isinstance(state.broker, RedisBroker):
+        state.supervisor.spawn("pubsub-listener", state.broker.run_listener)
+        if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
+            await state.supervisor.stop(timeout_s=2)
+            await state.broker.stop()
+            raise RuntimeError("the Redis pub/sub listener did not start")
+    undo_signals = _chain_exit_signals(state.begin_drain)
+    log.info(
+        "started",
+        env=settings.env,
+        broker="memory" if settings.uses_memory_broker else "redis",
+    )
+    try:
+        yield {"notify": state}
+    finally:
+        undo_signals()
+        state.begin_drain()
+        await state.wait_streams_closed(settings.shutdown_grace_s)
+        await state.supervisor.stop(timeout_s=5)
+        await state.broker.stop()
+        log.info("stopped")

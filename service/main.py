@@ -1,0 +1,39 @@
+"""The application factory: `uvicorn --factory service.main:create_app`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from service.config import Settings, get_settings
+from service.errors import install_error_handlers
+from service.lifespan import lifespan
+from service.middleware import RequestContextMiddleware
+from service.routers import events, health, streams
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. Settings are read here only for what must be fixed before
+    start-up (CORS); everything else is read by the lifespan."""
+    app = FastAPI(
+        title="Appointment notifications",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    cors_origins = (settings or get_settings()).cors_origins
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(streams.router)
+    app.include_router(events.router)
+    if cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,55 @@
+"""Prometheus metrics. Label values come from fixed sets only: never a patient id,
+appointment id, token or path parameter, so the series count cannot grow with
+the number of patients."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+OPEN_STREAMS = Gauge("notify_open_streams", "Open client streams.", ["transport"])
+EVENTS_RECEIVED = Counter(
+    "notify_events_received_total",
+    "Messages received from the broker, by outcome "
+    "(delivered, invalid, duplicate, no_subscriber).",
+    ["outcome"],
+)
+DELIVERIES = Counter(
+    "notify_deliveries_total", "Events written to client connections.", ["transport"]
+)
+SLOW_CONSUMERS = Counter(
+    "notify_slow_consumers_total",
+    "Connections closed because their bounded queue overflowed.",
+    ["transport"],
+)
+AUTH_REFUSALS = Counter(
+    "notify_auth_refusals_total",
+    "Refused credentials, by reason (missing, malformed, invalid, expired, claims, "
+    "algorithm, revoked, ticket).",
+    ["reason"],
+)
+CAPACITY_REFUSALS = Counter(
+    "notify_capacity_refusals_total",
+    "Connections refused because a connection limit was reached, by transport and limit.",
+    ["transport", "limit"],
+)
+LISTENER_RECONNECTS = Counter(
+    "notify_listener_reconnects_total", "Times the pub/sub listener reconnected to Redis."
+)
+LISTENER_UP = Gauge("notify_listener_up", "1 while the pub/sub listener is connected.")
+REDIS_ERRORS = Counter(
+    "notify_redis_errors_total", "Redis commands that failed, by operation.", ["operation"]
+)
+TASK_RESTARTS = Counter(
+    "notify_task_restarts_total", "Supervised background tasks restarted after a crash.", ["task"]
+)
+DELIVERY_LATENCY = Histogram(
+    "notify_delivery_latency_seconds",
+    "From the publish timestamp stamped into the event to its fan-out in this process.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+STREAM_DURATION = Histogram(
+    "notify_stream_duration_seconds",
+    "How long client streams stayed open.",
+    ["transport"],
+    buckets=(1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600),
+)

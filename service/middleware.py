@@ -1,0 +1,80 @@
+"""Pure ASGI middleware (never `BaseHTTPMiddleware`: it breaks streaming,
+disconnect detection and contextvars): request id, timing, one access line."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger("service.access")
+
+REQUEST_ID_HEADER = "x-request-id"
+# A caller-supplied id is kept only if it is short and plain (it lands in logs).
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# Probes and scrapes would drown the access log.
+QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
+
+
+def _incoming_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _SAFE_REQUEST_ID.fullmatch(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Binds `request_id` for every log line of a request or WebSocket, echoes it in
+    `X-Request-ID`, and logs one line when the request ends. The line carries the
+    path without its query string (which may hold a stream ticket) and the route
+    template when routing matched."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] in ("http.response.start", "websocket.http.response.start"):
+                status = message["status"]
+                headers = MutableHeaders(scope=message)
+                headers.append("X-Request-ID", request_id)
+            elif message["type"] == "websocket.accept":
+                status = 101
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            status = 500
+            raise
+        finally:
+            path = scope["path"]
+            if path not in QUIET_PATHS:
+                route = scope.get("route")
+                log.info(
+                    "request",
+                    method=scope.get("method", "WS"),
+                    path=path,
+                    route=getattr(route, "path", None),
+                    status=status,
+                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
+                )
+            structlog.contextvars.clear_contextvars()

@@ -1,0 +1,203 @@
+"""SSE routes. `/me` routes are registered before `/{patient_id}` so that "me" is
+never taken for a patient id.
+
+A browser's EventSource gives up for good on any non-200 answer, so every refusal
+a client should retry (over capacity, draining, Redis unreachable) is a 200 event
+stream carrying a jittered `retry:` and `event: reconnect`, then the end. Only
+"you are not authorised" is a 401.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Header, Path, Query, Request
+from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.responses import Response
+
+from service import metrics
+from service.deps.auth import StreamPrincipalDep
+from service.deps.state import StateDep
+from service.lifespan import AppState
+from service.schemas.events import OPAQUE_ID_PATTERN
+from service.services.channels import resolve_stream_scope
+from service.services.errors import UnavailableError
+from service.services.history import valid_resume_id
+from service.services.hub import CloseReason
+from service.services.principal import Principal
+from service.services.streams import StreamSession, jittered_retry_ms
+
+router = APIRouter(prefix="/v1/patients", tags=["streams"])
+
+SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+# Reasons after which reconnecting with the same credentials can succeed.
+RETRYABLE: Final = frozenset({CloseReason.TOO_SLOW, CloseReason.SHUTDOWN})
+
+PatientId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
+AppointmentId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
+LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
+LastEventIdQuery = Annotated[str | None, Query(alias="last_event_id", max_length=64)]
+
+
+def _frame(event: str, data: dict[str, object], retry_ms: int | None = None) -> bytes:
+    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
+    return f"{retry}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def retry_later_response(state: AppState, reason: str) -> Response:
+    """The SSE refusal a browser will retry: 200, `retry:`, `event: reconnect`, end."""
+    body = _frame("reconnect", {"reason": reason}, jittered_retry_ms(state.settings.sse_retry_ms))
+    return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
+    if reason in RETRYABLE:
+        return _frame(
+            "reconnect", {"reason": reason.value}, jittered_retry_ms(state.settings.sse_retry_ms)
+        )
+    # Expired, revoked or deleted credentials: reconnecting with them will fail.
+    return _frame("closed", {"reason": reason.value})
+
+
+async def _stream_body(
+    state: AppState, session: StreamSession, resume_from: str | None
+) -> AsyncIterator[bytes]:
+    subscriber = session.subscriber
+    end_reason = "client_gone"
+    try:
+        yield f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n".encode()
+        replay = await session.start(resume_from=resume_from)
+        if replay is not None:
+            if replay.start.gap:
+                yield _frame("gap", {"oldest_id": replay.start.oldest_id})
+            last_id = None
+            async for page in replay.pages:
+                yield b"".join(
+                    f"id: {e.id}\nevent: {e.type.value}\ndata: "
+                    f"{e.model_dump_json(exclude_none=True)}\n\n".encode()
+                    for e in page
+                )
+                subscriber.delivered += len(page)
+                last_id = page[-1].id
+            session.mark_replayed(last_id or resume_from)
+        while True:
+            await subscriber.wait()
+            items = subscriber.drain()
+            if items:
+                yield b"".join([item.sse for item in items])
+                metrics.DELIVERIES.labels(transport="sse").inc(len(items))
+            if subscriber.close_reason is not None:
+                end_reason = subscriber.close_reason.value
+                yield _closing_frame(state, subscriber.close_reason)
+                return
+    except UnavailableError:
+        end_reason = "broker_unavailable"
+        yield _frame(
+            "reconnect",
+            {"reason": "unavailable"},
+            jittered_retry_ms(state.settings.sse_retry_ms),
+        )
+    finally:
+        await session.end(reason=end_reason)
+
+
+def open_sse(
+    request: Request,
+    state: StateDep,
+    principal: Principal,
+    *,
+    patient_id: str | None,
+    appointment_id: str | None,
+    last_event_id: str | None,
+) -> Response:
+    scope = resolve_stream_scope(principal, patient_id=patient_id, appointment_id=appointment_id)
+    if state.draining:
+        return retry_later_response(state, "draining")
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    session = StreamSession(
+        hub=state.hub,
+        history=state.history,
+        limiter=state.limiter,
+        principal=principal,
+        scope=scope,
+        transport="sse",
+        queue_max=state.settings.client_queue_max,
+        route=route,
+    )
+    if session.admit() is not None:
+        return retry_later_response(state, "over_capacity")
+    return EventSourceResponse(
+        _stream_body(state, session, valid_resume_id(last_event_id)),
+        headers=SSE_HEADERS,
+        ping=state.settings.heartbeat_s,
+        ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep="\n"),
+        sep="\n",
+        send_timeout=state.settings.send_timeout_s,
+        # Our drain closes each stream itself (staggered); the library only
+        # force-cancels what is still open when the grace window is over.
+        shutdown_grace_period=state.settings.shutdown_grace_s,
+    )
+
+
+@router.get("/me/events", summary="SSE stream of the caller's appointment events")
+async def my_events(
+    request: Request,
+    state: StateDep,
+    principal: StreamPrincipalDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> Response:
+    """The caller's own events (patient tokens)."""
+    return open_sse(
+        request,
+        state,
+        principal,
+        patient_id=None,
+        appointment_id=None,
+        last_event_id=last_event_id or last_event_id_query,
+    )
+
+
+@router.get(
+    "/me/appointments/{appointment_id}/events",
+    summary="SSE stream of one of the caller's appointments",
+)
+async def my_appointment_events(
+    request: Request,
+    state: StateDep,
+    principal: StreamPrincipalDep,
+    appointment_id: AppointmentId,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> Response:
+    """Only the events of `appointment_id` (an appointment of the caller's)."""
+    return open_sse(
+        request,
+        state,
+        principal,
+        patient_id=None,
+        appointment_id=appointment_id,
+        last_event_id=last_event_id or last_event_id_query,
+    )
+
+
+@router.get("/{patient_id}/events", summary="SSE stream of a patient's events (staff)")
+async def patient_events(
+    request: Request,
+    state: StateDep,
+    principal: StreamPrincipalDep,
+    patient_id: PatientId,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> Response:
+    """Staff only; a patient naming anyone but themselves gets 404."""
+    return open_sse(
+        request,
+        state,
+        principal,
+        patient_id=patient_id,
+        appointment_id=None,
+        last_event_id=last_event_id or last_event_id_query,
+    )

@@ -1,0 +1,1 @@
+"""Domain logic in plain Python: no FastAPI or Starlette imports here."""

@@ -1,0 +1,68 @@
+"""Domain errors. They know nothing of HTTP: `service/errors.py` maps them to
+status codes in one place, the WebSocket router to close codes."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of every error the domain raises on purpose."""
+
+    code = "error"
+    public_message = "error"
+
+
+class UnauthorizedError(DomainError):
+    """Who are you: one message for a missing, bad, expired or revoked credential."""
+
+    code = "unauthorized"
+    public_message = "unauthorized"
+
+    def __init__(self, reason: str = "invalid") -> None:
+        # `reason` feeds a bounded metric label and the log; never the response.
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ForbiddenError(DomainError):
+    """Known caller, not allowed; used only where the answer leaks nothing."""
+
+    code = "forbidden"
+    public_message = "forbidden"
+
+
+class NotFoundError(DomainError):
+    """Unknown resource, or somebody else's: the two are indistinguishable."""
+
+    code = "not_found"
+    public_message = "not found"
+
+
+class PatientNotFoundError(NotFoundError):
+    pass
+
+
+class InvalidEventError(DomainError):
+    """The event has the right shape but breaks a business rule (HTTP 400)."""
+
+    code = "invalid_event"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.public_message = message
+
+
+class UnavailableError(DomainError):
+    """Infrastructure, not a bug: retry later (HTTP 503 with Retry-After)."""
+
+    code = "unavailable"
+    public_message = "temporarily unavailable"
+    retry_after_s = 2
+
+
+class BrokerUnavailableError(UnavailableError):
+    code = "broker_unavailable"
+
+
+class OverCapacityError(UnavailableError):
+    code = "over_capacity"
+    public_message = "over capacity"

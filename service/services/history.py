@@ -1,0 +1,90 @@
+"""Replay from a patient's history stream, and the proof that nothing is missing.
+
+Each history entry records the id of the entry before it (`prev`). A replay after
+id X is complete exactly when the first entry after X says its predecessor was X;
+anything else (trimmed past X, history expired or lost in a Redis restart) is a
+gap, and the client is told to refetch instead of silently missing events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+from pydantic import ValidationError
+
+from service.brokers.base import Broker, splice_id
+from service.schemas.events import EventStored, is_stream_id
+from service.services.channels import RedisKeys
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayStart:
+    gap: bool
+    oldest_id: str | None
+
+
+class HistoryReader:
+    def __init__(self, *, broker: Broker, keys: RedisKeys, page_size: int) -> None:
+        self._broker = broker
+        self._keys = keys
+        self._page_size = page_size
+
+    async def replay(
+        self, patient_id: str, *, after_id: str, appointment_id: str | None = None
+    ) -> tuple[ReplayStart, AsyncIterator[list[EventStored]]]:
+        """Whether there is a gap after `after_id`, and the events after it, in pages."""
+        key = self._keys.history(patient_id)
+        page = await self._broker.read_history(key, after_id=after_id, count=self._page_size)
+        if not page.exists:
+            start = ReplayStart(gap=True, oldest_id=None)
+        elif page.entries:
+            start = ReplayStart(gap=page.entries[0].prev != after_id, oldest_id=page.first_id)
+        else:
+            start = ReplayStart(gap=False, oldest_id=page.first_id)
+
+        async def pages() -> AsyncIterator[list[EventStored]]:
+            current = page
+            while current.entries:
+                events = [
+                    event
+                    for entry in current.entries
+                    if (event := _decode(entry.id, entry.payload)) is not None
+                    and (appointment_id is None or event.appointment_id == appointment_id)
+                ]
+                if events:
+                    yield events
+                if len(current.entries) < self._page_size:
+                    return
+                current = await self._broker.read_history(
+                    key, after_id=current.entries[-1].id, count=self._page_size
+                )
+
+        return start, pages()
+
+    async def read_all_after(
+        self, patient_id: str, after_id: str
+    ) -> tuple[list[EventStored], bool, str | None]:
+        """Everything after `after_id` at once (listener backfill)."""
+        start, pages = await self.replay(patient_id, after_id=after_id)
+        events = [event async for batch in pages for event in batch]
+        return events, start.gap, start.oldest_id
+
+
+def _decode(entry_id: str, payload: str) -> EventStored | None:
+    try:
+        return EventStored.model_validate_json(splice_id(payload, entry_id))
+    except ValidationError:
+        log.warning("history_entry_invalid")
+        return None
+
+
+def valid_resume_id(value: str | None) -> str | None:
+    """A client's `Last-Event-ID`, or None when absent or not a stream id."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value if is_stream_id(value) else None

@@ -1,0 +1,377 @@
+"""Local fan-out: one pub/sub message becomes one `Delivery`, shared by every
+connection of that channel in this process.
+
+- The broker's single listener calls `Hub.on_message` for every message; the hub
+  validates it once, encodes it once per channel, and offers it to each subscriber
+  with `put_nowait` into a bounded queue. A full queue closes that subscriber as
+  "too slow" (it resumes from history); nobody ever waits for a slow client.
+- A subscriber's writer wakes once, drains everything queued, and writes it in one
+  go: under load that coalescing is what keeps a Python process near native peers.
+- Per channel the hub remembers the last history id it delivered, drops duplicates
+  (a backfill and the live channel may overlap) and, after the broker reconnects,
+  backfills every active channel from history so connected clients miss nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+from typing import Final
+
+import structlog
+from pydantic import ValidationError
+
+from service import metrics
+from service.schemas.events import EventStored
+from service.services.channels import RedisKeys
+from service.services.principal import Principal
+
+log = structlog.get_logger(__name__)
+
+# Raw messages above this size are dropped without being parsed.
+MAX_EVENT_BYTES: Final = 64 * 1024
+
+StreamKey = tuple[int, int]
+
+
+def parse_stream_id(value: str) -> StreamKey:
+    """`"1700000000000-3"` → `(1700000000000, 3)`, comparable in stream order."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class CloseReason(StrEnum):
+    """Every way the server ends a stream; each maps to an SSE hint and a WS code."""
+
+    TOO_SLOW = "too_slow"
+    SHUTDOWN = "shutdown"
+    TOKEN_EXPIRED = "token_expired"
+    REVOKED = "revoked"
+    TICKET_DELETED = "ticket_deleted"
+
+
+class Delivery:
+    """One event (or control notice) encoded once, for every subscriber of a channel."""
+
+    __slots__ = ("_ws", "appointment_id", "id", "id_key", "kind", "payload", "published_at", "sse")
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        payload: str,
+        event_id: str | None = None,
+        appointment_id: str | None = None,
+        published_at: float | None = None,
+    ) -> None:
+        self.kind = kind
+        self.payload = payload
+        self.id = event_id
+        self.id_key: StreamKey | None = parse_stream_id(event_id) if event_id else None
+        self.appointment_id = appointment_id
+        self.published_at = published_at
+        id_line = f"id: {event_id}\n" if event_id else ""
+        self.sse = f"{id_line}event: {kind}\ndata: {payload}\n\n".encode()
+        self._ws: str | None = None
+
+    @classmethod
+    def from_event(cls, event: EventStored) -> Delivery:
+        return cls(
+            kind=event.type.value,
+            payload=event.model_dump_json(exclude_none=True),
+            event_id=event.id,
+            appointment_id=event.appointment_id,
+            published_at=event.published_at.timestamp() if event.published_at else None,
+        )
+
+    @classmethod
+    def gap(cls, oldest_id: str | None) -> Delivery:
+        """History no longer holds everything after the client's last id: refetch."""
+        return cls(kind="gap", payload=json.dumps({"oldest_id": oldest_id}))
+
+    @property
+    def is_event(self) -> bool:
+        return self.kind.startswith("appointment.")
+
+    @property
+    def ws_text(self) -> str:
+        """The WebSocket frame, built on first use and then shared."""
+        if self._ws is None:
+            if self.is_event:
+                self._ws = f'{{"type":"event","event":{self.payload}}}'
+            else:
+                self._ws = f'{{"type":"{self.kind}",{self.payload[1:]}'
+        return self._ws
+
+
+class Subscriber:
+    """One connection's bounded queue and the state its writer needs."""
+
+    __slots__ = (
+        "_items",
+        "_maxlen",
+        "_wakeup",
+        "appointment_id",
+        "close_reason",
+        "delivered",
+        "dropped",
+        "principal",
+        "skip_through",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        *,
+        maxlen: int,
+        transport: str,
+        principal: Principal | None = None,
+        appointment_id: str | None = None,
+    ) -> None:
+        self._items: deque[Delivery] = deque()
+        self._maxlen = maxlen
+        self._wakeup = asyncio.Event()
+        self.transport = transport
+        self.principal = principal
+        self.appointment_id = appointment_id
+        self.close_reason: CloseReason | None = None
+        self.delivered = 0
+        self.dropped = 0
+        # After a replay, live events up to this id were already sent: skip them.
+        self.skip_through: StreamKey | None = None
+
+    def put_nowait(self, item: Delivery) -> bool:
+        """Queue `item` without waiting; False when it was not queued."""
+        if self.close_reason is not None:
+            return False
+        if (
+            self.appointment_id is not None
+            and item.appointment_id is not None
+            and item.appointment_id != self.appointment_id
+        ):
+            return False
+        if len(self._items) >= self._maxlen:
+            self.dropped += 1
+            metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
+            self.close(CloseReason.TOO_SLOW)
+            return False
+        self._items.append(item)
+        self._wakeup.set()
+        return True
+
+    def close(self, reason: CloseReason) -> None:
+        """Ask the writer to end the stream (first reason wins)."""
+        if self.close_reason is None:
+            self.close_reason = reason
+        self._wakeup.set()
+
+    async def wait(self) -> None:
+        """Sleep until something is queued or the subscriber is closed."""
+        await self._wakeup.wait()
+        self._wakeup.clear()
+
+    def drain(self) -> list[Delivery]:
+        """Everything queued, oldest first, minus what a replay already sent."""
+        items = list(self._items)
+        self._items.clear()
+        skip = self.skip_through
+        if skip is not None:
+            items = [i for i in items if i.id_key is None or i.id_key > skip]
+            if any(i.id_key is not None for i in items):
+                # A newer id went through: ids only grow from here on.
+                self.skip_through = None
+        self.delivered += sum(1 for i in items if i.is_event)
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+BackfillReader = Callable[[str, str | None, float], Awaitable[tuple[list[EventStored], bool, str | None]]]
+
+
+class _Channel:
+    __slots__ = ("backfilling", "last_key", "patient_id", "pending", "since_ms", "subscribers")
+
+    def __init__(self, patient_id: str) -> None:
+        self.patient_id = patient_id
+        self.subscribers: set[Subscriber] = set()
+        self.last_key: StreamKey | None = None
+        # Fallback start of a backfill when nothing with an id was delivered yet.
+        self.since_ms = int(time.time() * 1000)
+        self.backfilling = False
+        self.pending: list[bytes] = []
+
+
+class Hub:
+    """Channel → subscribers, reference-counted against the broker's subscriptions."""
+
+    def __init__(
+        self,
+        *,
+        keys: RedisKeys,
+        subscribe: Callable[[str], Awaitable[None]],
+        unsubscribe: Callable[[str], Awaitable[None]],
+    ) -> None:
+        self._keys = keys
+        self._subscribe = subscribe
+        self._unsubscribe = unsubscribe
+        self._channels: dict[str, _Channel] = {}
+        self._lock = asyncio.Lock()
+        self._all: set[Subscriber] = set()
+        self.backfill_reader: BackfillReader | None = None
+
+    # --- membership --------------------------------------------------------------
+
+    async def attach(self, patient_id: str, subscriber: Subscriber) -> None:
+        """Add `subscriber`; the first one of a patient subscribes the channel and
+        returns only once the broker confirmed it (so a replay can follow safely)."""
+        name = self._keys.patient_channel(patient_id)
+        async with self._lock:
+            channel = self._channels.get(name)
+            first = channel is None
+            if channel is None:
+                channel = self._channels[name] = _Channel(patient_id)
+            channel.subscribers.add(subscriber)
+            self._all.add(subscriber)
+            if first:
+                try:
+                    await self._subscribe(name)
+                except BaseException:
+                    channel.subscribers.discard(subscriber)
+                    self._all.discard(subscriber)
+                    if not channel.subscribers:
+                        del self._channels[name]
+                    raise
+
+    async def detach(self, patient_id: str, subscriber: Subscriber) -> None:
+        """Remove `subscriber`; the last one of a patient unsubscribes the channel."""
+        name = self._keys.patient_channel(patient_id)
+        self._all.discard(subscriber)
+        async with self._lock:
+            channel = self._channels.get(name)
+            if channel is None:
+                return
+            channel.subscribers.discard(subscriber)
+            if not channel.subscribers:
+                del self._channels[name]
+                await self._unsubscribe(name)
+
+    @property
+    def subscribers(self) -> frozenset[Subscriber]:
+        return frozenset(self._all)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self._channels)
+
+    def close_where(self, predicate: Callable[[Subscriber], bool], reason: CloseReason) -> int:
+        """Close every local subscriber matching `predicate`; how many were closed."""
+        closed = 0
+        for subscriber in list(self._all):
+            if subscriber.close_reason is None and predicate(subscriber):
+                subscriber.close(reason)
+                closed += 1
+        return closed
+
+    # --- the listener's entry point ----------------------------------------------
+
+    def on_message(self, channel_name: str, raw: bytes) -> None:
+        """Validate one raw pub/sub message and fan it out. Never raises for bad input."""
+        channel = self._channels.get(channel_name)
+        if channel is None:
+            metrics.EVENTS_RECEIVED.labels(outcome="no_subscriber").inc()
+            return
+        if channel.backfilling:
+            channel.pending.append(raw)
+            return
+        self._dispatch(channel, raw)
+
+    def _dispatch(self, channel: _Channel, raw: bytes) -> None:
+        event = self._parse(channel, raw)
+        if event is not None:
+            self._fan_out(channel, event)
+
+    def _parse(self, channel: _Channel, raw: bytes) -> EventStored | None:
+        if len(raw) > MAX_EVENT_BYTES:
+            return self._drop("too_large")
+        try:
+            event = EventStored.model_validate_json(raw)
+        except ValidationError as exc:
+            # Field locations and error types only: never the payload or its values.
+            fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
+            return self._drop("invalid", fields=fields[:10])
+        if event.patient_id != channel.patient_id:
+            # Published on another patient's channel: never deliver it there.
+            return self._drop("wrong_channel")
+        if event.rule_violation() is not None:
+            return self._drop("rule")
+        return event
+
+    @staticmethod
+    def _drop(reason: str, **fields: object) -> None:
+        metrics.EVENTS_RECEIVED.labels(outcome="invalid").inc()
+        log.warning("event_dropped", reason=reason, **fields)
+        return None
+
+    def _fan_out(self, channel: _Channel, event: EventStored) -> None:
+        if event.id is not None:
+            key = parse_stream_id(event.id)
+            if channel.last_key is not None and key <= channel.last_key:
+                metrics.EVENTS_RECEIVED.labels(outcome="duplicate").inc()
+                return
+            channel.last_key = key
+        delivery = Delivery.from_event(event)
+        metrics.EVENTS_RECEIVED.labels(outcome="delivered").inc()
+        if delivery.published_at is not None:
+            metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - delivery.published_at))
+        for subscriber in tuple(channel.subscribers):
+            subscriber.put_nowait(delivery)
+
+    def broadcast_gap(self, channel: _Channel, oldest_id: str | None) -> None:
+        gap = Delivery.gap(oldest_id)
+        for subscriber in tuple(channel.subscribers):
+            subscriber.put_nowait(gap)
+
+    # --- recovery after the broker reconnected ------------------------------------
+
+    async def backfill(self, timeout_s: float = 5.0) -> None:
+        """Replay from history what each active channel missed while the listener
+        was away; live messages arriving meanwhile wait and are deduplicated."""
+        reader = self.backfill_reader
+        if reader is None:
+            return
+        channels = list(self._channels.values())
+        for channel in channels:
+            channel.backfilling = True
+        try:
+            for channel in channels:
+                after = (
+                    f"{channel.last_key[0]}-{channel.last_key[1]}"
+                    if channel.last_key is not None
+                    else None
+                )
+                try:
+                    events, gap, oldest = await reader(
+                        channel.patient_id, after or f"{channel.since_ms}-0", timeout_s
+                    )
+                except Exception:
+                    log.exception("backfill_failed")
+                    self.broadcast_gap(channel, None)
+                    continue
+                if gap and after is not None:
+                    self.broadcast_gap(channel, oldest)
+                for event in events:
+                    self._fan_out(channel, event)
+        finally:
+            for channel in channels:
+                channel.backfilling = False
+                pending, channel.pending = channel.pending, []
+                for raw in pending:
+                    if channel.subscribers:
+                        self._dispatch(channel, raw)
+

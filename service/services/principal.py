@@ -1,0 +1,36 @@
+"""The authenticated caller, built only from a verified token (or its ticket)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    PATIENT = "patient"
+    STAFF = "staff"
+    SERVICE = "service"
+    ADMIN = "admin"
+
+
+class Scope(StrEnum):
+    EVENTS_PUBLISH = "events:publish"
+    REVOCATIONS_WRITE = "revocations:write"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling. `sub` is the patient id for patients, an opaque id otherwise."""
+
+    sub: str
+    role: Role
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    jti: str | None = None
+    # Unix seconds; a live stream ends when this passes.
+    expires_at: float = 0.0
+    # Set when the stream was opened with a stream ticket, so deleting the ticket
+    # can end the streams it opened.
+    ticket_id: str | None = None
+
+    def has_scope(self, scope: str) -> bool:
+        return scope in self.scopes

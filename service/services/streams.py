@@ -1,0 +1,166 @@
+"""The life of one client stream, whatever its transport (SSE or WebSocket).
+
+    admit (limits) ─▶ attach to hub (channel subscribed, confirmed)
+        ─▶ replay from history after the client's last id (gap first if needed)
+        ─▶ live: drain the bounded queue, one write per wake-up, skip what the
+           replay already sent
+        ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
+                ticket deleted
+        ─▶ detach (last one unsubscribes), release the limit, one summary log line
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import structlog
+
+from service import metrics
+from service.schemas.events import EventStored
+from service.services.channels import StreamScope
+from service.services.history import HistoryReader, ReplayStart
+from service.services.hub import CloseReason, Delivery, Hub, Subscriber, parse_stream_id
+from service.services.limits import ConnectionLimiter, Limit
+from service.services.principal import Principal
+
+log = structlog.get_logger("service.stream")
+
+# `token_expiring` is sent this long before the token's expiry (or at half the
+# remaining lifetime for short tokens), so a client can renew without a gap.
+EXPIRY_WARNING_S = 60.0
+
+
+def jittered_retry_ms(base_ms: int) -> int:
+    """A per-connection `retry:` so that clients don't come back in lockstep."""
+    return int(base_ms * random.uniform(0.5, 1.5))  # noqa: S311
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    start: ReplayStart
+    pages: AsyncIterator[list[EventStored]]
+
+
+class StreamSession:
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        history: HistoryReader,
+        limiter: ConnectionLimiter,
+        principal: Principal,
+        scope: StreamScope,
+        transport: str,
+        queue_max: int,
+        route: str,
+    ) -> None:
+        self._hub = hub
+        self._history = history
+        self._limiter = limiter
+        self.principal = principal
+        self.scope = scope
+        self.transport = transport
+        self.route = route
+        self.subscriber = Subscriber(
+            maxlen=queue_max,
+            transport=transport,
+            principal=principal,
+            appointment_id=scope.appointment_id,
+        )
+        self._timers: list[asyncio.TimerHandle] = []
+        self._admitted = False
+        self._attached = False
+        self._started = time.monotonic()
+
+    def admit(self) -> Limit | None:
+        """Count this stream against the limits; the limit hit when refused."""
+        refused = self._limiter.try_acquire(self.principal.sub)
+        if refused is not None:
+            metrics.CAPACITY_REFUSALS.labels(transport=self.transport, limit=refused.value).inc()
+            return refused
+        self._admitted = True
+        metrics.OPEN_STREAMS.labels(transport=self.transport).inc()
+        return None
+
+    async def start(self, *, resume_from: str | None) -> Replay | None:
+        """Subscribe (confirmed), then read what history holds after `resume_from`.
+
+        Live events arriving during the replay wait in the queue; `mark_replayed`
+        makes the writer skip the ones the replay already covered."""
+        await self._hub.attach(self.scope.patient_id, self.subscriber)
+        self._attached = True
+        self.schedule_expiry(self.principal.expires_at)
+        log.info(
+            "stream_opened",
+            subject=self.principal.sub,
+            role=self.principal.role.value,
+            route=self.route,
+            transport=self.transport,
+            resumed=resume_from is not None,
+        )
+        if resume_from is None:
+            return None
+        start, pages = await self._history.replay(
+            self.scope.patient_id,
+            after_id=resume_from,
+            appointment_id=self.scope.appointment_id,
+        )
+        return Replay(start=start, pages=pages)
+
+    def mark_replayed(self, last_id: str | None) -> None:
+        if last_id is not None:
+            self.subscriber.skip_through = parse_stream_id(last_id)
+
+    def schedule_expiry(self, expires_at: float) -> None:
+        """Warn with `token_expiring` shortly before `expires_at`, close at it."""
+        for timer in self._timers:
+            timer.cancel()
+        if expires_at <= 0:
+            self._timers = []
+            return
+        loop = asyncio.get_running_loop()
+        remaining = expires_at - time.time()
+        warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
+        notice = Delivery(
+            kind="token_expiring", payload=json.dumps({"expires_at": int(expires_at)})
+        )
+        self._timers = [
+            loop.call_later(warn_in, self.subscriber.put_nowait, notice),
+            loop.call_later(max(0.0, remaining), self.subscriber.close, CloseReason.TOKEN_EXPIRED),
+        ]
+
+    def extend(self, principal: Principal) -> None:
+        """A fresh token for the same subject (WebSocket `auth`): new expiry."""
+        self.principal = principal
+        self.subscriber.principal = principal
+        self.schedule_expiry(principal.expires_at)
+
+    async def end(self, *, reason: str) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+        if self._attached:
+            self._attached = False
+            await self._hub.detach(self.scope.patient_id, self.subscriber)
+        if self._admitted:
+            self._admitted = False
+            self._limiter.release(self.principal.sub)
+            metrics.OPEN_STREAMS.labels(transport=self.transport).dec()
+            duration = time.monotonic() - self._started
+            metrics.STREAM_DURATION.labels(transport=self.transport).observe(duration)
+            log.info(
+                "stream_closed",
+                subject=self.principal.sub,
+                role=self.principal.role.value,
+                route=self.route,
+                transport=self.transport,
+                duration_s=round(duration, 3),
+                delivered=self.subscriber.delivered,
+                dropped=self.subscriber.dropped,
+                close_reason=reason,
+            )
