@@ -184,6 +184,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
             await state.supervisor.stop(timeout_s=2)
             await state.broker.stop()
             raise RuntimeError("the Redis pub/sub listener did not start")
+    # Also on the app object, for operators' tooling and in-process tests.
+    app.state.notify = state
     undo_signals = _chain_exit_signals(state.begin_drain)
     log.info(
         "started",

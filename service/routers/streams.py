@@ -67,8 +67,10 @@ async def _stream_body(
     subscriber = session.subscriber
     end_reason = "client_gone"
     try:
-        yield f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n".encode()
         replay = await session.start(resume_from=resume_from)
+        # First bytes only once the channel is subscribed: a client that has seen
+        # `retry:` knows every event published from now on reaches it.
+        yield f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n".encode()
         if replay is not None:
             if replay.start.gap:
                 yield _frame("gap", {"oldest_id": replay.start.oldest_id})

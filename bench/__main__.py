@@ -1,0 +1,162 @@
+"""``python -m bench``: our service vs the tutorial baseline vs Nchan, in one run.
+
+    python -m bench --quick            # `make bench`: about two minutes
+    python -m bench --full             # the targets' sizes (10,000 streams): ~15 minutes
+    python -m bench --targets ours,nchan --scenarios idle,broadcast
+    python -m bench --calibrate        # generator ceiling against a bare-asyncio fan-out
+
+Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench import peers, report, scenarios
+from bench.scenarios import FULL, QUICK, Harness
+
+ALL_SCENARIOS = ["idle", "storm", "unicast", "broadcast", "ws_broadcast", "ws_unicast"]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_target(name: str, h: Harness, redis: peers.Redis, prof, wanted: list[str], workdir: Path) -> dict:
+    redis.flush()
+    if name == "ours":
+        peer = peers.start_ours(redis, workdir, prof.heartbeat_s)
+    elif name == "baseline":
+        peer = peers.start_baseline(redis, workdir, prof.heartbeat_s)
+    elif name == "nchan":
+        peer = peers.start_nchan(workdir, prof.heartbeat_s)
+    elif name == "trivial":
+        peer = peers.start_trivial(redis, workdir, prof.heartbeat_s)
+    else:
+        raise ValueError(name)
+    log(f"== {name} on 127.0.0.1:{peer.port} (pid {peer.proc.pid}), RSS {peer.rss_kb() / 1024:.1f} MiB")
+    h.pub_call("connect", target=scenarios.target_spec(peer, redis))
+    out: dict = {"port": peer.port}
+    plan = []
+    for sc in wanted:
+        if sc == "unicast":
+            plan += [(f"unicast_{n}", lambda n=n: scenarios.sc_unicast(h, peer, redis, prof, log, n)) for n in prof.unicast_patients]
+        elif sc == "ws_unicast":
+            n = prof.ws_unicast_patients
+            plan.append((f"ws_unicast_{n}", lambda n=n: scenarios.sc_unicast(h, peer, redis, prof, log, n, kind="ws")))
+        elif sc == "broadcast":
+            plan.append(("broadcast", lambda: scenarios.sc_broadcast(h, peer, redis, prof, log)))
+        elif sc == "ws_broadcast":
+            plan.append(("ws_broadcast", lambda: scenarios.sc_broadcast(h, peer, redis, prof, log, kind="ws")))
+        elif sc == "idle":
+            plan.append(("idle", lambda: scenarios.sc_idle(h, peer, redis, prof, log)))
+        elif sc == "storm":
+            plan.append(("storm", lambda: scenarios.sc_storm(h, peer, redis, prof, log)))
+    try:
+        for key, fn in plan:
+            if name == "trivial" and key not in ("broadcast", "unicast_1000"):
+                continue
+            log(f"-- {name}: {key}")
+            t0 = time.monotonic()
+            try:
+                out[key] = fn()
+            except Exception as exc:  # keep going: one broken scenario must not lose the run
+                log(f"   {key} failed: {exc}\n{traceback.format_exc()}\n--- server log tail:\n{peer.log_tail()}")
+                out[key] = {"error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}
+                try:
+                    scenarios.close_streams(h)
+                except Exception:
+                    pass
+            out[key + "_wall_s"] = round(time.monotonic() - t0, 1)
+            if not peer.alive():
+                log(f"   {name} server died:\n{peer.log_tail()}")
+                out["died"] = True
+                break
+            if redis.proc.poll() is not None:
+                raise RuntimeError("benchmark redis died")
+    finally:
+        peer.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = ap.add_mutually_exclusive_group()
+    g.add_argument("--quick", action="store_true", help="short run, ~2 minutes (default)")
+    g.add_argument("--full", action="store_true", help="the issue's sizes: 10,000 streams, longer steps")
+    ap.add_argument("--targets", default="ours,baseline,nchan", help="comma list of ours,baseline,nchan,trivial")
+    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma list of " + ",".join(ALL_SCENARIOS))
+    ap.add_argument("--subs", type=int, default=2, help="subscriber processes in the generator")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    ap.add_argument("--tag", default=None, help="results file tag (default: the profile name)")
+    ap.add_argument("--no-write", action="store_true", help="print only, write nothing under bench/results")
+    ap.add_argument("--no-install", action="store_true", help="never apt-get install Nchan; skip its column instead")
+    ap.add_argument("--calibrate", action="store_true", help="add the bare-asyncio 'trivial' peer (generator ceiling)")
+    ap.add_argument("--note", action="append", default=[], help="a note to add to the report")
+    a = ap.parse_args(argv)
+
+    prof = FULL if a.full else QUICK
+    targets = [t for t in a.targets.split(",") if t]
+    if a.calibrate and "trivial" not in targets:
+        targets.append("trivial")
+    wanted = [s for s in a.scenarios.split(",") if s]
+    bad = set(wanted) - set(ALL_SCENARIOS)
+    if bad:
+        ap.error(f"unknown scenarios {sorted(bad)}")
+
+    skipped: dict[str, str] = {}
+    if "ours" in targets:
+        ok, why = peers.ours_available()
+        if not ok:
+            skipped["ours"] = why
+            targets.remove("ours")
+    if "nchan" in targets:
+        ok, why = peers.ensure_nchan(install=not a.no_install)
+        if not ok:
+            skipped["nchan"] = why
+            targets.remove("nchan")
+    for name, why in skipped.items():
+        log(f"bench: skipping {name}: {why}")
+
+    workdir = peers.make_workdir()
+    t_start = time.monotonic()
+    results = {
+        "meta": {
+            "profile": prof.name,
+            "profile_params": prof.__dict__,
+            "machine": report.machine(),
+            "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "n_subs": a.subs,
+        },
+        "targets": {},
+        "skipped": skipped,
+        "notes": list(a.note),
+    }
+    redis = peers.Redis(workdir)
+    h = Harness(a.subs)
+    try:
+        for t in targets:
+            results["targets"][t] = run_target(t, h, redis, prof, wanted, workdir)
+    except KeyboardInterrupt:
+        log("bench: interrupted; reporting what was measured")
+    finally:
+        h.close()
+        redis.stop()
+    results["meta"]["wall_s"] = time.monotonic() - t_start
+    md = report.render(results)
+    print(md)
+    if not a.no_write:
+        md_path, json_path = report.write(results, a.out, a.tag or prof.name)
+        log(f"bench: wrote {md_path} and {json_path}")
+    log(f"bench: logs and server output in {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

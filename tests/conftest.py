@@ -1,0 +1,172 @@
+"""Shared fixtures: our own Redis servers, settings per test, tokens, and a guard
+that fails any async test whose event loop was blocked."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import DEV_JWT_SECRET, Settings
+from service.main import create_app
+from service.services.principal import Role
+from service.services.tokens import mint_token
+from tests.support.app_server import RunningApp, run_app
+from tests.support.redis_server import RedisServer
+
+# A callback holding the loop longer than this is a blocking call in async code.
+SLOW_CALLBACK_S = 0.5
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One server for the session; tests isolate themselves by key prefix."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A server of the test's own, free to be stopped, killed and restarted."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop(kill=True)
+
+
+SettingsFactory = Callable[..., Settings]
+
+
+@pytest.fixture
+def make_settings(redis_server: RedisServer) -> SettingsFactory:
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+
+    def factory(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "env": "test",
+            "redis_url": redis_server.url,
+            "key_prefix": prefix,
+            "heartbeat_s": 1.0,
+            "shutdown_grace_s": 3.0,
+            "log_format": "json",
+            "log_level": "info",
+        }
+        values.update(overrides)
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return factory
+
+
+@pytest.fixture
+def settings(make_settings: SettingsFactory) -> Settings:
+    return make_settings()
+
+
+class Tokens:
+    """Signed test tokens; `make` accepts any claim override."""
+
+    def __init__(self, secret: str = DEV_JWT_SECRET) -> None:
+        self.secret = secret
+
+    def make(
+        self,
+        sub: str = "pt_1",
+        *,
+        role: Role = Role.PATIENT,
+        scopes: tuple[str, ...] = (),
+        ttl_s: int = 3600,
+        **extra: Any,
+    ) -> str:
+        return mint_token(
+            secret=self.secret,
+            sub=sub,
+            audience="notify",
+            issuer="notify-dev",
+            role=role,
+            scopes=scopes,
+            ttl_s=ttl_s,
+            extra=extra,
+        )
+
+    def patient(self, sub: str = "pt_1", **kw: Any) -> str:
+        return self.make(sub, **kw)
+
+    def staff(self, sub: str = "st_1") -> str:
+        return self.make(sub, role=Role.STAFF)
+
+    def service(self, sub: str = "svc_1") -> str:
+        return self.make(sub, role=Role.SERVICE, scopes=("events:publish",))
+
+    def admin(self, sub: str = "adm_1") -> str:
+        return self.make(sub, role=Role.ADMIN, scopes=("revocations:write",))
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def tokens() -> Tokens:
+    return Tokens()
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[RunningApp]:
+    """The real app under uvicorn in this test's event loop."""
+    async with run_app(settings) as running:
+        yield running
+
+
+class _SlowCallbacks(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "took" in message and ("Executing" in message or "callback" in message.lower()):
+            self.records.append(message)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """Fail an async test during which the event loop was blocked (asyncio's debug
+    mode logs every callback that ran longer than `SLOW_CALLBACK_S`)."""
+    if not asyncio.iscoroutinefunction(getattr(item, "function", None)):
+        return (yield)
+    handler = _SlowCallbacks()
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addHandler(handler)
+    try:
+        result = yield
+    finally:
+        asyncio_logger.removeHandler(handler)
+    if handler.records:
+        raise AssertionError(f"event loop blocked: {handler.records}")
+    return result
+
+
+def _debug_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_debug(True)
+    loop.slow_callback_duration = SLOW_CALLBACK_S
+    return loop
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Any]:
+    """Every async test runs on a debug loop: slow callbacks get logged (and fail
+    the test through `_no_blocking_calls`)."""
+    return {"debug_loop": _debug_loop}
