@@ -8,11 +8,10 @@ process at startup with the variable's name, never in the middle of a request.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated
 
 # Only ever valid outside production: `model_validator` below refuses both there.
 DEV_JWT_SECRET = "dev-insecure-secret-change-me-0123456789"  # noqa: S105

@@ -56,9 +56,7 @@ async def handle_unexpected(request: Request, exc: Exception) -> Response:
     """Log the traceback; tell the client nothing internal, only the request id."""
     request_id = getattr(request.state, "request_id", None)
     log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
-    return JSONResponse(
-        {"detail": "internal error", "request_id": request_id}, status_code=500
-    )
+    return JSONResponse({"detail": "internal error", "request_id": request_id}, status_code=500)
 
 
 def install_error_handlers(app: FastAPI) -> None:

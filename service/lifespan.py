@@ -69,11 +69,7 @@ class AppState:
             loop.call_later(delay, subscriber.close, CloseReason.SHUTDOWN)
 
     async def wait_streams_closed(self, timeout_s: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.hub.subscribers and loop.time() < deadline:
-            await asyncio.sleep(0.05)
-        return not self.hub.subscribers
+        return await self.hub.wait_idle(timeout_s)
 
 
 class LifespanState(TypedDict):
@@ -175,9 +171,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     settings: Settings = settings_factory()
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     state = build_state(settings)
-    await state.broker.start(
-        on_message=_route_message(state), on_reconnect=state.hub.backfill
-    )
+    await state.broker.start(on_message=_route_message(state), on_reconnect=state.hub.backfill)
     if isinstance(state.broker, RedisBroker):
         state.supervisor.spawn("pubsub-listener", state.broker.run_listener)
         if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):

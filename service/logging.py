@@ -55,9 +55,7 @@ def _drop_color_message(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
-def configure_logging(
-    *, fmt: Literal["console", "json"], level: str, stream: Any = None
-) -> None:
+def configure_logging(*, fmt: Literal["console", "json"], level: str, stream: Any = None) -> None:
     """Idempotent: tests and the CLI may call it more than once."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,

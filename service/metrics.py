@@ -9,8 +9,7 @@ from prometheus_client import Counter, Gauge, Histogram
 OPEN_STREAMS = Gauge("notify_open_streams", "Open client streams.", ["transport"])
 EVENTS_RECEIVED = Counter(
     "notify_events_received_total",
-    "Messages received from the broker, by outcome "
-    "(delivered, invalid, duplicate, no_subscriber).",
+    "Messages received from the broker, by outcome (delivered, invalid, duplicate, no_subscriber).",
     ["outcome"],
 )
 DELIVERIES = Counter(

@@ -23,7 +23,7 @@ QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 def _incoming_request_id(scope: Scope) -> str:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
-            candidate = value.decode("latin-1")
+            candidate: str = value.decode("latin-1")
             if _SAFE_REQUEST_ID.fullmatch(candidate):
                 return candidate
             break

@@ -59,7 +59,7 @@ def make_settings(redis_server: RedisServer) -> SettingsFactory:
             "log_level": "info",
         }
         values.update(overrides)
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     return factory
 

@@ -99,7 +99,9 @@ class RedisBroker(Broker):
         try:
             await self.client.ping()
         except (*UNAVAILABLE, RedisError) as exc:
-            raise BrokerUnavailableError(f"Redis did not answer PING: {type(exc).__name__}") from exc
+            raise BrokerUnavailableError(
+                f"Redis did not answer PING: {type(exc).__name__}"
+            ) from exc
 
     async def stop(self) -> None:
         self._stopping = True
@@ -161,7 +163,7 @@ class RedisBroker(Broker):
 
     async def _close_pubsub(self, pubsub: PubSub) -> None:
         try:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
         except (*UNAVAILABLE, RedisError):
             log.debug("pubsub_close_failed")
 

@@ -24,7 +24,9 @@ async def live() -> LiveResponse:
     return LiveResponse()
 
 
-@router.get("/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+@router.get(
+    "/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}
+)
 async def ready(state: StateDep) -> JSONResponse:
     """Redis answers PING in time, the listener is subscribed, not draining, not saturated."""
     broker_ok = True
@@ -51,5 +53,5 @@ async def metrics_endpoint() -> Response:
     registry = REGISTRY
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        MultiProcessCollector(registry)
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,6 @@ Shape rules live here (a wrong shape is a 422 at the API). The business rule
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 

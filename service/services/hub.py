@@ -49,7 +49,7 @@ class CloseReason(StrEnum):
 
     TOO_SLOW = "too_slow"
     SHUTDOWN = "shutdown"
-    TOKEN_EXPIRED = "token_expired"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105
     REVOKED = "revoked"
     TICKET_DELETED = "ticket_deleted"
 
@@ -191,7 +191,7 @@ class Subscriber:
         return len(self._items)
 
 
-BackfillReader = Callable[[str, str | None, float], Awaitable[tuple[list[EventStored], bool, str | None]]]
+BackfillReader = Callable[[str, str, float], Awaitable[tuple[list[EventStored], bool, str | None]]]
 
 
 class _Channel:
@@ -223,6 +223,8 @@ class Hub:
         self._channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()
         self._all: set[Subscriber] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.backfill_reader: BackfillReader | None = None
 
     # --- membership --------------------------------------------------------------
@@ -238,12 +240,13 @@ class Hub:
                 channel = self._channels[name] = _Channel(patient_id)
             channel.subscribers.add(subscriber)
             self._all.add(subscriber)
+            self._idle.clear()
             if first:
                 try:
                     await self._subscribe(name)
                 except BaseException:
                     channel.subscribers.discard(subscriber)
-                    self._all.discard(subscriber)
+                    self._forget(subscriber)
                     if not channel.subscribers:
                         del self._channels[name]
                     raise
@@ -251,7 +254,7 @@ class Hub:
     async def detach(self, patient_id: str, subscriber: Subscriber) -> None:
         """Remove `subscriber`; the last one of a patient unsubscribes the channel."""
         name = self._keys.patient_channel(patient_id)
-        self._all.discard(subscriber)
+        self._forget(subscriber)
         async with self._lock:
             channel = self._channels.get(name)
             if channel is None:
@@ -260,6 +263,19 @@ class Hub:
             if not channel.subscribers:
                 del self._channels[name]
                 await self._unsubscribe(name)
+
+    def _forget(self, subscriber: Subscriber) -> None:
+        self._all.discard(subscriber)
+        if not self._all:
+            self._idle.set()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until no subscriber is left; False on timeout."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     @property
     def subscribers(self) -> frozenset[Subscriber]:
@@ -316,7 +332,7 @@ class Hub:
     def _drop(reason: str, **fields: object) -> None:
         metrics.EVENTS_RECEIVED.labels(outcome="invalid").inc()
         log.warning("event_dropped", reason=reason, **fields)
-        return None
+        return
 
     def _fan_out(self, channel: _Channel, event: EventStored) -> None:
         if event.id is not None:
@@ -374,4 +390,3 @@ class Hub:
                 for raw in pending:
                     if channel.subscribers:
                         self._dispatch(channel, raw)
-

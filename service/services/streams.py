@@ -1,12 +1,12 @@
 """The life of one client stream, whatever its transport (SSE or WebSocket).
 
-    admit (limits) ─▶ attach to hub (channel subscribed, confirmed)
-        ─▶ replay from history after the client's last id (gap first if needed)
-        ─▶ live: drain the bounded queue, one write per wake-up, skip what the
-           replay already sent
-        ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
-                ticket deleted
-        ─▶ detach (last one unsubscribes), release the limit, one summary log line
+admit (limits) ─▶ attach to hub (channel subscribed, confirmed)
+    ─▶ replay from history after the client's last id (gap first if needed)
+    ─▶ live: drain the bounded queue, one write per wake-up, skip what the
+       replay already sent
+    ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
+            ticket deleted
+    ─▶ detach (last one unsubscribes), release the limit, one summary log line
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ from tests.support.app_server import RunningApp
 from tests.support.sse import open_sse
 
 
-def event(patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: object) -> dict[str, object]:
+def event(
+    patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: object
+) -> dict[str, object]:
     return {
         "type": "appointment.rescheduled",
         "patient_id": patient_id,
@@ -22,28 +24,30 @@ def event(patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: object
 
 
 async def test_event_reaches_own_stream_only(app: RunningApp, tokens: Tokens) -> None:
-    async with httpx.AsyncClient(base_url=app.base_url, timeout=10) as http:
-        async with (
-            open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_1"))) as mine,
-            open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_2"))) as other,
-        ):
-            assert mine.response.status_code == 200
-            assert mine.response.headers["content-type"].startswith("text/event-stream")
-            assert mine.response.headers["cache-control"] == "no-cache"
-            assert mine.response.headers["x-accel-buffering"] == "no"
-            await mine.wait_for(lambda s: bool(s.frames), what="retry frame")
-            assert mine.frames[0].retry is not None
-            published = await http.post("/v1/events", json=event("pt_1", location="x"), headers=bearer(tokens.service()))
-            assert published.status_code == 201, published.text
-            (frame,) = await mine.wait_events(1)
-            assert frame.event == "appointment.rescheduled"
-            assert frame.id == published.json()["id"]
-            body = frame.json()
-            assert body["patient_id"] == "pt_1"
-            assert body["data"]["location"] == "x"
-            # pt_2's stream got nothing but heartbeats meanwhile.
-            await other.wait_for(lambda s: any(f.comments for f in s.frames), what="heartbeat")
-            assert other.of_type() == []
+    async with (
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_1"))) as mine,
+        open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_2"))) as other,
+    ):
+        assert mine.response.status_code == 200
+        assert mine.response.headers["content-type"].startswith("text/event-stream")
+        assert mine.response.headers["cache-control"] == "no-cache"
+        assert mine.response.headers["x-accel-buffering"] == "no"
+        await mine.wait_for(lambda s: bool(s.frames), what="retry frame")
+        assert mine.frames[0].retry is not None
+        published = await http.post(
+            "/v1/events", json=event("pt_1", location="x"), headers=bearer(tokens.service())
+        )
+        assert published.status_code == 201, published.text
+        (frame,) = await mine.wait_events(1)
+        assert frame.event == "appointment.rescheduled"
+        assert frame.id == published.json()["id"]
+        body = frame.json()
+        assert body["patient_id"] == "pt_1"
+        assert body["data"]["location"] == "x"
+        # pt_2's stream got nothing but heartbeats meanwhile.
+        await other.wait_for(lambda s: any(f.comments for f in s.frames), what="heartbeat")
+        assert other.of_type() == []
 
 
 async def test_raw_publish_is_delivered_without_id(
@@ -51,11 +55,15 @@ async def test_raw_publish_is_delivered_without_id(
 ) -> None:
     import json
 
-    async with httpx.AsyncClient(base_url=app.base_url, timeout=10) as http:
-        async with open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_raw"))) as stream:
-            await stream.wait_for(lambda s: bool(s.frames), what="retry frame")
-            redis = app.state.broker.client  # type: ignore[attr-defined]
-            await redis.publish(f"{settings.key_prefix}patient:pt_raw", json.dumps(event("pt_raw")))
-            (frame,) = await stream.wait_events(1)
-            assert frame.id is None
-            assert frame.json()["appointment_id"] == "ap_1"
+    async with (
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(
+            http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_raw"))
+        ) as stream,
+    ):
+        await stream.wait_for(lambda s: bool(s.frames), what="retry frame")
+        redis = app.state.broker.client  # type: ignore[attr-defined]
+        await redis.publish(f"{settings.key_prefix}patient:pt_raw", json.dumps(event("pt_raw")))
+        (frame,) = await stream.wait_events(1)
+        assert frame.id is None
+        assert frame.json()["appointment_id"] == "ap_1"

@@ -53,7 +53,7 @@ async def run_app(settings: Settings) -> AsyncIterator[RunningApp]:
     )
     server = uvicorn.Server(config)
     # Signals belong to the test runner, not to this in-process server.
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     task = asyncio.create_task(server.serve())
     deadline = time.monotonic() + 15
     while not server.started:

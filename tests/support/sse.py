@@ -105,7 +105,9 @@ class SSEStream:
         except TimeoutError:
             raise AssertionError(f"timed out after {timeout_s}s waiting for: {what}") from None
 
-    async def wait_events(self, count: int, prefix: str = "appointment.", timeout_s: float = 10.0) -> list[Frame]:
+    async def wait_events(
+        self, count: int, prefix: str = "appointment.", timeout_s: float = 10.0
+    ) -> list[Frame]:
         await self.wait_for(lambda s: len(s.of_type(prefix)) >= count, timeout_s, f"{count} events")
         return self.of_type(prefix)
 
