@@ -1,0 +1,183 @@
+"""The hub without HTTP or Redis: fan-out, isolation of slow consumers, invalid
+input, deduplication and backfill after a reconnect."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from service import metrics
+from service.schemas.events import EventStored
+from service.services.channels import RedisKeys
+from service.services.hub import CloseReason, Hub, Subscriber
+from tests.factories import event_dict, event_json
+
+KEYS = RedisKeys("u:")
+
+
+class FakeBroker:
+    def __init__(self) -> None:
+        self.subscribed: list[str] = []
+        self.unsubscribed: list[str] = []
+
+    async def subscribe(self, channel: str) -> None:
+        self.subscribed.append(channel)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self.unsubscribed.append(channel)
+
+
+@pytest.fixture
+def broker() -> FakeBroker:
+    return FakeBroker()
+
+
+@pytest.fixture
+def hub(broker: FakeBroker) -> Hub:
+    return Hub(keys=KEYS, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe)
+
+
+def sub(maxlen: int = 10, appointment_id: str | None = None) -> Subscriber:
+    return Subscriber(maxlen=maxlen, transport="sse", appointment_id=appointment_id)
+
+
+def counter(outcome: str) -> float:
+    return metrics.EVENTS_RECEIVED.labels(outcome=outcome)._value.get()
+
+
+def with_id(event_id: str, patient_id: str = "pt_1", appointment_id: str = "ap_1") -> bytes:
+    return json.dumps({"id": event_id, **event_dict(patient_id, appointment_id)}).encode()
+
+
+async def test_channel_is_reference_counted(hub: Hub, broker: FakeBroker) -> None:
+    first, second = sub(), sub()
+    await hub.attach("pt_1", first)
+    await hub.attach("pt_1", second)
+    assert broker.subscribed == ["u:patient:pt_1"]
+    await hub.detach("pt_1", first)
+    assert broker.unsubscribed == []
+    await hub.detach("pt_1", second)
+    assert broker.unsubscribed == ["u:patient:pt_1"]
+    assert hub.channel_names == []
+
+
+async def test_event_encoded_once_and_shared(hub: Hub) -> None:
+    a, b, other = sub(), sub(), sub()
+    await hub.attach("pt_1", a)
+    await hub.attach("pt_1", b)
+    await hub.attach("pt_2", other)
+    hub.on_message("u:patient:pt_1", event_json("pt_1").encode())
+    (da,), (db,) = a.drain(), b.drain()
+    assert da is db  # one Delivery object, one encoding, for every subscriber
+    assert da.sse.startswith(b"event: appointment.rescheduled\ndata: {")
+    assert json.loads(da.ws_text)["event"]["patient_id"] == "pt_1"
+    assert other.drain() == []
+
+
+async def test_slow_consumer_is_closed_alone(hub: Hub) -> None:
+    slow, fast = sub(maxlen=3), sub(maxlen=100)
+    await hub.attach("pt_1", slow)
+    await hub.attach("pt_1", fast)
+    before = metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get()
+    for i in range(10):
+        hub.on_message("u:patient:pt_1", with_id(f"1-{i}"))
+    assert slow.close_reason is CloseReason.TOO_SLOW
+    assert len(slow.drain()) == 3
+    assert len(fast.drain()) == 10
+    assert metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get() == before + 1
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"not json",
+        b'{"type": "appointment.exploded", "patient_id": "pt_1"}',
+        json.dumps({**event_dict("pt_1"), "surprise": 1}).encode(),
+        json.dumps(event_dict("pt_1", starts_at="2026-12-01T15:00:00Z")).encode(),
+        # A valid event for pt_2 published on pt_1's channel must not reach pt_1.
+        event_json("pt_2").encode(),
+        b"x" * 70_000,
+    ],
+    ids=["garbage", "unknown-type", "extra-field", "rule", "wrong-channel", "too-large"],
+)
+async def test_invalid_events_are_dropped_and_counted(hub: Hub, raw: bytes) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    before = counter("invalid")
+    hub.on_message("u:patient:pt_1", raw)
+    assert s.drain() == []
+    assert counter("invalid") == before + 1
+    hub.on_message("u:patient:pt_1", event_json("pt_1").encode())
+    assert len(s.drain()) == 1
+
+
+async def test_appointment_filter(hub: Hub) -> None:
+    only_ap2 = sub(appointment_id="ap_2")
+    await hub.attach("pt_1", only_ap2)
+    hub.on_message("u:patient:pt_1", event_json("pt_1", "ap_1").encode())
+    hub.on_message("u:patient:pt_1", event_json("pt_1", "ap_2").encode())
+    assert [d.appointment_id for d in only_ap2.drain()] == ["ap_2"]
+
+
+async def test_duplicates_by_id_are_dropped(hub: Hub) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    hub.on_message("u:patient:pt_1", with_id("5-0"))
+    hub.on_message("u:patient:pt_1", with_id("5-0"))
+    hub.on_message("u:patient:pt_1", with_id("4-9"))
+    hub.on_message("u:patient:pt_1", with_id("5-1"))
+    assert [d.id for d in s.drain()] == ["5-0", "5-1"]
+
+
+async def test_replayed_ids_are_skipped_once(hub: Hub) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    for i in range(4):
+        hub.on_message("u:patient:pt_1", with_id(f"7-{i}"))
+    s.skip_through = (7, 1)
+    assert [d.id for d in s.drain()] == ["7-2", "7-3"]
+    assert s.skip_through is None
+
+
+async def test_backfill_replays_missed_events_in_order(hub: Hub) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    hub.on_message("u:patient:pt_1", with_id("10-0"))
+    missed = [EventStored.model_validate_json(with_id(f"10-{i}")) for i in (1, 2, 3)]
+    calls: list[tuple[str, str]] = []
+
+    async def reader(pid: str, after: str, _t: float) -> tuple[list[EventStored], bool, str | None]:
+        calls.append((pid, after))
+        # A live message arriving during the backfill waits behind it.
+        hub.on_message("u:patient:pt_1", with_id("10-3"))
+        hub.on_message("u:patient:pt_1", with_id("10-4"))
+        return missed, False, "10-0"
+
+    hub.backfill_reader = reader
+    await hub.backfill()
+    assert calls == [("pt_1", "10-0")]
+    assert [d.id for d in s.drain()] == ["10-0", "10-1", "10-2", "10-3", "10-4"]
+
+
+async def test_backfill_reports_gap(hub: Hub) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    hub.on_message("u:patient:pt_1", with_id("10-0"))
+
+    async def reader(pid: str, after: str, _t: float) -> tuple[list[EventStored], bool, str | None]:
+        return [], True, None
+
+    hub.backfill_reader = reader
+    await hub.backfill()
+    kinds = [d.kind for d in s.drain()]
+    assert kinds == ["appointment.rescheduled", "gap"]
+
+
+async def test_close_where_matches_predicate(hub: Hub) -> None:
+    a, b = sub(), sub()
+    await hub.attach("pt_1", a)
+    await hub.attach("pt_2", b)
+    assert hub.close_where(lambda s: s is a, CloseReason.REVOKED) == 1
+    assert a.close_reason is CloseReason.REVOKED
+    assert b.close_reason is None
