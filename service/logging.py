@@ -17,7 +17,7 @@ _SECRET_KEY = re.compile(r"token|ticket|authorization|cookie|secret|password|jwt
 # Keys whose values would be event payloads (PHI): dropped, never rendered.
 _PAYLOAD_KEYS = frozenset({"payload", "data", "event_data", "body", "raw"})
 # Anything shaped like a JWT, wherever it hides in a string.
-_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _QUERY_SECRET = re.compile(r"((?:ticket|token|access_token)=)[^&\s\"']+", re.I)
 
 
@@ -42,10 +42,8 @@ def redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
     for key in list(event_dict):
         if key in _PAYLOAD_KEYS:
             event_dict[key] = REDACTED
-        elif key not in ("event", "exc_info", "exception"):
+        elif key != "exc_info":
             event_dict[key] = _redact_pair(key, event_dict[key])
-        elif key == "event":
-            event_dict[key] = _scrub(event_dict[key])
     return event_dict
 
 
@@ -63,14 +61,23 @@ def configure_logging(*, fmt: Literal["console", "json"], level: str, stream: An
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_color_message,
-        redact,
     ]
     renderer: Processor
     if fmt == "json":
-        shared.append(structlog.processors.dict_tracebacks)
+        # Tracebacks as data, but never with frame locals: those hold headers,
+        # tokens and event payloads.
+        shared.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
+    # Last before rendering, so that it also sees rendered tracebacks.
+    shared.append(redact)
 
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -14,10 +14,10 @@ import random
 from typing import Any, Final
 
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -80,6 +80,18 @@ class RedisBroker(Broker):
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
         )
         self.client: Redis = Redis(connection_pool=self._pool)
+        # The one pub/sub connection has a pool of its own, without retries: a
+        # silent reconnect inside redis-py would resubscribe but hide the gap, and
+        # the listener must see every loss to backfill from history.
+        self._pubsub_pool = ConnectionPool.from_url(
+            url,
+            max_connections=1,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            health_check_interval=10,
+            retry=Retry(NoBackoff(), retries=0),
+        )
+        self._pubsub_client: Redis = Redis(connection_pool=self._pubsub_pool)
         self._control = control_channel
         self._publish = self.client.register_script(PUBLISH_SCRIPT)
         self._channels: set[str] = set()
@@ -110,6 +122,8 @@ class RedisBroker(Broker):
                 future.cancel()
         await self.client.aclose()
         await self._pool.disconnect()
+        await self._pubsub_client.aclose()
+        await self._pubsub_pool.disconnect()
 
     @property
     def listener_up(self) -> bool:
@@ -127,7 +141,7 @@ class RedisBroker(Broker):
         attempt = 0
         connected_before = False
         while not self._stopping:
-            pubsub = self.client.pubsub()
+            pubsub = self._pubsub_client.pubsub()
             try:
                 await self._subscribe_all(pubsub)
                 self._pubsub = pubsub

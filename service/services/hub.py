@@ -131,10 +131,13 @@ class Subscriber:
         transport: str,
         principal: Principal | None = None,
         appointment_id: str | None = None,
+        wakeup: asyncio.Event | None = None,
     ) -> None:
         self._items: deque[Delivery] = deque()
         self._maxlen = maxlen
-        self._wakeup = asyncio.Event()
+        # The subscribers of one connection (a WebSocket holding several
+        # subscriptions) share one event, so that its one writer waits on all.
+        self._wakeup = wakeup if wakeup is not None else asyncio.Event()
         self.transport = transport
         self.principal = principal
         self.appointment_id = appointment_id
@@ -276,6 +279,15 @@ class Hub:
         except TimeoutError:
             return False
         return True
+
+    def track(self, subscriber: Subscriber) -> None:
+        """Count a connection that holds no channel (a WebSocket before or between
+        subscriptions), so that drains, revocations and `wait_streams_closed` see it."""
+        self._all.add(subscriber)
+        self._idle.clear()
+
+    def untrack(self, subscriber: Subscriber) -> None:
+        self._forget(subscriber)
 
     @property
     def subscribers(self) -> frozenset[Subscriber]:

@@ -28,6 +28,9 @@ class Principal:
     jti: str | None = None
     # Unix seconds; a live stream ends when this passes.
     expires_at: float = 0.0
+    # The token's `iat` (Unix seconds), if it had one: a subject revocation refuses
+    # tokens issued at or before the revocation, and those without `iat`.
+    issued_at: float | None = None
     # Set when the stream was opened with a stream ticket, so deleting the ticket
     # can end the streams it opened.
     ticket_id: str | None = None

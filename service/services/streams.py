@@ -58,6 +58,8 @@ class StreamSession:
         transport: str,
         queue_max: int,
         route: str,
+        wakeup: asyncio.Event | None = None,
+        manage_expiry: bool = True,
     ) -> None:
         self._hub = hub
         self._history = history
@@ -71,7 +73,11 @@ class StreamSession:
             transport=transport,
             principal=principal,
             appointment_id=scope.appointment_id,
+            wakeup=wakeup,
         )
+        # False when the connection carrying this stream handles the token's expiry
+        # itself (a WebSocket with several subscriptions warns and closes once).
+        self._manage_expiry = manage_expiry
         self._timers: list[asyncio.TimerHandle] = []
         self._admitted = False
         self._attached = False
@@ -94,7 +100,8 @@ class StreamSession:
         makes the writer skip the ones the replay already covered."""
         await self._hub.attach(self.scope.patient_id, self.subscriber)
         self._attached = True
-        self.schedule_expiry(self.principal.expires_at)
+        if self._manage_expiry:
+            self.schedule_expiry(self.principal.expires_at)
         log.info(
             "stream_opened",
             subject=self.principal.sub,
@@ -138,7 +145,8 @@ class StreamSession:
         """A fresh token for the same subject (WebSocket `auth`): new expiry."""
         self.principal = principal
         self.subscriber.principal = principal
-        self.schedule_expiry(principal.expires_at)
+        if self._manage_expiry:
+            self.schedule_expiry(principal.expires_at)
 
     async def end(self, *, reason: str) -> None:
         for timer in self._timers:

@@ -1,27 +1,85 @@
 """JWT verification: an explicit algorithm allow-list, required claims, leeway.
 
 Every failure a client can cause becomes one `UnauthorizedError`; the response
-body never tells a bad signature from an expired token.
+body never tells a bad signature from an expired token. Failures the client
+cannot cause (the JWKS endpoint is down and no key is cached) are
+`KeysUnavailableError`, a 503 / retry-later, never a 401 that makes a browser give up.
+
+Keys: an HMAC secret (development), a PEM public key, or a JWKS URL. Each
+algorithm is only ever checked against a key of its own family, so an `HS256`
+token signed with the RSA public key (key confusion) or an `ES256` header in front
+of an RSA key is refused before any cryptography runs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import jwt
+import structlog
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from service.schemas.events import is_opaque_id
-from service.services.errors import UnauthorizedError
+from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal, Role
+
+log = structlog.get_logger(__name__)
 
 # Claims every token must carry (PyJWT checks `exp` only when asked to).
 REQUIRED_CLAIMS = ["exp", "sub", "aud", "iss"]
 # Tokens are small; a multi-kilobyte header is an attack, not a token.
 MAX_TOKEN_LENGTH = 8192
+
+HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
+RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512"})
+# Each ECDSA algorithm is bound to exactly one curve (RFC 7518 §3.4).
+EC_CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1"}
+
+# A JWKS fetch that takes longer than this counts as an outage.
+JWKS_FETCH_TIMEOUT_S: Final = 5.0
+# After a failed fetch, the next attempt waits this long (cached keys serve meanwhile).
+JWKS_RETRY_S: Final = 5.0
+# A token naming an unknown `kid` may force a refetch (a key rotation) at most this
+# often, so random `kid`s cannot turn every request into a request to the IdP.
+JWKS_FORCED_REFRESH_S: Final = 5.0
+
+
+class KeysUnavailableError(UnavailableError):
+    """No verification key could be obtained (JWKS unreachable, nothing cached)."""
+
+    code = "keys_unavailable"
+
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+def algorithms_for_key(key: object) -> frozenset[str]:
+    """The asymmetric algorithms this public key can verify."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return RSA_ALGORITHMS
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return frozenset(alg for alg, curve in EC_CURVES.items() if key.curve.name == curve)
+    return frozenset()
+
+
+def load_public_key(pem: str) -> PublicKey:
+    """Parse a PEM public key (RSA or EC); `ValueError` for anything else.
+
+    Literal `\\n` sequences are accepted, as environment variables often carry them."""
+    text = pem.strip().replace("\\n", "\n")
+    try:
+        key = load_pem_public_key(text.encode())
+    except (ValueError, TypeError) as exc:
+        raise ValueError("not a PEM-encoded public key") from exc
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        raise ValueError("only RSA and EC public keys are supported")
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,40 +90,206 @@ class TokenConfig:
     leeway_s: int
     hmac_secret: str | None
     public_key: str | None
+    jwks_url: str | None = None
+    # How long fetched JWKS keys are trusted before a refresh is due.
+    jwks_cache_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class _JwksKey:
+    key: PublicKey
+    # The JWK's own `alg`, when it pins one.
+    alg: str | None
+
+
+JwksFetcher = Callable[[], dict[str, Any]]
+
+
+class JwksKeySet:
+    """Keys of a JWKS endpoint, cached, refreshed off the event loop, outage-proof.
+
+    - PyJWKClient is synchronous (urllib): every fetch runs in a worker thread.
+    - `run_refresher` (supervised by the lifespan) refetches every `cache_s`, so
+      requests normally never wait for the identity provider.
+    - A fetch that fails keeps the keys we have: an IdP outage does not log
+      everybody out. Only with no key at all is it a `KeysUnavailableError`.
+    - An unknown `kid` forces one refetch (key rotation), rate-limited.
+    - Concurrent callers share one fetch.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        cache_s: float,
+        fetch: JwksFetcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._cache_s = cache_s
+        self._clock = clock
+        if fetch is None:
+            client = jwt.PyJWKClient(url, cache_jwk_set=False, timeout=JWKS_FETCH_TIMEOUT_S)
+            fetch = client.fetch_data
+        self._fetch = fetch
+        self._keys: dict[str | None, _JwksKey] = {}
+        self._lock = asyncio.Lock()
+        self._generation = 0
+        self.fetched_at: float | None = None
+        self.last_fetch_failed = False
+        self._retry_at = float("-inf")
+        self._forced_at = float("-inf")
+
+    @property
+    def key_ids(self) -> frozenset[str | None]:
+        return frozenset(self._keys)
+
+    async def refresh(self) -> bool:
+        """Fetch the key set now; True when it worked. Joins a fetch in flight."""
+        generation = self._generation
+        async with self._lock:
+            if self._generation != generation:
+                return not self.last_fetch_failed
+            try:
+                document = await asyncio.to_thread(self._fetch)
+                keys = _parse_jwks(document)
+            except Exception as exc:  # any failure is an outage: keep what we have
+                self.last_fetch_failed = True
+                self._retry_at = self._clock() + JWKS_RETRY_S
+                log.warning(
+                    "jwks_refresh_failed",
+                    error=type(exc).__name__,
+                    cached_keys=len(self._keys),
+                )
+                return False
+            finally:
+                self._generation += 1
+            changed = set(keys) != set(self._keys)
+            self._keys = keys
+            self.fetched_at = self._clock()
+            self.last_fetch_failed = False
+            if changed:
+                log.info("jwks_keys_loaded", keys=len(keys))
+            return True
+
+    async def run_refresher(self) -> None:
+        """Keep the keys fresh for as long as the process runs."""
+        while True:
+            ok = await self.refresh()
+            await asyncio.sleep(self._cache_s if ok else JWKS_RETRY_S)
+
+    def _due(self) -> bool:
+        now = self._clock()
+        if now < self._retry_at:
+            return False
+        return self.fetched_at is None or now - self.fetched_at >= self._cache_s
+
+    async def key_for(self, kid: str | None, alg: str) -> PublicKey:
+        """The key that must have signed a token with this `kid` and `alg`."""
+        refreshed = False
+        if self._due():
+            await self.refresh()
+            refreshed = True
+        found = self._find(kid)
+        if (
+            found is None
+            and not refreshed
+            and self._clock() - self._forced_at >= JWKS_FORCED_REFRESH_S
+        ):
+            self._forced_at = self._clock()
+            await self.refresh()
+            found = self._find(kid)
+        if found is None:
+            if not self._keys or self.last_fetch_failed:
+                # Maybe a rotated key we cannot fetch right now: retry later, not 401.
+                raise KeysUnavailableError("jwks")
+            raise UnauthorizedError("key")
+        if (found.alg is not None and found.alg != alg) or alg not in algorithms_for_key(found.key):
+            raise UnauthorizedError("algorithm")
+        return found.key
+
+    def _find(self, kid: str | None) -> _JwksKey | None:
+        if kid is None:
+            # No `kid`: unambiguous only when the set holds a single key.
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+
+def _parse_jwks(document: Any) -> dict[str | None, _JwksKey]:
+    """Signature keys (RSA/EC) of a JWKS document; symmetric keys are never taken."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWKS document")
+    keys: dict[str | None, _JwksKey] = {}
+    for entry in document["keys"]:
+        if not isinstance(entry, dict) or entry.get("kty") not in ("RSA", "EC"):
+            continue
+        if entry.get("use") not in (None, "sig"):
+            continue
+        try:
+            jwk = jwt.PyJWK(entry)
+        except jwt.PyJWTError:
+            continue
+        key = jwk.key
+        if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+            continue
+        alg = entry.get("alg")
+        keys[jwk.key_id] = _JwksKey(key=key, alg=alg if isinstance(alg, str) else None)
+    if not keys:
+        raise ValueError("the JWKS holds no usable signature key")
+    return keys
 
 
 class TokenVerifier:
-    """Verifies bearer tokens with a static key (HMAC secret or PEM public key)."""
+    """Verifies bearer tokens with an HMAC secret, a PEM public key or a JWKS."""
 
-    def __init__(self, config: TokenConfig) -> None:
+    def __init__(self, config: TokenConfig, *, jwks: JwksKeySet | None = None) -> None:
         self._config = config
+        self._algorithms = frozenset(config.algorithms)
+        # Parsed once: a bad PEM crashes the start-up, not a request.
+        self._public_key = load_public_key(config.public_key) if config.public_key else None
+        self._public_algorithms = (
+            algorithms_for_key(self._public_key) if self._public_key is not None else frozenset()
+        )
+        if jwks is None and config.jwks_url:
+            jwks = JwksKeySet(config.jwks_url, cache_s=config.jwks_cache_s)
+        self.jwks = jwks
 
-    def _key_for(self, token: str) -> Any:
+    async def _key_for(self, token: str) -> tuple[str, Any]:
         header = jwt.get_unverified_header(token)
         alg = header.get("alg")
-        if alg not in self._config.algorithms:
+        if not isinstance(alg, str) or alg not in self._algorithms:
             raise UnauthorizedError("algorithm")
-        if alg.startswith("HS"):
+        if alg in HMAC_ALGORITHMS:
             if self._config.hmac_secret is None:
                 raise UnauthorizedError("algorithm")
-            return self._config.hmac_secret
-        if self._config.public_key is None:
-            raise UnauthorizedError("algorithm")
-        return self._config.public_key
+            return alg, self._config.hmac_secret
+        if self._public_key is not None:
+            if alg not in self._public_algorithms:
+                raise UnauthorizedError("algorithm")
+            return alg, self._public_key
+        if self.jwks is not None:
+            kid = header.get("kid")
+            return alg, await self.jwks.key_for(kid if isinstance(kid, str) else None, alg)
+        raise UnauthorizedError("algorithm")
 
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; `UnauthorizedError` for anything else."""
-        return self.verify_sync(token)
-
-    def verify_sync(self, token: str) -> Principal:
         if not token or len(token) > MAX_TOKEN_LENGTH:
             raise UnauthorizedError("malformed")
         try:
-            key = self._key_for(token)
+            alg, key = await self._key_for(token)
+        except jwt.InvalidTokenError as exc:
+            raise UnauthorizedError("invalid") from exc
+        return self._decode(token, alg, key)
+
+    def _decode(self, token: str, alg: str, key: Any) -> Principal:
+        try:
             claims = jwt.decode(
                 token,
                 key,
-                algorithms=list(self._config.algorithms),
+                # Only the algorithm the key was chosen for: never let the header
+                # pick another one for the same key.
+                algorithms=[alg],
                 audience=self._config.audience,
                 issuer=self._config.issuer,
                 leeway=self._config.leeway_s,
@@ -73,7 +297,7 @@ class TokenVerifier:
             )
         except jwt.ExpiredSignatureError as exc:
             raise UnauthorizedError("expired") from exc
-        except jwt.InvalidTokenError as exc:
+        except (jwt.InvalidTokenError, jwt.InvalidKeyError) as exc:
             raise UnauthorizedError("invalid") from exc
         return principal_from_claims(claims)
 
@@ -84,20 +308,22 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
         raise UnauthorizedError("claims")
     try:
         role = Role(claims.get("role", Role.PATIENT.value))
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:
         raise UnauthorizedError("claims") from exc
     scope_claim = claims.get("scope", "")
     if not isinstance(scope_claim, str):
         raise UnauthorizedError("claims")
     jti = claims.get("jti")
-    if jti is not None and not isinstance(jti, str):
+    if jti is not None and (not isinstance(jti, str) or not 0 < len(jti) <= 256):
         raise UnauthorizedError("claims")
+    iat = claims.get("iat")
     return Principal(
         sub=sub,
         role=role,
         scopes=frozenset(scope_claim.split()),
         jti=jti,
         expires_at=float(claims["exp"]),
+        issued_at=float(iat) if isinstance(iat, int | float) else None,
     )
 
 
@@ -112,8 +338,11 @@ def mint_token(
     ttl_s: int = 3600,
     algorithm: str = "HS256",
     extra: dict[str, Any] | None = None,
+    headers: dict[str, Any] | None = None,
 ) -> str:
-    """A signed development token (the `notify token` command and tests)."""
+    """A signed development token (the `notify token` command and tests).
+
+    `secret` is the HMAC secret, or a PEM private key for RS*/ES* algorithms."""
     now = int(time.time())
     claims: dict[str, Any] = {
         "sub": sub,
@@ -128,4 +357,4 @@ def mint_token(
     if scope:
         claims["scope"] = scope
     claims.update(extra or {})
-    return jwt.encode(claims, secret, algorithm=algorithm)
+    return jwt.encode(claims, secret, algorithm=algorithm, headers=headers)

@@ -1,0 +1,168 @@
+"""Real faults: Redis restarted mid-stream, the pub/sub connection killed while a
+publisher runs, malformed input on the channel, a stalled reader."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import httpx
+import redis.asyncio as aioredis
+
+from service import metrics
+from service.schemas.events import EventCreate
+from service.services.publisher import publish
+from tests.conftest import SettingsFactory, Tokens, bearer
+from tests.factories import event_dict
+from tests.support.app_server import RunningApp, run_app
+from tests.support.redis_server import RedisServer
+from tests.support.sse import open_sse
+
+ME = "/v1/patients/me/events"
+
+
+async def publish_one(app: RunningApp, patient: str = "pt_1", **data: object) -> str:
+    stored = await publish(
+        broker=app.state.broker,
+        keys=app.state.keys,
+        event=EventCreate.model_validate(event_dict(patient, **data)),
+        history_maxlen=1000,
+        history_ttl_s=600,
+    )
+    assert stored.id is not None
+    return stored.id
+
+
+async def wait_ready(http: httpx.AsyncClient, expected: int, timeout_s: float = 20) -> None:
+    async def poll() -> None:
+        while (await http.get("/health/ready")).status_code != expected:
+            await asyncio.sleep(0.05)
+
+    try:
+        await asyncio.wait_for(poll(), timeout_s)
+    except TimeoutError:
+        raise AssertionError(f"/health/ready never answered {expected}") from None
+
+
+async def test_redis_restart_mid_stream(
+    own_redis: RedisServer, make_settings: SettingsFactory, tokens: Tokens
+) -> None:
+    settings = make_settings(redis_url=own_redis.url)
+    async with (
+        run_app(settings) as app,
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
+    ):
+        await s.wait_for(lambda st: bool(st.frames), what="stream open")
+        await publish_one(app)
+        await s.wait_events(1)
+
+        await asyncio.to_thread(own_redis.stop, kill=True)
+        await wait_ready(http, 503)
+        body = (await http.get("/health/ready")).json()
+        assert body["broker"] == "unreachable"
+        assert str(own_redis.port) not in json.dumps(body)
+        assert (await http.get("/health/live")).status_code == 200
+
+        await asyncio.to_thread(own_redis.start)
+        await wait_ready(http, 200)
+        # History died with the server (no persistence): the client is told.
+        await s.wait_for(lambda st: any(f.event == "gap" for f in st.events), what="gap")
+        after = await publish_one(app)
+        frames = await s.wait_events(2)
+        assert frames[-1].id == after
+        assert not s.ended.is_set()
+
+
+async def test_pubsub_connection_killed_while_publishing(
+    own_redis: RedisServer, make_settings: SettingsFactory, tokens: Tokens
+) -> None:
+    settings = make_settings(redis_url=own_redis.url)
+    admin = aioredis.Redis(host="127.0.0.1", port=own_redis.port)
+    reconnects = metrics.LISTENER_RECONNECTS._value.get()
+    async with (
+        run_app(settings) as app,
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
+    ):
+        await s.wait_for(lambda st: bool(st.frames), what="stream open")
+        published: list[str] = []
+        for i in range(150):
+            published.append(await publish_one(app))
+            if i in (40, 90):
+                killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                assert int(killed) >= 1
+            await asyncio.sleep(0.003)
+        frames = await s.wait_events(len(published), timeout_s=30)
+        assert [f.id for f in frames] == published
+        assert not [f for f in s.events if f.event == "gap"]
+    await admin.aclose()
+    assert metrics.LISTENER_RECONNECTS._value.get() >= reconnects + 2
+
+
+async def test_malformed_events_are_dropped_listener_survives(
+    app: RunningApp, tokens: Tokens
+) -> None:
+    channel = app.state.keys.patient_channel("pt_1")
+    invalid_before = metrics.EVENTS_RECEIVED.labels(outcome="invalid")._value.get()
+    redis_client: aioredis.Redis = app.state.broker.client  # type: ignore[attr-defined]
+    async with (
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
+    ):
+        await s.wait_for(lambda st: bool(st.frames), what="stream open")
+        bad = [
+            b"{not json",
+            b"\xff\xfe\x00",
+            json.dumps({**event_dict("pt_1"), "type": "appointment.exploded"}).encode(),
+            json.dumps({**event_dict("pt_1"), "ssn": "123"}).encode(),
+            json.dumps(event_dict("pt_2")).encode(),
+        ]
+        for raw in bad:
+            await redis_client.publish(channel, raw)
+        good = await publish_one(app)
+        (frame,) = await s.wait_events(1)
+        assert frame.id == good
+        assert metrics.EVENTS_RECEIVED.labels(
+            outcome="invalid"
+        )._value.get() == invalid_before + len(bad)
+        assert (await http.get("/health/ready")).status_code == 200
+
+
+async def test_stalled_reader_is_closed_alone(
+    make_settings: SettingsFactory, tokens: Tokens
+) -> None:
+    # A short send timeout so the stalled writer gives up before the test ends.
+    settings = make_settings(client_queue_max=4, send_timeout_s=2)
+    slow_before = metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get()
+    async with run_app(settings) as app:
+        port = int(app.base_url.rsplit(":", 1)[1])
+        # A client that sends its request and then never reads: a tiny receive
+        # buffer so the server's writes back up quickly.
+        stalled = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(stalled, ("127.0.0.1", port))
+        request = f"GET {ME} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tokens.patient('pt_1')}\r\n\r\n"
+        await loop.sock_sendall(stalled, request.encode())
+        async with (
+            httpx.AsyncClient(base_url=app.base_url, timeout=30) as http,
+            open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as healthy,
+        ):
+            await healthy.wait_for(lambda st: bool(st.frames), what="stream open")
+
+            async def stalled_attached() -> None:
+                while len(app.state.hub.subscribers) < 2:
+                    await asyncio.sleep(0.01)
+
+            await asyncio.wait_for(stalled_attached(), 10)
+            # Far more than the kernel's socket buffers can absorb.
+            big = "x" * 60_000
+            sent = [await publish_one(app, blob=big) for _ in range(250)]
+            frames = await healthy.wait_events(len(sent), timeout_s=60)
+            assert [f.id for f in frames] == sent
+            assert metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get() == slow_before + 1
+            assert not healthy.ended.is_set()
+        stalled.close()
