@@ -73,7 +73,17 @@ class Settings(BaseSettings):
     # Protocol pings keep WebSockets alive through the ALB's 60 s idle timeout.
     ws_ping_interval_s: float = Field(default=20.0, gt=0)
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
+    # uvicorn closes a connection whose frame exceeds this with 1009 itself.
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A WebSocket without a ticket or bearer header must send `auth` this soon.
+    ws_auth_timeout_s: float = Field(default=5.0, gt=0, le=60)
+    # Subscriptions one WebSocket may hold at once (it counts once against limits).
+    ws_max_subscriptions: int = Field(default=10, ge=1, le=100)
+    # Invalid frames a connection may send before it is closed with 1008.
+    ws_max_invalid_messages: int = Field(default=10, ge=1, le=1000)
+    # `notify:commands` is trimmed (approximately) to this many entries: backends
+    # must consume faster than clients fill it.
+    commands_maxlen: int = Field(default=100_000, ge=100)
 
     # --- Streams -----------------------------------------------------------------
     # Under the ALB's 60 s idle timeout: only real bytes reset it.
@@ -135,6 +145,8 @@ class Settings(BaseSettings):
                 )
             if secret is not None and len(secret) < 32:
                 raise ValueError("NOTIFY_JWT_SECRET must be at least 32 characters in production")
+            self._check_production_keys()
+        self._check_jwt_keys()
         if self.uses_memory_broker and self.workers > 1:
             raise ValueError(
                 "NOTIFY_REDIS_URL=memory:// holds state in one process: it cannot serve "
@@ -145,6 +157,43 @@ class Settings(BaseSettings):
         ):
             raise ValueError("NOTIFY_REDIS_URL must be redis://, rediss://, unix:// or memory://")
         return self
+
+    def _check_jwt_keys(self) -> None:
+        """Key settings that are wrong in any environment: a bad PEM, two sources."""
+        if self.jwt_public_key and self.jwt_jwks_url:
+            raise ValueError("set NOTIFY_JWT_PUBLIC_KEY or NOTIFY_JWT_JWKS_URL, not both")
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith(("https://", "http://")):
+            raise ValueError("NOTIFY_JWT_JWKS_URL must be an https:// URL")
+        if self.jwt_public_key:
+            # Imported here: parsing needs `cryptography`, settings should not at import.
+            from service.services.tokens import algorithms_for_key, load_public_key
+
+            try:
+                key = load_public_key(self.jwt_public_key.get_secret_value())
+            except ValueError as exc:
+                raise ValueError(f"NOTIFY_JWT_PUBLIC_KEY: {exc}") from None
+            if not algorithms_for_key(key) & set(self.jwt_algorithms):
+                raise ValueError(
+                    "NOTIFY_JWT_PUBLIC_KEY cannot verify any algorithm of NOTIFY_JWT_ALGORITHMS "
+                    "(an RSA key needs RS256/384/512, a P-256 key ES256, a P-384 key ES384)"
+                )
+
+    def _check_production_keys(self) -> None:
+        """Production: every allowed algorithm has its key, JWKS only over https."""
+        asymmetric = [alg for alg in self.jwt_algorithms if not alg.startswith("HS")]
+        hmac = [alg for alg in self.jwt_algorithms if alg.startswith("HS")]
+        if asymmetric and not (self.jwt_public_key or self.jwt_jwks_url):
+            raise ValueError(
+                f"NOTIFY_JWT_ALGORITHMS allows {','.join(asymmetric)}: "
+                "NOTIFY_JWT_PUBLIC_KEY or NOTIFY_JWT_JWKS_URL is required in production"
+            )
+        if hmac and self.jwt_secret is None:
+            raise ValueError(
+                f"NOTIFY_JWT_ALGORITHMS allows {','.join(hmac)}: NOTIFY_JWT_SECRET is required "
+                "(or allow only RS*/ES* algorithms)"
+            )
+        if self.jwt_jwks_url and not self.jwt_jwks_url.startswith("https://"):
+            raise ValueError("NOTIFY_JWT_JWKS_URL must be https:// in production")
 
     @property
     def uses_memory_broker(self) -> bool:

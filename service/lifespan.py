@@ -12,7 +12,7 @@ import asyncio
 import random
 import signal
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from types import FrameType
@@ -27,10 +27,14 @@ from service.brokers.redis import RedisBroker
 from service.config import Settings, get_settings
 from service.logging import configure_logging
 from service.services.channels import RedisKeys
+from service.services.control import handle_control
+from service.services.errors import UnavailableError
 from service.services.history import HistoryReader
 from service.services.hub import CloseReason, Hub
 from service.services.limits import ConnectionLimiter
+from service.services.revocations import sweep_live_streams
 from service.services.supervisor import Supervisor
+from service.services.tickets import TicketStore
 from service.services.tokens import TokenConfig, TokenVerifier
 
 log = structlog.get_logger(__name__)
@@ -102,6 +106,8 @@ def build_state(settings: Settings) -> AppState:
             public_key=(
                 settings.jwt_public_key.get_secret_value() if settings.jwt_public_key else None
             ),
+            jwks_url=settings.jwt_jwks_url,
+            jwks_cache_s=settings.jwt_jwks_cache_s,
         )
     )
     return AppState(
@@ -124,11 +130,31 @@ def _route_message(state: AppState) -> Callable[[str, bytes], None]:
 
     def on_message(channel: str, raw: bytes) -> None:
         if channel == control:
-            log.debug("control_message")
+            # Revocations and ticket deletions (format: services/control.py).
+            handle_control(state.hub, raw)
             return
         state.hub.on_message(channel, raw)
 
     return on_message
+
+
+def _on_reconnect(state: AppState) -> Callable[[], Awaitable[None]]:
+    """After the listener was away: backfill the missed events, then close the
+    streams whose revocation or ticket deletion was announced meanwhile."""
+
+    async def on_reconnect() -> None:
+        await state.hub.backfill()
+        try:
+            await sweep_live_streams(
+                hub=state.hub,
+                broker=state.broker,
+                keys=state.keys,
+                tickets=TicketStore(broker=state.broker, keys=state.keys),
+            )
+        except UnavailableError:
+            log.warning("revocation_sweep_failed")
+
+    return on_reconnect
 
 
 SignalHandler = Callable[[int, FrameType | None], Any]
@@ -171,13 +197,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     settings: Settings = settings_factory()
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     state = build_state(settings)
-    await state.broker.start(on_message=_route_message(state), on_reconnect=state.hub.backfill)
+    await state.broker.start(on_message=_route_message(state), on_reconnect=_on_reconnect(state))
     if isinstance(state.broker, RedisBroker):
         state.supervisor.spawn("pubsub-listener", state.broker.run_listener)
         if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
             await state.supervisor.stop(timeout_s=2)
             await state.broker.stop()
             raise RuntimeError("the Redis pub/sub listener did not start")
+    jwks = state.verifier.jwks
+    if jwks is not None:
+        # Fetches the keys now and every NOTIFY_JWT_JWKS_CACHE_S; an outage keeps
+        # the cached ones (and is not fatal at start-up: requests then get 503).
+        state.supervisor.spawn("jwks-refresher", jwks.run_refresher)
     # Also on the app object, for operators' tooling and in-process tests.
     app.state.notify = state
     undo_signals = _chain_exit_signals(state.begin_drain)

@@ -19,11 +19,14 @@ _PAYLOAD_KEYS = frozenset({"payload", "data", "event_data", "body", "raw"})
 # Anything shaped like a JWT, wherever it hides in a string.
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _QUERY_SECRET = re.compile(r"((?:ticket|token|access_token)=)[^&\s\"']+", re.I)
+# `DELETE /v1/stream-tickets/{ticket}` carries a ticket in the path itself.
+_PATH_TICKET = re.compile(r"(/stream-tickets/)[^/?#\s\"']+")
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _QUERY_SECRET.sub(r"\1" + REDACTED, _JWT_LIKE.sub(REDACTED, value))
+        value = _PATH_TICKET.sub(r"\1" + REDACTED, _JWT_LIKE.sub(REDACTED, value))
+        return _QUERY_SECRET.sub(r"\1" + REDACTED, value)
     if isinstance(value, dict):
         return {k: _redact_pair(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -9,7 +9,7 @@ from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.middleware import RequestContextMiddleware
-from service.routers import events, health, streams
+from service.routers import events, health, revocations, streams, tickets
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,6 +27,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(streams.router)
     app.include_router(events.router)
+    app.include_router(tickets.router)
+    app.include_router(revocations.router)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,

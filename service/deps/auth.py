@@ -1,8 +1,14 @@
-"""Who is calling: the principal comes only from a verified bearer token."""
+"""Who is calling: the principal comes only from a verified bearer token, or, on
+the stream routes only, from a stream ticket (`?ticket=`) issued for one.
+
+Both paths end in the same revocation check, and every refusal is the same
+`UnauthorizedError` (one 401 body), whatever the reason.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends
@@ -10,8 +16,26 @@ from starlette.requests import HTTPConnection
 
 from service import metrics
 from service.deps.state import StateDep
-from service.services.errors import ForbiddenError, UnauthorizedError
+from service.lifespan import AppState
+from service.services.errors import ForbiddenError, UnauthorizedError, UnavailableError
 from service.services.principal import Principal, Role
+from service.services.revocations import RevocationStore
+from service.services.tickets import TicketStore
+
+TICKET_PARAM = "ticket"
+
+
+def ticket_store(state: AppState) -> TicketStore:
+    return TicketStore(broker=state.broker, keys=state.keys)
+
+
+def revocation_store(state: AppState) -> RevocationStore:
+    return RevocationStore(broker=state.broker, keys=state.keys)
+
+
+def _refused(exc: UnauthorizedError) -> UnauthorizedError:
+    metrics.AUTH_REFUSALS.labels(reason=exc.reason).inc()
+    return exc
 
 
 def bearer_token(conn: HTTPConnection) -> str | None:
@@ -26,23 +50,36 @@ def bearer_token(conn: HTTPConnection) -> str | None:
 
 
 async def authenticate(state: StateDep, token: str | None) -> Principal:
-    if token is None:
-        metrics.AUTH_REFUSALS.labels(reason="missing").inc()
-        raise UnauthorizedError("missing")
+    """The principal of a bearer token: verified, and neither it nor its subject
+    revoked. `UnauthorizedError` otherwise; `UnavailableError` when Redis (the
+    revocation list) or the JWKS cannot be reached, which is not the client's fault."""
     try:
-        return await state.verifier.verify(token)
+        if token is None:
+            raise UnauthorizedError("missing")
+        principal = await state.verifier.verify(token)
+        await revocation_store(state).ensure_not_revoked(principal)
     except UnauthorizedError as exc:
-        metrics.AUTH_REFUSALS.labels(reason=exc.reason).inc()
-        raise
+        raise _refused(exc) from None
+    return principal
+
+
+async def redeem_ticket(state: AppState, ticket: str) -> Principal:
+    """The principal a stream ticket stands for, with the same revocation check."""
+    try:
+        principal = await ticket_store(state).redeem(ticket)
+        await revocation_store(state).ensure_not_revoked(principal)
+    except UnauthorizedError as exc:
+        raise _refused(exc) from None
+    return principal
 
 
 async def get_principal(conn: HTTPConnection, state: StateDep) -> Principal:
-    """The caller of an API route: bearer token only."""
+    """The caller of an API route: bearer token only (a stream ticket opens streams
+    and nothing else, so `?ticket=` is not even looked at here)."""
     try:
         token = bearer_token(conn)
     except UnauthorizedError as exc:
-        metrics.AUTH_REFUSALS.labels(reason=exc.reason).inc()
-        raise
+        raise _refused(exc) from None
     return await authenticate(state, token)
 
 
@@ -67,9 +104,50 @@ def require_scope(scope: str) -> Callable[[Principal], Coroutine[Any, Any, Princ
     return check
 
 
+def stream_ticket(conn: HTTPConnection) -> str | None:
+    """The `?ticket=` of a stream request, if any (given twice is malformed)."""
+    values = conn.query_params.getlist(TICKET_PARAM)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise UnauthorizedError("malformed")
+    return values[0]
+
+
 async def get_stream_principal(conn: HTTPConnection, state: StateDep) -> Principal:
-    """The caller of a stream route (SSE or WebSocket handshake)."""
-    return await get_principal(conn, state)
+    """The caller of a stream route (SSE or WebSocket handshake): a `?ticket=` or a
+    bearer token, not both. Neither: `UnauthorizedError("missing")` (a WebSocket
+    may then authenticate with its first message)."""
+    try:
+        ticket = stream_ticket(conn)
+        token = bearer_token(conn)
+        if ticket is not None and token is not None:
+            raise UnauthorizedError("ambiguous")
+    except UnauthorizedError as exc:
+        raise _refused(exc) from None
+    if ticket is not None:
+        return await redeem_ticket(state, ticket)
+    return await authenticate(state, token)
 
 
 StreamPrincipalDep = Annotated[Principal, Depends(get_stream_principal)]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """The credentials could not be checked right now (Redis or the JWKS away)."""
+
+    reason: str = "unavailable"
+
+
+async def get_sse_principal(conn: HTTPConnection, state: StateDep) -> Principal | RetryLater:
+    """`get_stream_principal` for SSE routes: an infrastructure failure must become
+    the retry-able 200 answer (a browser's EventSource gives up on a 503), so it is
+    returned as `RetryLater` for the route to answer with, not raised."""
+    try:
+        return await get_stream_principal(conn, state)
+    except UnavailableError:
+        return RetryLater()
+
+
+SSEPrincipalDep = Annotated[Principal | RetryLater, Depends(get_sse_principal)]

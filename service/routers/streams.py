@@ -18,7 +18,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from service import metrics
-from service.deps.auth import StreamPrincipalDep
+from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.lifespan import AppState
 from service.schemas.events import OPAQUE_ID_PATTERN
@@ -108,12 +108,15 @@ async def _stream_body(
 def open_sse(
     request: Request,
     state: StateDep,
-    principal: Principal,
+    principal: Principal | RetryLater,
     *,
     patient_id: str | None,
     appointment_id: str | None,
     last_event_id: str | None,
 ) -> Response:
+    if isinstance(principal, RetryLater):
+        # Redis (tickets, revocations) or the JWKS is away: not the client's fault.
+        return retry_later_response(state, principal.reason)
     scope = resolve_stream_scope(principal, patient_id=patient_id, appointment_id=appointment_id)
     if state.draining:
         return retry_later_response(state, "draining")
@@ -147,7 +150,7 @@ def open_sse(
 async def my_events(
     request: Request,
     state: StateDep,
-    principal: StreamPrincipalDep,
+    principal: SSEPrincipalDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> Response:
@@ -169,7 +172,7 @@ async def my_events(
 async def my_appointment_events(
     request: Request,
     state: StateDep,
-    principal: StreamPrincipalDep,
+    principal: SSEPrincipalDep,
     appointment_id: AppointmentId,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
@@ -189,7 +192,7 @@ async def my_appointment_events(
 async def patient_events(
     request: Request,
     state: StateDep,
-    principal: StreamPrincipalDep,
+    principal: SSEPrincipalDep,
     patient_id: PatientId,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,

@@ -36,14 +36,17 @@ async def broker(
         )
     else:
         b = MemoryBroker(control_channel=keys.control)
-    b.keys = keys  # type: ignore[attr-defined]
+    KEYS_OF[id(b)] = keys
     yield b
     await b.stop()
+    del KEYS_OF[id(b)]
+
+
+KEYS_OF: dict[int, RedisKeys] = {}
 
 
 def keys_of(broker: Broker) -> RedisKeys:
-    keys: RedisKeys = broker.keys  # type: ignore[attr-defined]
-    return keys
+    return KEYS_OF[id(broker)]
 
 
 async def publish_n(

@@ -18,15 +18,16 @@ from tests.factories import event_dict
 from tests.support.app_server import RunningApp, run_app
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_sse
+from tests.support.waiting import eventually
 
 ME = "/v1/patients/me/events"
 
 
-async def publish_one(app: RunningApp, patient: str = "pt_1", **data: object) -> str:
+async def publish_one(app: RunningApp, patient: str = "pt_1", **data: str) -> str:
     stored = await publish(
         broker=app.state.broker,
         keys=app.state.keys,
-        event=EventCreate.model_validate(event_dict(patient, **data)),
+        event=EventCreate.model_validate(event_dict(patient, "ap_1", **data)),
         history_maxlen=1000,
         history_ttl_s=600,
     )
@@ -35,14 +36,10 @@ async def publish_one(app: RunningApp, patient: str = "pt_1", **data: object) ->
 
 
 async def wait_ready(http: httpx.AsyncClient, expected: int, timeout_s: float = 20) -> None:
-    async def poll() -> None:
-        while (await http.get("/health/ready")).status_code != expected:
-            await asyncio.sleep(0.05)
+    async def answers() -> bool:
+        return (await http.get("/health/ready")).status_code == expected
 
-    try:
-        await asyncio.wait_for(poll(), timeout_s)
-    except TimeoutError:
-        raise AssertionError(f"/health/ready never answered {expected}") from None
+    await eventually(answers, timeout_s=timeout_s, what=f"/health/ready {expected}")
 
 
 async def test_redis_restart_mid_stream(
@@ -91,7 +88,9 @@ async def test_pubsub_connection_killed_while_publishing(
         for i in range(150):
             published.append(await publish_one(app))
             if i in (40, 90):
-                killed = await admin.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
+                killed = await admin.execute_command(  # type: ignore[no-untyped-call]
+                    "CLIENT", "KILL", "TYPE", "pubsub"
+                )
                 assert int(killed) >= 1
             await asyncio.sleep(0.003)
         frames = await s.wait_events(len(published), timeout_s=30)
@@ -153,11 +152,9 @@ async def test_stalled_reader_is_closed_alone(
         ):
             await healthy.wait_for(lambda st: bool(st.frames), what="stream open")
 
-            async def stalled_attached() -> None:
-                while len(app.state.hub.subscribers) < 2:
-                    await asyncio.sleep(0.01)
-
-            await asyncio.wait_for(stalled_attached(), 10)
+            await eventually(
+                lambda: len(app.state.hub.subscribers) == 2, what="stalled stream attached"
+            )
             # Far more than the kernel's socket buffers can absorb.
             big = "x" * 60_000
             sent = [await publish_one(app, blob=big) for _ in range(250)]

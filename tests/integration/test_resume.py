@@ -94,7 +94,8 @@ async def test_no_gap_no_duplicate_while_publishing_during_replay(
                 await s.wait_events(len(backlog) + 20, timeout_s=30)
                 target = published[-1]
                 await s.wait_for(
-                    lambda st, t=target: any(f.id == t for f in st.events), what="catch up"
+                    lambda st: any(f.id == target for f in st.events),  # noqa: B023
+                    what="catch up",
                 )
                 ids = [f.id for f in s.of_type()]
             expected_prefix = backlog + published

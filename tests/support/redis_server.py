@@ -93,7 +93,8 @@ class RedisServer:
 
     def ping(self) -> bool:
         try:
-            return bool(self.client().ping())
+            with self.client() as client:
+                return bool(client.ping())
         except redis.RedisError:
             return False
 
@@ -114,5 +115,6 @@ class RedisServer:
 
     def client_count(self, kind: str = "normal") -> int:
         """Connections of `kind` ("normal", "pubsub"), not counting the asking one."""
-        clients = self.client().client_list(_type=kind)
+        with self.client() as client:
+            clients = client.client_list(_type=kind)
         return len(clients) - (1 if kind == "normal" else 0)

@@ -43,7 +43,7 @@ def sub(maxlen: int = 10, appointment_id: str | None = None) -> Subscriber:
 
 
 def counter(outcome: str) -> float:
-    return metrics.EVENTS_RECEIVED.labels(outcome=outcome)._value.get()
+    return float(metrics.EVENTS_RECEIVED.labels(outcome=outcome)._value.get())
 
 
 def with_id(event_id: str, patient_id: str = "pt_1", appointment_id: str = "ap_1") -> bytes:
