@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -18,10 +20,18 @@ from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
 
 
+def _prepare_multiprocess_metrics(settings: Settings) -> None:
+    """Several workers share one /metrics through prometheus-client's multiprocess
+    mode, which needs a fresh directory named before any worker starts."""
+    if settings.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="notify-metrics-")
+
+
 def _serve(settings: Settings) -> int:
     # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
     # drain needs the grace window, uvicorn gets a little more to finish writing.
     graceful_s = int(settings.shutdown_grace_s) + 2
+    _prepare_multiprocess_metrics(settings)
     uvicorn.run(
         "service.main:create_app",
         factory=True,

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-OPEN_STREAMS = Gauge("notify_open_streams", "Open client streams.", ["transport"])
+# Gauges say how to combine worker processes in prometheus-client's multiprocess
+# mode (`NOTIFY_WORKERS` > 1); the setting is ignored in a single process.
+OPEN_STREAMS = Gauge(
+    "notify_open_streams", "Open client streams.", ["transport"], multiprocess_mode="livesum"
+)
 EVENTS_RECEIVED = Counter(
     "notify_events_received_total",
     "Messages received from the broker, by outcome (delivered, invalid, duplicate, no_subscriber).",
@@ -34,7 +38,11 @@ CAPACITY_REFUSALS = Counter(
 LISTENER_RECONNECTS = Counter(
     "notify_listener_reconnects_total", "Times the pub/sub listener reconnected to Redis."
 )
-LISTENER_UP = Gauge("notify_listener_up", "1 while the pub/sub listener is connected.")
+LISTENER_UP = Gauge(
+    "notify_listener_up",
+    "1 while the pub/sub listener is connected (the minimum over live workers).",
+    multiprocess_mode="livemin",
+)
 REDIS_ERRORS = Counter(
     "notify_redis_errors_total", "Redis commands that failed, by operation.", ["operation"]
 )

@@ -1,0 +1,435 @@
+"""One WebSocket connection, whatever transport writes its frames.
+
+    handshake (ticket or bearer header) or a first `auth` frame
+      ─▶ admit: the connection counts once against the limits, however many
+         subscriptions it holds; it is tracked by the hub from now on, so drains
+         and revocations reach it even with no subscription
+      ─▶ subscriptions (at most `ws_max_subscriptions`, never overlapping): each
+         is a `StreamSession` whose subscriber shares the connection's wake-up event
+      ─▶ one writer (`write`): replies in order, a new subscription's `subscribed`
+         and replay, then live events; nobody else writes, so `unsubscribed` is
+         never followed by an event of that subscription
+      ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
+              policy (garbage) │ Redis unreachable during a replay
+      ─▶ every session detached, the limit released, one summary log line
+
+Design choice: several subscriptions per socket (a patient's stream, or a few of
+their appointments; staff: several patients) rather than one socket each, because
+a mobile app should not pay a TCP+TLS connection per appointment screen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import structlog
+
+from service import metrics
+from service.brokers.base import Broker
+from service.config import Settings
+from service.schemas.events import EventStored
+from service.schemas.ws import (
+    CloseCode,
+    GapMessage,
+    SubscribedMessage,
+    TokenExpiringMessage,
+)
+from service.services.channels import RedisKeys, StreamScope
+from service.services.commands import CommandRateLimiter, OwnedAppointments
+from service.services.errors import DomainError, UnavailableError
+from service.services.history import HistoryReader
+from service.services.hub import CloseReason, Delivery, Hub, Subscriber
+from service.services.limits import ConnectionLimiter, Limit
+from service.services.principal import Principal, Role
+from service.services.streams import EXPIRY_WARNING_S, Replay, StreamSession
+
+log = structlog.get_logger("service.ws")
+
+TRANSPORT: Final = "ws"
+ROUTE: Final = "/v1/ws"
+
+ReconnectReason = Literal["shutdown", "too_slow", "over_capacity", "unavailable"]
+Send = Callable[[str], Awaitable[None]]
+
+
+class SubjectMismatchError(DomainError):
+    """A fresh `auth` frame named another subject than the connection's."""
+
+    code = "subject_mismatch"
+    public_message = "the token belongs to another subject"
+
+
+class AlreadySubscribedError(DomainError):
+    code = "already_subscribed"
+    public_message = "already subscribed to these events"
+
+
+class TooManySubscriptionsError(DomainError):
+    code = "too_many_subscriptions"
+    public_message = "too many subscriptions on this connection"
+
+
+class NotSubscribedError(DomainError):
+    code = "not_subscribed"
+    public_message = "no such subscription"
+
+
+@dataclass(frozen=True, slots=True)
+class Closing:
+    """How the server ends a connection: close code, short reason, and whether a
+    `reconnect` hint goes first (only when retrying can succeed)."""
+
+    code: CloseCode
+    reason: str
+    reconnect: ReconnectReason | None = None
+
+    @classmethod
+    def for_reason(cls, reason: CloseReason) -> Closing:
+        return _CLOSINGS[reason]
+
+
+_CLOSINGS: Final[dict[CloseReason, Closing]] = {
+    CloseReason.SHUTDOWN: Closing(CloseCode.GOING_AWAY, "shutdown", "shutdown"),
+    CloseReason.TOO_SLOW: Closing(CloseCode.TOO_SLOW, "too_slow", "too_slow"),
+    CloseReason.TOKEN_EXPIRED: Closing(CloseCode.TOKEN_EXPIRED, "token_expired"),
+    CloseReason.REVOKED: Closing(CloseCode.REVOKED, "revoked"),
+    CloseReason.TICKET_DELETED: Closing(CloseCode.REVOKED, "revoked"),
+}
+UNAVAILABLE: Final = Closing(CloseCode.TRY_AGAIN_LATER, "unavailable", "unavailable")
+OVER_CAPACITY: Final = Closing(CloseCode.TRY_AGAIN_LATER, "over_capacity", "over_capacity")
+UNAUTHORIZED: Final = Closing(CloseCode.UNAUTHORIZED, "unauthorized")
+TOO_MANY_INVALID: Final = Closing(CloseCode.POLICY, "too many invalid messages")
+
+
+class Subscription:
+    __slots__ = ("id", "live", "replay", "reply_to", "session", "since")
+
+    def __init__(
+        self, *, sub_id: str, session: StreamSession, since: str | None, reply_to: str | None
+    ) -> None:
+        self.id = sub_id
+        self.session = session
+        self.since = since
+        self.reply_to = reply_to
+        self.replay: Replay | None = None
+        # Live events are drained only once `subscribed` and the replay were sent.
+        self.live = False
+
+    @property
+    def scope(self) -> StreamScope:
+        return self.session.scope
+
+    def overlaps(self, scope: StreamScope) -> bool:
+        mine = self.scope
+        if mine.patient_id != scope.patient_id:
+            return False
+        return (
+            mine.appointment_id is None
+            or scope.appointment_id is None
+            or mine.appointment_id == scope.appointment_id
+        )
+
+
+class WsConnection:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        hub: Hub,
+        history: HistoryReader,
+        limiter: ConnectionLimiter,
+        broker: Broker,
+        keys: RedisKeys,
+        principal: Principal,
+    ) -> None:
+        self._settings = settings
+        self._hub = hub
+        self._history = history
+        self._limiter = limiter
+        self.broker = broker
+        self.keys = keys
+        self.principal = principal
+        self.wakeup = asyncio.Event()
+        # The connection's own entry in the hub: no channel, never fed events;
+        # drains, revocations and the token's expiry close it.
+        self.control = Subscriber(
+            maxlen=1, transport=TRANSPORT, principal=principal, wakeup=self.wakeup
+        )
+        self._outbox: deque[str | Subscription] = deque()
+        self._outbox_max = settings.client_queue_max
+        self._subscriptions: dict[str, Subscription] = {}
+        self._next_id = 1
+        self._timers: list[asyncio.TimerHandle] = []
+        self._admitted = False
+        self._started = time.monotonic()
+        self.owned = OwnedAppointments(
+            broker=broker, keys=keys, patient_id=principal.sub, page_size=settings.history_page
+        )
+        self.command_limiter = CommandRateLimiter()
+        self.invalid_messages = 0
+        self.delivered = 0
+        self.commands = 0
+        self.acks = 0
+        self.subscriptions_opened = 0
+
+    # --- admission -----------------------------------------------------------------
+
+    def admit(self) -> Limit | None:
+        """Count the connection once against the limits; the limit hit when refused."""
+        refused = self._limiter.try_acquire(self.principal.sub)
+        if refused is not None:
+            metrics.CAPACITY_REFUSALS.labels(transport=TRANSPORT, limit=refused.value).inc()
+            return refused
+        self._admitted = True
+        metrics.OPEN_STREAMS.labels(transport=TRANSPORT).inc()
+        self._hub.track(self.control)
+        self._schedule_expiry()
+        return None
+
+    def extend(self, principal: Principal) -> None:
+        """A fresh token for the same subject: new identity details, new expiry."""
+        if principal.sub != self.principal.sub:
+            raise SubjectMismatchError()
+        self.principal = principal
+        self.control.principal = principal
+        for subscription in self._subscriptions.values():
+            subscription.session.extend(principal)
+        self._schedule_expiry()
+
+    def _schedule_expiry(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+        expires_at = self.principal.expires_at
+        if expires_at <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        remaining = expires_at - time.time()
+        warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
+        notice = TokenExpiringMessage(expires_at=int(expires_at)).encode()
+        self._timers = [
+            loop.call_later(warn_in, self.reply, notice),
+            loop.call_later(max(0.0, remaining), self.control.close, CloseReason.TOKEN_EXPIRED),
+        ]
+
+    # --- what the reader does --------------------------------------------------------
+
+    def reply(self, frame: str) -> None:
+        """Queue a frame for the writer; a client that lets replies pile up is too slow."""
+        if len(self._outbox) >= self._outbox_max:
+            if self.control.close_reason is None:
+                metrics.SLOW_CONSUMERS.labels(transport=TRANSPORT).inc()
+            self.control.close(CloseReason.TOO_SLOW)
+            return
+        self._outbox.append(frame)
+        self.wakeup.set()
+
+    async def subscribe(
+        self, scope: StreamScope, *, since: str | None, reply_to: str | None
+    ) -> Subscription:
+        """Attach a new subscription (confirmed by the broker) and read the start of
+        its replay; the writer then sends `subscribed`, the replay, and live events."""
+        if any(s.overlaps(scope) for s in self._subscriptions.values()):
+            raise AlreadySubscribedError()
+        if len(self._subscriptions) >= self._settings.ws_max_subscriptions:
+            raise TooManySubscriptionsError()
+        sub_id = f"s{self._next_id}"
+        self._next_id += 1
+        session = StreamSession(
+            hub=self._hub,
+            history=self._history,
+            limiter=self._limiter,
+            principal=self.principal,
+            scope=scope,
+            transport=TRANSPORT,
+            queue_max=self._settings.client_queue_max,
+            route=ROUTE,
+            wakeup=self.wakeup,
+            manage_expiry=False,
+        )
+        subscription = Subscription(sub_id=sub_id, session=session, since=since, reply_to=reply_to)
+        # Registered before the first await, so that `end` cleans up after a
+        # cancellation in the middle of `start`.
+        self._subscriptions[sub_id] = subscription
+        try:
+            subscription.replay = await session.start(resume_from=since)
+        except BaseException:
+            self._subscriptions.pop(sub_id, None)
+            await session.end(reason="subscribe_failed")
+            raise
+        self.subscriptions_opened += 1
+        self._outbox.append(subscription)
+        self.wakeup.set()
+        return subscription
+
+    async def unsubscribe(self, sub_id: str | None) -> list[str]:
+        """End one subscription (or all); the ids ended."""
+        if sub_id is None:
+            ids = list(self._subscriptions)
+        elif sub_id in self._subscriptions:
+            ids = [sub_id]
+        else:
+            raise NotSubscribedError()
+        for one in ids:
+            subscription = self._subscriptions.pop(one)
+            subscription.live = False
+            await subscription.session.end(reason="unsubscribed")
+        return ids
+
+    # --- the writer ------------------------------------------------------------------
+
+    def closing(self) -> Closing | None:
+        """Why the connection must end now, if it must."""
+        reason = self.control.close_reason
+        if reason is None:
+            for subscription in self._subscriptions.values():
+                reason = subscription.session.subscriber.close_reason
+                if reason is not None:
+                    break
+        return Closing.for_reason(reason) if reason is not None else None
+
+    async def write(self, send: Send) -> Closing:
+        """Send everything queued, in order, until the connection must end."""
+        try:
+            while True:
+                await self.wakeup.wait()
+                self.wakeup.clear()
+                closing = self.closing()
+                if closing is not None:
+                    if closing.code == CloseCode.GOING_AWAY:
+                        # Shutdown: what is already here is legitimate, send it.
+                        await self._flush(send)
+                    return closing
+                await self._flush(send)
+        except UnavailableError:
+            # History could not be read during a replay: retry from `since` later.
+            return UNAVAILABLE
+
+    async def _flush(self, send: Send) -> None:
+        while self._outbox:
+            item = self._outbox.popleft()
+            if isinstance(item, str):
+                await send(item)
+            else:
+                await self._start(item, send)
+        for subscription in tuple(self._subscriptions.values()):
+            if not subscription.live:
+                continue
+            items = subscription.session.subscriber.drain()
+            if not items:
+                continue
+            if self._must_stop():
+                return
+            remember = self._remembers(subscription)
+            for item in items:
+                await send(item.ws_text)
+                if remember and item.appointment_id is not None:
+                    self.owned.remember(item.appointment_id)
+            self._count(items)
+
+    def _must_stop(self) -> bool:
+        """Revoked or expired credentials: not one more event."""
+        closing = self.closing()
+        return closing is not None and closing.code in (
+            CloseCode.REVOKED,
+            CloseCode.TOKEN_EXPIRED,
+        )
+
+    def _remembers(self, subscription: Subscription) -> bool:
+        """Events of the caller's own channel prove which appointments are theirs."""
+        return (
+            self.principal.role is Role.PATIENT
+            and subscription.scope.patient_id == self.principal.sub
+        )
+
+    def _count(self, items: list[Delivery]) -> None:
+        events = sum(1 for item in items if item.is_event)
+        self.delivered += events
+        metrics.DELIVERIES.labels(transport=TRANSPORT).inc(events)
+
+    async def _start(self, subscription: Subscription, send: Send) -> None:
+        scope = subscription.scope
+        replay = subscription.replay
+        await send(
+            SubscribedMessage(
+                subscription_id=subscription.id,
+                patient_id=scope.patient_id,
+                appointment_id=scope.appointment_id,
+                resumed=replay is not None,
+                reply_to=subscription.reply_to,
+            ).encode()
+        )
+        if self._subscriptions.get(subscription.id) is not subscription:
+            return  # unsubscribed meanwhile: `unsubscribed` follows
+        if replay is not None:
+            if replay.start.gap:
+                await send(
+                    GapMessage(
+                        oldest_id=replay.start.oldest_id, subscription_id=subscription.id
+                    ).encode()
+                )
+            last_id = None
+            remember = self._remembers(subscription)
+            async for page in replay.pages:
+                for event in page:
+                    await send(_event_frame(event))
+                    if remember:
+                        self.owned.remember(event.appointment_id)
+                self.delivered += len(page)
+                subscription.session.subscriber.delivered += len(page)
+                metrics.DELIVERIES.labels(transport=TRANSPORT).inc(len(page))
+                last_id = page[-1].id
+            subscription.session.mark_replayed(last_id or subscription.since)
+            subscription.replay = None
+        subscription.live = True
+        # Live events may have queued during the replay.
+        self.wakeup.set()
+
+    # --- the end ---------------------------------------------------------------------
+
+    def iter_subscriptions(self) -> Iterator[Subscription]:
+        return iter(tuple(self._subscriptions.values()))
+
+    async def end(self, *, reason: str) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers = []
+        subscriptions = list(self._subscriptions.values())
+        self._subscriptions.clear()
+        dropped = 0
+        for subscription in subscriptions:
+            dropped += subscription.session.subscriber.dropped
+            await subscription.session.end(reason=reason)
+        if not self._admitted:
+            return
+        self._admitted = False
+        self._hub.untrack(self.control)
+        self._limiter.release(self.principal.sub)
+        metrics.OPEN_STREAMS.labels(transport=TRANSPORT).dec()
+        duration = time.monotonic() - self._started
+        metrics.STREAM_DURATION.labels(transport=TRANSPORT).observe(duration)
+        log.info(
+            "ws_closed",
+            subject=self.principal.sub,
+            role=self.principal.role.value,
+            route=ROUTE,
+            transport=TRANSPORT,
+            duration_s=round(duration, 3),
+            subscriptions=self.subscriptions_opened,
+            delivered=self.delivered,
+            dropped=dropped,
+            commands=self.commands,
+            acks=self.acks,
+            invalid_messages=self.invalid_messages,
+            close_reason=reason,
+        )
+
+
+def _event_frame(event: EventStored) -> str:
+    # The same bytes as `Delivery.ws_text` for a live event.
+    return f'{{"type":"event","event":{event.model_dump_json(exclude_none=True)}}}'
