@@ -10,6 +10,8 @@
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- build: a virtualenv with the locked dependencies and the service ----------
+# checkov:skip=CKV_DOCKER_7: the tag comes from the ARG above (a fixed version),
+# which checkov does not resolve.
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -97,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only, write nothing under bench/results")
     ap.add_argument("--no-install", action="store_true", help="never apt-get install Nchan; skip its column instead")
     ap.add_argument("--calibrate", action="store_true", help="add the bare-asyncio 'trivial' peer (generator ceiling)")
+    ap.add_argument("--memprofile", action="store_true",
+                    help="diagnosis: tracemalloc growth per idle stream in the Python peers (slows them)")
     ap.add_argument("--note", action="append", default=[], help="a note to add to the report")
     a = ap.parse_args(argv)
 
     prof = FULL if a.full else QUICK
+    if a.memprofile:
+        os.environ["BENCH_TRACEMALLOC"] = "1"
+        os.environ["BENCH_TRACEMALLOC_STREAMS"] = str(prof.idle_streams)
     targets = [t for t in a.targets.split(",") if t]
     if a.calibrate and "trivial" not in targets:
         targets.append("trivial")

@@ -172,6 +172,9 @@ def _spawn(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess
     full_env = dict(os.environ)
     full_env.update(env)
     full_env.setdefault("PYTHONPATH", str(REPO))
+    if os.environ.get("BENCH_TRACEMALLOC"):  # --memprofile: tracemalloc hook in Python peers
+        full_env["PYTHONPATH"] = f"{BENCH_DIR / 'memprof'}:{full_env['PYTHONPATH']}"
+        full_env["BENCH_TRACEMALLOC_OUT"] = str(log.with_suffix(".tracemalloc.txt"))
     fh = open(log, "wb")
     return subprocess.Popen(cmd, env=full_env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(cwd), preexec_fn=_raise_nofile)
 
@@ -182,7 +185,7 @@ def ours_available() -> tuple[bool, str]:
     return True, ""
 
 
-def start_ours(redis: Redis, workdir: Path, heartbeat_s: float, queue_max: int = 1024) -> Peer:
+def start_ours(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
     port = free_port()
     log = workdir / "ours.log"
     env = {
@@ -195,10 +198,8 @@ def start_ours(redis: Redis, workdir: Path, heartbeat_s: float, queue_max: int =
         "NOTIFY_HEARTBEAT_S": str(heartbeat_s),
         "NOTIFY_MAX_CONNECTIONS": "50000",
         "NOTIFY_MAX_CONNECTIONS_PER_SUBJECT": "50000",
-        "NOTIFY_CLIENT_QUEUE_MAX": str(queue_max),
         "NOTIFY_LOG_LEVEL": "warning",
         "NOTIFY_LOG_FORMAT": "json",
-        "NOTIFY_HISTORY_MAXLEN": "100",
     }
     env.update({k: v for k, v in os.environ.items() if k.startswith("BENCH_NOTIFY_")})
     env = {k.replace("BENCH_NOTIFY_", "NOTIFY_"): v for k, v in env.items()}

@@ -161,12 +161,17 @@ class SSEConn(StreamConn):
             if not data:
                 return
         buf = self.buf + data if self.buf else data
+        # SSE lines end in \n, \r\n or \r (sse-starlette uses \r\n); a blank line ends a frame.
         cut = buf.rfind(b"\n\n")
-        if cut < 0:
+        end = cut + 2
+        cut2 = buf.rfind(b"\r\n\r\n")
+        if cut2 >= 0 and cut2 + 4 > end:
+            end = cut2 + 4
+        if end < 2:
             self.buf = buf
             return
-        frames = buf[: cut + 2]
-        self.buf = buf[cut + 2:]
+        frames = buf[:end]
+        self.buf = buf[end:]
         if frames[0:1] == b":" or b"\n:" in frames:
             self.pings += frames.count(b":", 0, 1) + frames.count(b"\n:")
         if b"event: reconnect" in frames:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import signal
 import time
 from array import array
 from dataclasses import dataclass
@@ -64,14 +66,14 @@ class Profile:
 QUICK = Profile(
     name="quick", idle_streams=1000, idle_window_s=5, heartbeat_s=2,
     storm_clients=1000, storm_history=3, unicast_patients=(1000,), unicast_start=500,
-    broadcast_streams=1000, broadcast_start=25, low_rate=5, low_rate_s=2, step_s=1.5,
-    factor=2.0, bisect=False, ws_unicast_patients=1000, connect_concurrency=200,
+    broadcast_streams=1000, broadcast_start=4, low_rate=2, low_rate_s=2, step_s=1.0,
+    factor=2.0, bisect=True, ws_unicast_patients=1000, connect_concurrency=200,
     storm_concurrency=1000,
 )
 FULL = Profile(
     name="full", idle_streams=10000, idle_window_s=20, heartbeat_s=5,
     storm_clients=10000, storm_history=3, unicast_patients=(1000, 10000), unicast_start=250,
-    broadcast_streams=1000, broadcast_start=10, low_rate=2, low_rate_s=10, step_s=4,
+    broadcast_streams=1000, broadcast_start=4, low_rate=2, low_rate_s=10, step_s=4,
     factor=2.0, bisect=True, ws_unicast_patients=1000, connect_concurrency=500,
     storm_concurrency=1000,
 )
@@ -353,6 +355,10 @@ def fmt(v, nd=1) -> str:
 def sc_idle(h, peer, redis, prof: Profile, log) -> dict:
     """N idle SSE streams with heartbeats: RSS per stream, CPU, connect rate."""
     time.sleep(0.5)
+    memprof = bool(os.environ.get("BENCH_TRACEMALLOC")) and peer.name != "nchan"
+    if memprof:
+        os.kill(peer.proc.pid, signal.SIGUSR2)
+        time.sleep(2)
     rss0 = peer.rss_kb()
     chans = list(range(prof.idle_streams))
     o = open_streams(h, peer, "sse", chans, prof.connect_concurrency)
@@ -361,6 +367,14 @@ def sc_idle(h, peer, redis, prof: Profile, log) -> dict:
     unready = barrier(h, 20)
     time.sleep(1.0)
     rss1 = peer.rss_kb()
+    if memprof:
+        out_path = peer.log.with_suffix(".tracemalloc.txt")
+        os.kill(peer.proc.pid, signal.SIGUSR2)
+        t_end = time.monotonic() + 120
+        while not out_path.exists() and time.monotonic() < t_end:
+            time.sleep(0.5)
+        time.sleep(1)
+        log(f"  tracemalloc growth written to {peer.log.with_suffix('.tracemalloc.txt')}")
     pings0 = sum(r["pings"] for r in h.subs_all("stats", detail=False))
     s0 = cpu_snapshot(h, peer, redis)
     time.sleep(prof.idle_window_s)
@@ -449,7 +463,11 @@ def sc_unicast(h, peer, redis, prof: Profile, log, patients: int, kind: str = "s
     chans = list(range(patients))
     o = open_streams(h, peer, kind, chans, prof.connect_concurrency)
     unready = barrier(h, 30)
-    log(f"  {kind} unicast: {o['opened']}/{patients} streams ready ({unready} unready)")
+    log(f"  {kind} unicast: {o['opened']}/{patients} streams ready ({unready} unready)"
+        + (f", failures {o['fail_reasons']}" if o["failed"] else ""))
+    if o["opened"] == 0:
+        close_streams(h)
+        raise RuntimeError(f"no {kind} stream could be opened: {o['fail_reasons']}")
     lad = ladder(h, peer, redis, kind, chans, chans, prof.unicast_start, prof, prof.max_unicast_rate, log,
                  f"{kind} unicast {patients}")
     at_2000 = next((s for s in lad["steps"] if abs(s["rate"] - 2000) < 1), None)
@@ -465,7 +483,11 @@ def sc_broadcast(h, peer, redis, prof: Profile, log, kind: str = "sse") -> dict:
     stream_chans = [0] * n
     o = open_streams(h, peer, kind, stream_chans, prof.connect_concurrency)
     unready = barrier(h, 30)
-    log(f"  {kind} broadcast: {o['opened']}/{n} streams of one patient ready ({unready} unready)")
+    log(f"  {kind} broadcast: {o['opened']}/{n} streams of one patient ready ({unready} unready)"
+        + (f", failures {o['fail_reasons']}" if o["failed"] else ""))
+    if o["opened"] == 0:
+        close_streams(h)
+        raise RuntimeError(f"no {kind} stream could be opened: {o['fail_reasons']}")
     spc = {0: n}
     low = measure_step(h, peer, redis, [0], spc, prof.low_rate, prof.low_rate_s, fanout=True)
     log(f"  {kind} broadcast low rate {prof.low_rate:g} ev/s: delivery p99 {fmt(low['lat_ms']['p99'])} ms, "

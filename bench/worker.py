@@ -277,6 +277,12 @@ class PublisherWorker:
 
     async def connect(self, target):
         loop = asyncio.get_running_loop()
+        for old in ([self.redis] if self.redis is not None else []) + self.https:
+            if old.transport is not None:
+                old.transport.close()
+        self.redis = None
+        self.https = []
+        self.seq = {}
         self.target = target
         if target["publish"] == "redis":
             _, self.redis = await loop.create_connection(RespPublisher, target["redis_host"], target["redis_port"])
@@ -312,6 +318,23 @@ class PublisherWorker:
         else:
             self.https[k % len(self.https)].send(raw, n)
 
+    def _send(self, chans: list[int], seqs: list[int]) -> None:
+        """Publish one batch. Over HTTP a channel always uses the same connection,
+        so that its events keep their order (pipelined requests on one connection
+        are handled in order; across connections they are not)."""
+        sent = now_ns()
+        if self.redis is not None or len(self.https) == 1:
+            self._write(self._build(chans, seqs, sent), len(chans), 0)
+            return
+        n = len(self.https)
+        groups: dict[int, tuple[list[int], list[int]]] = {}
+        for c, s in zip(chans, seqs):
+            g = groups.setdefault(c % n, ([], []))
+            g[0].append(c)
+            g[1].append(s)
+        for k, (cs, ss) in groups.items():
+            self._write(self._build(cs, ss, sent), len(cs), k)
+
     def _backlog(self) -> int:
         if self.redis is not None:
             return self.redis.sent - self.redis.replies
@@ -320,7 +343,7 @@ class PublisherWorker:
     async def probe(self, chans: list[int]):
         for i in range(0, len(chans), 2000):
             part = chans[i: i + 2000]
-            self._write(self._build(part, [0] * len(part), now_ns()), len(part), i // 2000)
+            self._send(part, [0] * len(part))
             await asyncio.sleep(0)
         await self._drain(5)
         return {"sent": len(chans)}
@@ -343,6 +366,7 @@ class PublisherWorker:
         tick = spec.get("tick_s", 0.002)
         max_backlog = spec.get("max_backlog", 200000)
         seq = self.seq
+        start_seq = {c: seq.get(c, 0) for c in set(chans)}
         nch = len(chans)
         sent = 0
         t0 = time.monotonic()
@@ -362,7 +386,7 @@ class PublisherWorker:
                         s = seq.get(c, 0) + 1
                         seq[c] = s
                         batch_seq.append(s)
-                    self._write(self._build(batch_ch, batch_seq, now_ns()), due, k)
+                    self._send(batch_ch, batch_seq)
                     k += 1
                     sent += due
             if sent < total:
@@ -375,7 +399,7 @@ class PublisherWorker:
             "achieved_rate": sent / t_pub if t_pub > 0 else float("inf"),
             "backlog_after": self._backlog(),
             "stalled_s": stalled,
-            "expected": {c: seq.get(c, 0) for c in set(chans)},
+            "expected": {c: seq.get(c, 0) - start_seq[c] for c in set(chans)},
         }
 
     async def history(self, spec):
@@ -397,12 +421,16 @@ class PublisherWorker:
             for s in range(1, per + 1):
                 for i in range(0, len(chans), 2000):
                     part = chans[i: i + 2000]
-                    self._write(self._build(part, [s] * len(part), now_ns()), len(part))
+                    self._send(part, [s] * len(part))
                     await asyncio.sleep(0)
             await self._drain(10)
             return {"first_ids": {}, "elapsed_s": time.monotonic() - t0}
         t = self.target
         hostport = f"{t['host']}:{t['port']}".encode()
+        if not self.https:  # Redis-published peer: its history path is HTTP (POST /v1/events)
+            for _ in range(t.get("http_conns", 2)):
+                _, p = await loop.create_connection(PipelinedHTTP, t["host"], t["port"])
+                self.https.append(p)
         conns = self.https
         token = spec.get("service_token")
         window = spec.get("window", 64)

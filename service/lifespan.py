@@ -153,26 +153,64 @@ def _on_reconnect(state: AppState) -> Callable[[], Awaitable[None]]:
             )
         except UnavailableError:
             log.warning("revocation_sweep_failed")
+        except Exception:
+            # Never let the re-check take the listener down with it.
+            log.exception("revocation_sweep_crashed")
 
     return on_reconnect
 
 
 SignalHandler = Callable[[int, FrameType | None], Any]
+# After the last reconnect hint of a drain: time for the streams to close.
+DRAIN_MARGIN_S = 1.0
 
 
-def _chain_exit_signals(on_exit: Callable[[], None]) -> Callable[[], None]:
-    """Run `on_exit` on the loop when SIGTERM/SIGINT arrive, after the handler the
+async def _await(awaitable: Awaitable[object]) -> object:
+    return await awaitable
+
+
+def _chain_exit_signals(
+    on_exit: Callable[[], None],
+    wait_drained: Callable[[], Awaitable[object]] | None = None,
+) -> Callable[[], None]:
+    """Run `on_exit` on the loop when SIGTERM/SIGINT arrive, and the handler the
     server installed (uvicorn's sets `should_exit`). Returns an undo function.
 
     The lifespan shutdown only runs once every connection has ended, so draining
-    the streams must start from the signal itself."""
+    the streams must start from the signal itself. With `wait_drained`, the
+    server's handler runs only once that returns: uvicorn's own shutdown closes
+    every WebSocket with 1012 at once, which would pre-empt the staggered 1001 and
+    reconnect hints of the drain. A second signal is passed on immediately (a
+    second Ctrl-C forces uvicorn out)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
     previous: dict[int, Any] = {}
+    signalled: list[int] = []
+    # The drain task, referenced until it is done.
+    draining: set[asyncio.Task[object]] = set()
+
+    def drain_then(original: Any, signum: int, frame: FrameType | None) -> None:
+        on_exit()
+        assert wait_drained is not None
+        task: asyncio.Task[object] = loop.create_task(_await(wait_drained()), name="drain")
+
+        def done(finished: asyncio.Task[object]) -> None:
+            draining.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("drain_failed", exc_info=finished.exception())
+            original(signum, frame)
+
+        draining.add(task)
+        task.add_done_callback(done)
 
     def make_handler(original: Any) -> SignalHandler:
         def handler(signum: int, frame: FrameType | None) -> None:
+            first = not signalled
+            signalled.append(signum)
+            if callable(original) and wait_drained is not None and first:
+                loop.call_soon_threadsafe(drain_then, original, signum, frame)
+                return
             if callable(original):
                 original(signum, frame)
             loop.call_soon_threadsafe(on_exit)
@@ -211,7 +249,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         state.supervisor.spawn("jwks-refresher", jwks.run_refresher)
     # Also on the app object, for operators' tooling and in-process tests.
     app.state.notify = state
-    undo_signals = _chain_exit_signals(state.begin_drain)
+    # Every stream has had its reconnect hint by the end of the jitter window.
+    drain_wait_s = min(
+        settings.shutdown_grace_s,
+        settings.shutdown_grace_s * settings.shutdown_jitter_fraction + DRAIN_MARGIN_S,
+    )
+    undo_signals = _chain_exit_signals(
+        state.begin_drain, lambda: state.wait_streams_closed(drain_wait_s)
+    )
     log.info(
         "started",
         env=settings.env,

@@ -20,7 +20,7 @@ _PAYLOAD_KEYS = frozenset({"payload", "data", "event_data", "body", "raw"})
 _JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]{5,}(?:\.[A-Za-z0-9_-]*){0,2}")
 _QUERY_SECRET = re.compile(r"((?:ticket|token|access_token)=)[^&\s\"']+", re.I)
 # `DELETE /v1/stream-tickets/{ticket}` carries a ticket in the path itself.
-_PATH_TICKET = re.compile(r"(/stream-tickets/)[^/?#\s\"']+")
+_PATH_TICKET = re.compile(r"(/stream-tickets/)(?!\{ticket\})[^/?#\s\"']+")
 
 
 def _scrub(value: Any) -> Any:
@@ -54,6 +54,19 @@ def _drop_color_message(_: Any, __: str, event_dict: EventDict) -> EventDict:
     # uvicorn duplicates its message with ANSI colours in this extra.
     event_dict.pop("color_message", None)
     return event_dict
+
+
+# Prefixes of the `websockets` protocol's debug traces (uvicorn hands it the
+# `uvicorn.error` logger): "<"/">" are frames and handshake lines read or written,
+# i.e. tokens in `auth` frames, Authorization headers and event payloads.
+_WIRE_TRACE_PREFIXES = ("< ", "> ", "= ", "! ", "% ", "x ", "? ")
+
+
+def _drop_wire_traces(record: logging.LogRecord) -> bool:
+    """Debug traces of what went over the wire are never logged, whatever the level."""
+    if record.levelno > logging.DEBUG or not record.name.startswith(("uvicorn", "websockets")):
+        return True
+    return not (isinstance(record.msg, str) and record.msg.startswith(_WIRE_TRACE_PREFIXES))
 
 
 def configure_logging(*, fmt: Literal["console", "json"], level: str, stream: Any = None) -> None:
@@ -95,6 +108,7 @@ def configure_logging(*, fmt: Literal["console", "json"], level: str, stream: An
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_drop_wire_traces)
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(level.upper())
@@ -105,3 +119,5 @@ def configure_logging(*, fmt: Literal["console", "json"], level: str, stream: An
         lg.handlers = []
         lg.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    # At debug level sse-starlette logs every chunk it sends: event payloads.
+    logging.getLogger("sse_starlette").setLevel(max(logging.INFO, root.level))

@@ -9,7 +9,7 @@ from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.middleware import RequestContextMiddleware
-from service.routers import events, health, revocations, streams, tickets
+from service.routers import events, health, revocations, streams, tickets, ws
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(events.router)
     app.include_router(tickets.router)
     app.include_router(revocations.router)
+    app.include_router(ws.router)
     if cors_origins:
         app.add_middleware(
             CORSMiddleware,

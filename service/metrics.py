@@ -27,7 +27,7 @@ SLOW_CONSUMERS = Counter(
 AUTH_REFUSALS = Counter(
     "notify_auth_refusals_total",
     "Refused credentials, by reason (missing, malformed, invalid, expired, claims, "
-    "algorithm, revoked, ticket).",
+    "algorithm, key, ambiguous, revoked, ticket).",
     ["reason"],
 )
 CAPACITY_REFUSALS = Counter(

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from service.schemas.events import OpaqueId
 from service.schemas.ws import ClientRef, CommandAction
 
-COMMAND_FORMAT_VERSION = "1"
+COMMAND_FORMAT_VERSION: Final = "1"
 
 
 class CommandRecord(BaseModel):
@@ -43,12 +43,10 @@ class CommandRecord(BaseModel):
         return fields
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str | bytes, str | bytes]) -> CommandRecord:
+    def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> CommandRecord:
         """Parse an entry as read with XRANGE / XREADGROUP (bytes or str)."""
         decoded = {
-            (k.decode() if isinstance(k, bytes) else k): (
-                v.decode() if isinstance(v, bytes) else v
-            )
+            (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
             for k, v in fields.items()
         }
         return cls.model_validate(decoded)

@@ -143,12 +143,7 @@ class CommandMessage(_ClientMessage):
 
 
 ClientMessage = Annotated[
-    AuthMessage
-    | SubscribeMessage
-    | UnsubscribeMessage
-    | AckMessage
-    | PingMessage
-    | CommandMessage,
+    AuthMessage | SubscribeMessage | UnsubscribeMessage | AckMessage | PingMessage | CommandMessage,
     Field(discriminator="type"),
 ]
 CLIENT_MESSAGE: TypeAdapter[

@@ -104,6 +104,7 @@ UNAVAILABLE: Final = Closing(CloseCode.TRY_AGAIN_LATER, "unavailable", "unavaila
 OVER_CAPACITY: Final = Closing(CloseCode.TRY_AGAIN_LATER, "over_capacity", "over_capacity")
 UNAUTHORIZED: Final = Closing(CloseCode.UNAUTHORIZED, "unauthorized")
 TOO_MANY_INVALID: Final = Closing(CloseCode.POLICY, "too many invalid messages")
+INTERNAL: Final = Closing(CloseCode.INTERNAL, "internal error")
 
 
 class Subscription:
@@ -219,6 +220,11 @@ class WsConnection:
 
     # --- what the reader does --------------------------------------------------------
 
+    def note_invalid(self) -> bool:
+        """Count one invalid frame; True once there were more than the threshold."""
+        self.invalid_messages += 1
+        return self.invalid_messages > self._settings.ws_max_invalid_messages
+
     def reply(self, frame: str) -> None:
         """Queue a frame for the writer; a client that lets replies pile up is too slow."""
         if len(self._outbox) >= self._outbox_max:
@@ -326,10 +332,10 @@ class WsConnection:
             if self._must_stop():
                 return
             remember = self._remembers(subscription)
-            for item in items:
-                await send(item.ws_text)
-                if remember and item.appointment_id is not None:
-                    self.owned.remember(item.appointment_id)
+            for delivery in items:
+                await send(delivery.ws_text)
+                if remember and delivery.appointment_id is not None:
+                    self.owned.remember(delivery.appointment_id)
             self._count(items)
 
     def _must_stop(self) -> bool:

@@ -35,6 +35,9 @@ log = structlog.get_logger(__name__)
 REQUIRED_CLAIMS = ["exp", "sub", "aud", "iss"]
 # Tokens are small; a multi-kilobyte header is an attack, not a token.
 MAX_TOKEN_LENGTH = 8192
+# A JOSE header holds `alg`, `typ` and `kid`: a few dozen bytes. Anything near this
+# (embedded keys, certificate chains, padding) is refused before it is decoded.
+MAX_HEADER_SEGMENT = 1024
 
 HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
 RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512"})
@@ -275,6 +278,8 @@ class TokenVerifier:
     async def verify(self, token: str) -> Principal:
         """The principal of a valid token; `UnauthorizedError` for anything else."""
         if not token or len(token) > MAX_TOKEN_LENGTH:
+            raise UnauthorizedError("malformed")
+        if len(token.partition(".")[0]) > MAX_HEADER_SEGMENT:
             raise UnauthorizedError("malformed")
         try:
             alg, key = await self._key_for(token)

@@ -8,6 +8,7 @@ the config under test is the shipped one, not a copy that could drift.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -204,6 +205,7 @@ def render_to(
     to set in it: {"proxy_buffering": ["on"]}. Each substitution must apply, so a
     change to the shipped files that a test relies on fails loudly here.
     """
+    config = copy.deepcopy(config)  # the caller's (possibly shared) tree stays as shipped
     target.mkdir(parents=True, exist_ok=True)
     (target / "logs").mkdir(exist_ok=True)
     (target / "temp").mkdir(exist_ok=True)

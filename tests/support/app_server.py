@@ -101,6 +101,8 @@ class ServiceProcess:
             stdout=out,
             stderr=subprocess.STDOUT if self.log_path else subprocess.DEVNULL,
         )
+        if not isinstance(out, int):
+            out.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
