@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Final
 
-from fastapi import APIRouter, Header, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
@@ -105,15 +106,33 @@ async def _stream_body(
         await session.end(reason=end_reason)
 
 
-def open_sse(
+@dataclass(frozen=True, slots=True)
+class SSEOpen:
+    """What every SSE route needs: the caller, the process state, the resume point."""
+
+    request: Request
+    state: AppState
+    principal: Principal | RetryLater
+    resume_from: str | None
+
+
+async def sse_open(
     request: Request,
     state: StateDep,
-    principal: Principal | RetryLater,
-    *,
-    patient_id: str | None,
-    appointment_id: str | None,
-    last_event_id: str | None,
-) -> Response:
+    principal: SSEPrincipalDep,
+    last_event_id: LastEventIdHeader = None,
+    last_event_id_query: LastEventIdQuery = None,
+) -> SSEOpen:
+    # The header wins: it is what EventSource sends on its own reconnects.
+    resume_from = valid_resume_id(last_event_id or last_event_id_query)
+    return SSEOpen(request=request, state=state, principal=principal, resume_from=resume_from)
+
+
+SSEOpenDep = Annotated[SSEOpen, Depends(sse_open)]
+
+
+def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None) -> Response:
+    request, state, principal = sse.request, sse.state, sse.principal
     if isinstance(principal, RetryLater):
         # Redis (tickets, revocations) or the JWKS is away: not the client's fault.
         return retry_later_response(state, principal.reason)
@@ -134,7 +153,7 @@ def open_sse(
     if session.admit() is not None:
         return retry_later_response(state, "over_capacity")
     return EventSourceResponse(
-        _stream_body(state, session, valid_resume_id(last_event_id)),
+        _stream_body(state, session, sse.resume_from),
         headers=SSE_HEADERS,
         ping=state.settings.heartbeat_s,
         ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep="\n"),
@@ -147,62 +166,21 @@ def open_sse(
 
 
 @router.get("/me/events", summary="SSE stream of the caller's appointment events")
-async def my_events(
-    request: Request,
-    state: StateDep,
-    principal: SSEPrincipalDep,
-    last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
-) -> Response:
+async def my_events(sse: SSEOpenDep) -> Response:
     """The caller's own events (patient tokens)."""
-    return open_sse(
-        request,
-        state,
-        principal,
-        patient_id=None,
-        appointment_id=None,
-        last_event_id=last_event_id or last_event_id_query,
-    )
+    return open_sse(sse, patient_id=None, appointment_id=None)
 
 
 @router.get(
     "/me/appointments/{appointment_id}/events",
     summary="SSE stream of one of the caller's appointments",
 )
-async def my_appointment_events(
-    request: Request,
-    state: StateDep,
-    principal: SSEPrincipalDep,
-    appointment_id: AppointmentId,
-    last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
-) -> Response:
+async def my_appointment_events(sse: SSEOpenDep, appointment_id: AppointmentId) -> Response:
     """Only the events of `appointment_id` (an appointment of the caller's)."""
-    return open_sse(
-        request,
-        state,
-        principal,
-        patient_id=None,
-        appointment_id=appointment_id,
-        last_event_id=last_event_id or last_event_id_query,
-    )
+    return open_sse(sse, patient_id=None, appointment_id=appointment_id)
 
 
 @router.get("/{patient_id}/events", summary="SSE stream of a patient's events (staff)")
-async def patient_events(
-    request: Request,
-    state: StateDep,
-    principal: SSEPrincipalDep,
-    patient_id: PatientId,
-    last_event_id: LastEventIdHeader = None,
-    last_event_id_query: LastEventIdQuery = None,
-) -> Response:
+async def patient_events(sse: SSEOpenDep, patient_id: PatientId) -> Response:
     """Staff only; a patient naming anyone but themselves gets 404."""
-    return open_sse(
-        request,
-        state,
-        principal,
-        patient_id=patient_id,
-        appointment_id=None,
-        last_event_id=last_event_id or last_event_id_query,
-    )
+    return open_sse(sse, patient_id=patient_id, appointment_id=None)
