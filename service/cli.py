@@ -48,6 +48,7 @@ def _serve(settings: Settings) -> int:
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
         ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         loop="auto",
         http="auto",
         server_header=False,

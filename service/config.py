@@ -75,6 +75,9 @@ class Settings(BaseSettings):
     ws_ping_timeout_s: float = Field(default=20.0, gt=0)
     # uvicorn closes a connection whose frame exceeds this with 1009 itself.
     ws_max_message_bytes: int = Field(default=64 * 1024, ge=1024)
+    # permessage-deflate costs ~40 KiB of zlib state per idle connection (measured:
+    # ~90 vs ~48 KiB per socket, bench/ws_idle.py) for events of a few hundred bytes.
+    ws_per_message_deflate: bool = False
     # A WebSocket without a ticket or bearer header must send `auth` this soon.
     ws_auth_timeout_s: float = Field(default=5.0, gt=0, le=60)
     # Subscriptions one WebSocket may hold at once (it counts once against limits).

@@ -9,19 +9,20 @@ stream carrying a jittered `retry:` and `event: reconnect`, then the end. Only
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.responses import Response
 
 from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.lifespan import AppState
+from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
 from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
 from service.services.errors import UnavailableError
@@ -33,6 +34,7 @@ from service.services.streams import StreamSession, jittered_retry_ms
 router = APIRouter(prefix="/v1/patients", tags=["streams"])
 
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
 # Reasons after which reconnecting with the same credentials can succeed.
 RETRYABLE: Final = frozenset({CloseReason.TOO_SLOW, CloseReason.SHUTDOWN})
 
@@ -85,15 +87,24 @@ async def _stream_body(
                 subscriber.delivered += len(page)
                 last_id = page[-1].id
             session.mark_replayed(last_id or resume_from)
+        heartbeat_s = state.settings.heartbeat_s
         while True:
-            await subscriber.wait()
+            try:
+                async with asyncio.timeout(heartbeat_s):
+                    await subscriber.wait()
+            except TimeoutError:
+                # A comment: browsers ignore it, proxies and the ALB see bytes.
+                yield HEARTBEAT
+                continue
             items = subscriber.drain()
             if items:
                 yield b"".join([item.sse for item in items])
-                metrics.DELIVERIES.labels(transport="sse").inc(len(items))
-            if subscriber.close_reason is not None:
-                end_reason = subscriber.close_reason.value
-                yield _closing_frame(state, subscriber.close_reason)
+                SSE_DELIVERIES.inc(len(items))
+            reason = subscriber.close_reason
+            if reason is not None:
+                end_reason = reason.value
+                if reason is not CloseReason.CLIENT_GONE:
+                    yield _closing_frame(state, reason)
                 return
     except UnavailableError:
         end_reason = "broker_unavailable"
@@ -152,16 +163,14 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
     )
     if session.admit() is not None:
         return retry_later_response(state, "over_capacity")
-    return EventSourceResponse(
+    subscriber = session.subscriber
+    # Shutdown needs no watcher here: the drain closes every subscriber itself,
+    # staggered, and uvicorn's graceful timeout bounds whatever is left.
+    return LeanEventSourceResponse(
         _stream_body(state, session, sse.resume_from),
         headers=SSE_HEADERS,
-        ping=state.settings.heartbeat_s,
-        ping_message_factory=lambda: ServerSentEvent(comment="keep-alive", sep="\n"),
-        sep="\n",
-        send_timeout=state.settings.send_timeout_s,
-        # Our drain closes each stream itself (staggered); the library only
-        # force-cancels what is still open when the grace window is over.
-        shutdown_grace_period=state.settings.shutdown_grace_s,
+        send_timeout_s=state.settings.send_timeout_s,
+        on_disconnect=lambda: subscriber.close(CloseReason.CLIENT_GONE),
     )
 
 

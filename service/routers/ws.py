@@ -228,17 +228,31 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
     writer = asyncio.create_task(conn.write(send), name="ws-write")
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
+        if writer not in done and _requested_close(reader):
+            # The reader asked for the close: the writer sends the pending error
+            # replies first, then returns that close.
+            done, _ = await asyncio.wait((writer,), timeout=CLOSE_TIMEOUT_S)
+            if writer not in done:
+                done = {reader}
     finally:
         for task in (reader, writer):
             task.cancel()
-        for task in (reader, writer):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Their outcome is read below; a cancellation of this task still propagates.
+        await asyncio.wait((reader, writer))
     first = writer if writer in done else reader
     try:
         return first.result()
     except _ClientGone:
         return None
+
+
+def _requested_close(reader: asyncio.Task[Closing | None]) -> bool:
+    return (
+        reader.done()
+        and not reader.cancelled()
+        and reader.exception() is None
+        and reader.result() is not None
+    )
 
 
 async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Closing | None:
@@ -248,6 +262,7 @@ async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Cl
             return None
         closing = await _handle(message.get("text"), state, conn)
         if closing is not None:
+            conn.request_close(closing)
             return closing
 
 

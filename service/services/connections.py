@@ -177,6 +177,9 @@ class WsConnection:
         self.commands = 0
         self.acks = 0
         self.subscriptions_opened = 0
+        # A close the reader decided on (garbage): the writer sends the pending
+        # replies (the errors that explain it) and then closes.
+        self._requested: Closing | None = None
 
     # --- admission -----------------------------------------------------------------
 
@@ -289,8 +292,16 @@ class WsConnection:
 
     # --- the writer ------------------------------------------------------------------
 
+    def request_close(self, closing: Closing) -> None:
+        """End the connection once the replies queued so far are sent."""
+        if self._requested is None:
+            self._requested = closing
+        self.wakeup.set()
+
     def closing(self) -> Closing | None:
         """Why the connection must end now, if it must."""
+        if self._requested is not None:
+            return self._requested
         reason = self.control.close_reason
         if reason is None:
             for subscription in self._subscriptions.values():
@@ -310,11 +321,19 @@ class WsConnection:
                     if closing.code == CloseCode.GOING_AWAY:
                         # Shutdown: what is already here is legitimate, send it.
                         await self._flush(send)
+                    elif closing is self._requested:
+                        await self._flush_replies(send)
                     return closing
                 await self._flush(send)
         except UnavailableError:
             # History could not be read during a replay: retry from `since` later.
             return UNAVAILABLE
+
+    async def _flush_replies(self, send: Send) -> None:
+        while self._outbox:
+            item = self._outbox.popleft()
+            if isinstance(item, str):
+                await send(item)
 
     async def _flush(self, send: Send) -> None:
         while self._outbox:

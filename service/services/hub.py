@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Final
@@ -45,19 +44,31 @@ def parse_stream_id(value: str) -> StreamKey:
 
 
 class CloseReason(StrEnum):
-    """Every way the server ends a stream; each maps to an SSE hint and a WS code."""
+    """Every way a stream ends; each maps to an SSE hint and a WS code."""
 
     TOO_SLOW = "too_slow"
     SHUTDOWN = "shutdown"
     TOKEN_EXPIRED = "token_expired"  # noqa: S105
     REVOKED = "revoked"
     TICKET_DELETED = "ticket_deleted"
+    # The client went away: nothing more is written.
+    CLIENT_GONE = "client_gone"
 
 
 class Delivery:
     """One event (or control notice) encoded once, for every subscriber of a channel."""
 
-    __slots__ = ("_ws", "appointment_id", "id", "id_key", "kind", "payload", "published_at", "sse")
+    __slots__ = (
+        "_ws",
+        "appointment_id",
+        "id",
+        "id_key",
+        "is_event",
+        "kind",
+        "payload",
+        "published_at",
+        "sse",
+    )
 
     def __init__(
         self,
@@ -69,6 +80,7 @@ class Delivery:
         published_at: float | None = None,
     ) -> None:
         self.kind = kind
+        self.is_event = kind.startswith("appointment.")
         self.payload = payload
         self.id = event_id
         self.id_key: StreamKey | None = parse_stream_id(event_id) if event_id else None
@@ -94,10 +106,6 @@ class Delivery:
         return cls(kind="gap", payload=json.dumps({"oldest_id": oldest_id}))
 
     @property
-    def is_event(self) -> bool:
-        return self.kind.startswith("appointment.")
-
-    @property
     def ws_text(self) -> str:
         """The WebSocket frame, built on first use and then shared."""
         if self._ws is None:
@@ -106,6 +114,36 @@ class Delivery:
             else:
                 self._ws = f'{{"type":"{self.kind}",{self.payload[1:]}'
         return self._ws
+
+
+class Waker:
+    """The smallest "something happened" signal: a future exists only while the
+    writer sleeps. An idle stream holds no deque, unlike `asyncio.Event` (that
+    matters at ten thousand streams per process)."""
+
+    __slots__ = ("_future", "_set")
+
+    def __init__(self) -> None:
+        self._future: asyncio.Future[None] | None = None
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        self._future = asyncio.get_running_loop().create_future()
+        try:
+            await self._future
+        finally:
+            self._future = None
 
 
 class Subscriber:
@@ -131,13 +169,13 @@ class Subscriber:
         transport: str,
         principal: Principal | None = None,
         appointment_id: str | None = None,
-        wakeup: asyncio.Event | None = None,
+        wakeup: asyncio.Event | Waker | None = None,
     ) -> None:
-        self._items: deque[Delivery] = deque()
+        self._items: list[Delivery] = []
         self._maxlen = maxlen
         # The subscribers of one connection (a WebSocket holding several
         # subscriptions) share one event, so that its one writer waits on all.
-        self._wakeup = wakeup if wakeup is not None else asyncio.Event()
+        self._wakeup = wakeup if wakeup is not None else Waker()
         self.transport = transport
         self.principal = principal
         self.appointment_id = appointment_id
@@ -179,15 +217,14 @@ class Subscriber:
 
     def drain(self) -> list[Delivery]:
         """Everything queued, oldest first, minus what a replay already sent."""
-        items = list(self._items)
-        self._items.clear()
+        items, self._items = self._items, []
         skip = self.skip_through
         if skip is not None:
             items = [i for i in items if i.id_key is None or i.id_key > skip]
             if any(i.id_key is not None for i in items):
                 # A newer id went through: ids only grow from here on.
                 self.skip_through = None
-        self.delivered += sum(1 for i in items if i.is_event)
+        self.delivered += sum(i.is_event for i in items)
         return items
 
     def __len__(self) -> int:
