@@ -11,13 +11,14 @@ Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from bench import peers, report, scenarios
+from bench import peers, profiling, report, scenarios
 from bench.scenarios import FULL, QUICK, Harness
 
 ALL_SCENARIOS = ["idle", "storm", "unicast", "broadcast", "ws_broadcast", "ws_unicast"]
@@ -27,7 +28,15 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_target(name: str, h: Harness, redis: peers.Redis, prof, wanted: list[str], workdir: Path) -> dict:
+def run_target(
+    name: str,
+    h: Harness,
+    redis: peers.Redis,
+    prof,
+    wanted: list[str],
+    workdir: Path,
+    profile: bool = False,
+) -> dict:
     redis.flush()
     if name == "ours":
         peer = peers.start_ours(redis, workdir, prof.heartbeat_s)
@@ -39,20 +48,35 @@ def run_target(name: str, h: Harness, redis: peers.Redis, prof, wanted: list[str
         peer = peers.start_trivial(redis, workdir, prof.heartbeat_s)
     else:
         raise ValueError(name)
-    log(f"== {name} on 127.0.0.1:{peer.port} (pid {peer.proc.pid}), RSS {peer.rss_kb() / 1024:.1f} MiB")
+    log(
+        f"== {name} on 127.0.0.1:{peer.port} (pid {peer.proc.pid}), RSS {peer.rss_kb() / 1024:.1f} MiB"
+    )
     h.pub_call("connect", target=scenarios.target_spec(peer, redis))
     out: dict = {"port": peer.port}
     plan = []
     for sc in wanted:
         if sc == "unicast":
-            plan += [(f"unicast_{n}", lambda n=n: scenarios.sc_unicast(h, peer, redis, prof, log, n)) for n in prof.unicast_patients]
+            plan += [
+                (f"unicast_{n}", lambda n=n: scenarios.sc_unicast(h, peer, redis, prof, log, n))
+                for n in prof.unicast_patients
+            ]
         elif sc == "ws_unicast":
             n = prof.ws_unicast_patients
-            plan.append((f"ws_unicast_{n}", lambda n=n: scenarios.sc_unicast(h, peer, redis, prof, log, n, kind="ws")))
+            plan.append(
+                (
+                    f"ws_unicast_{n}",
+                    lambda n=n: scenarios.sc_unicast(h, peer, redis, prof, log, n, kind="ws"),
+                )
+            )
         elif sc == "broadcast":
             plan.append(("broadcast", lambda: scenarios.sc_broadcast(h, peer, redis, prof, log)))
         elif sc == "ws_broadcast":
-            plan.append(("ws_broadcast", lambda: scenarios.sc_broadcast(h, peer, redis, prof, log, kind="ws")))
+            plan.append(
+                (
+                    "ws_broadcast",
+                    lambda: scenarios.sc_broadcast(h, peer, redis, prof, log, kind="ws"),
+                )
+            )
         elif sc == "idle":
             plan.append(("idle", lambda: scenarios.sc_idle(h, peer, redis, prof, log)))
         elif sc == "storm":
@@ -63,16 +87,25 @@ def run_target(name: str, h: Harness, redis: peers.Redis, prof, wanted: list[str
                 continue
             log(f"-- {name}: {key}")
             t0 = time.monotonic()
+            sampler = None
+            if profile and name in ("ours", "baseline"):
+                sampler = profiling.Sampler(peer.proc.pid, workdir / f"{name}-{key}.pyspy.txt")
             try:
                 out[key] = fn()
             except Exception as exc:  # keep going: one broken scenario must not lose the run
-                log(f"   {key} failed: {exc}\n{traceback.format_exc()}\n--- server log tail:\n{peer.log_tail()}")
-                out[key] = {"error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__}
-                try:
+                log(
+                    f"   {key} failed: {exc}\n{traceback.format_exc()}\n--- server log tail:\n{peer.log_tail()}"
+                )
+                out[key] = {
+                    "error": str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+                }
+                with contextlib.suppress(Exception):
                     scenarios.close_streams(h)
-                except Exception:
-                    pass
             out[key + "_wall_s"] = round(time.monotonic() - t0, 1)
+            if sampler is not None:
+                raw = sampler.stop()
+                if raw is not None:
+                    out.setdefault("profiles", {})[key] = profiling.summarize(raw)
             if not peer.alive():
                 log(f"   {name} server died:\n{peer.log_tail()}")
                 out["died"] = True
@@ -85,20 +118,50 @@ def run_target(name: str, h: Harness, redis: peers.Redis, prof, wanted: list[str
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--quick", action="store_true", help="short run, ~2 minutes (default)")
-    g.add_argument("--full", action="store_true", help="the issue's sizes: 10,000 streams, longer steps")
-    ap.add_argument("--targets", default="ours,baseline,nchan", help="comma list of ours,baseline,nchan,trivial")
-    ap.add_argument("--scenarios", default=",".join(ALL_SCENARIOS), help="comma list of " + ",".join(ALL_SCENARIOS))
+    g.add_argument(
+        "--full", action="store_true", help="the issue's sizes: 10,000 streams, longer steps"
+    )
+    ap.add_argument(
+        "--targets", default="ours,baseline,nchan", help="comma list of ours,baseline,nchan,trivial"
+    )
+    ap.add_argument(
+        "--scenarios",
+        default=",".join(ALL_SCENARIOS),
+        help="comma list of " + ",".join(ALL_SCENARIOS),
+    )
     ap.add_argument("--subs", type=int, default=2, help="subscriber processes in the generator")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     ap.add_argument("--tag", default=None, help="results file tag (default: the profile name)")
-    ap.add_argument("--no-write", action="store_true", help="print only, write nothing under bench/results")
-    ap.add_argument("--no-install", action="store_true", help="never apt-get install Nchan; skip its column instead")
-    ap.add_argument("--calibrate", action="store_true", help="add the bare-asyncio 'trivial' peer (generator ceiling)")
-    ap.add_argument("--memprofile", action="store_true",
-                    help="diagnosis: tracemalloc growth per idle stream in the Python peers (slows them)")
+    ap.add_argument(
+        "--no-write", action="store_true", help="print only, write nothing under bench/results"
+    )
+    ap.add_argument(
+        "--no-install",
+        action="store_true",
+        help="never apt-get install Nchan; skip its column instead",
+    )
+    ap.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="add the bare-asyncio 'trivial' peer (generator ceiling)",
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample ours and the baseline with py-spy during each scenario (summary in the report)",
+    )
+    ap.add_argument(
+        "--memprofile",
+        action="store_true",
+        help="diagnosis: tracemalloc growth per idle stream in the Python peers (slows them)",
+    )
     ap.add_argument("--note", action="append", default=[], help="a note to add to the report")
     a = ap.parse_args(argv)
 
@@ -146,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     h = Harness(a.subs)
     try:
         for t in targets:
-            results["targets"][t] = run_target(t, h, redis, prof, wanted, workdir)
+            results["targets"][t] = run_target(t, h, redis, prof, wanted, workdir, a.profile)
     except KeyboardInterrupt:
         log("bench: interrupted; reporting what was measured")
     finally:

@@ -13,6 +13,7 @@ Every peer runs as its own OS process (never inside the generator), bound to
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import shutil
@@ -40,11 +41,9 @@ def free_port() -> int:
 
 
 def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        pass
     os.setsid()
 
 
@@ -85,17 +84,15 @@ class Peer:
     def procs(self) -> list[psutil.Process]:
         try:
             p = psutil.Process(self.proc.pid)
-            return [p] + p.children(recursive=True)
+            return [p, *p.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
 
     def rss_kb(self) -> int:
         total = 0
         for p in self.procs():
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 total += p.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
         return total // 1024
 
     def cpu_s(self) -> float:
@@ -113,10 +110,8 @@ class Peer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.proc.wait(8)
             except subprocess.TimeoutExpired:
@@ -136,11 +131,25 @@ class Redis:
         self.log = workdir / "redis.log"
         self.proc = subprocess.Popen(
             [
-                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--maxclients", "19000",
-                "--dir", str(workdir), "--logfile", str(self.log),
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxclients",
+                "19000",
+                "--dir",
+                str(workdir),
+                "--logfile",
+                str(self.log),
             ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_raise_nofile,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_raise_nofile,
         )
         wait_port(self.port, 10, self.proc)
         self.url = f"redis://127.0.0.1:{self.port}/0"
@@ -175,8 +184,15 @@ def _spawn(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess
     if os.environ.get("BENCH_TRACEMALLOC"):  # --memprofile: tracemalloc hook in Python peers
         full_env["PYTHONPATH"] = f"{BENCH_DIR / 'memprof'}:{full_env['PYTHONPATH']}"
         full_env["BENCH_TRACEMALLOC_OUT"] = str(log.with_suffix(".tracemalloc.txt"))
-    fh = open(log, "wb")
-    return subprocess.Popen(cmd, env=full_env, stdout=fh, stderr=subprocess.STDOUT, cwd=str(cwd), preexec_fn=_raise_nofile)
+    fh = open(log, "wb")  # noqa: SIM115 - handed to the child process for its lifetime
+    return subprocess.Popen(
+        cmd,
+        env=full_env,
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+        cwd=str(cwd),
+        preexec_fn=_raise_nofile,
+    )
 
 
 def ours_available() -> tuple[bool, str]:
@@ -208,16 +224,36 @@ def start_ours(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         cmd = [str(notify), "serve"]
     else:
         cmd = [
-            python(), "-m", "uvicorn", "--factory", "service.main:create_app",
-            "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-            "--no-access-log", "--timeout-graceful-shutdown", "2", "--backlog", "4096",
+            python(),
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+            "--timeout-graceful-shutdown",
+            "2",
+            "--backlog",
+            "4096",
         ]
     proc = _spawn(cmd, env, log)
     wait_port(port, 30, proc)
     return Peer(
-        "ours", port, proc, workdir, log,
-        sse_path="/v1/patients/me/events", ws_path="/v1/ws",
-        ws_subscribe={"type": "subscribe"}, publish="redis", history="ours-http",
+        "ours",
+        port,
+        proc,
+        workdir,
+        log,
+        sse_path="/v1/patients/me/events",
+        ws_path="/v1/ws",
+        ws_subscribe={"type": "subscribe"},
+        publish="redis",
+        history="ours-http",
     )
 
 
@@ -231,29 +267,63 @@ def start_baseline(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         "BASELINE_REDIS_MAX_CONNECTIONS": "50000",
     }
     cmd = [
-        python(), "-m", "uvicorn", "bench.baselines.tutorial_sse:app",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--no-access-log", "--timeout-graceful-shutdown", "2", "--backlog", "4096",
+        python(),
+        "-m",
+        "uvicorn",
+        "bench.baselines.tutorial_sse:app",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+        "--timeout-graceful-shutdown",
+        "2",
+        "--backlog",
+        "4096",
     ]
     proc = _spawn(cmd, env, log)
     wait_port(port, 30, proc)
     return Peer(
-        "baseline", port, proc, workdir, log,
-        sse_path="/v1/patients/me/events", ws_path="/v1/ws",
-        ws_subscribe={"type": "subscribe"}, publish="redis", history="none",
+        "baseline",
+        port,
+        proc,
+        workdir,
+        log,
+        sse_path="/v1/patients/me/events",
+        ws_path="/v1/ws",
+        ws_subscribe={"type": "subscribe"},
+        publish="redis",
+        history="none",
     )
 
 
 def start_trivial(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
     port = free_port()
     log = workdir / "trivial.log"
-    cmd = [python(), "-m", "bench.trivial_server", "--port", str(port), "--redis-port", str(redis.port)]
+    cmd = [
+        python(),
+        "-m",
+        "bench.trivial_server",
+        "--port",
+        str(port),
+        "--redis-port",
+        str(redis.port),
+    ]
     proc = _spawn(cmd, {}, log)
     wait_port(port, 30, proc)
     return Peer(
-        "trivial", port, proc, workdir, log,
-        sse_path="/v1/patients/me/events", ws_path="/v1/ws",
-        ws_subscribe=None, publish="redis", history="none",
+        "trivial",
+        port,
+        proc,
+        workdir,
+        log,
+        sse_path="/v1/patients/me/events",
+        ws_path="/v1/ws",
+        ws_subscribe=None,
+        publish="redis",
+        history="none",
     )
 
 
@@ -262,18 +332,44 @@ def ensure_nchan(install: bool) -> tuple[bool, str]:
     if shutil.which("nginx") and NCHAN_MODULE.exists():
         return True, ""
     if install and shutil.which("apt-get") and os.geteuid() == 0:
-        print("bench: Nchan missing, installing nginx + libnginx-mod-nchan with apt-get ...", file=sys.stderr)
+        print(
+            "bench: Nchan missing, installing nginx + libnginx-mod-nchan with apt-get ...",
+            file=sys.stderr,
+        )
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        ok = subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx-light", "libnginx-mod-nchan"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        ).returncode == 0
+        ok = (
+            subprocess.run(
+                [
+                    "apt-get",
+                    "install",
+                    "-y",
+                    "-qq",
+                    "--no-install-recommends",
+                    "nginx-light",
+                    "libnginx-mod-nchan",
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            ).returncode
+            == 0
+        )
         if not ok:
-            subprocess.run(["apt-get", "update", "-qq"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            ok = subprocess.run(
-                ["apt-get", "install", "-y", "-qq", "nginx", "libnginx-mod-nchan"],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            ).returncode == 0
+            subprocess.run(
+                ["apt-get", "update", "-qq"],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            ok = (
+                subprocess.run(
+                    ["apt-get", "install", "-y", "-qq", "nginx", "libnginx-mod-nchan"],
+                    env=env,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                ).returncode
+                == 0
+            )
         # Debian's package may start a system nginx on :80; the benchmark never uses it.
         if ok and shutil.which("nginx") and NCHAN_MODULE.exists():
             return True, ""
@@ -294,16 +390,24 @@ def start_nchan(workdir: Path, heartbeat_s: float) -> Peer:
     conf = (
         tmpl.replace("{{dir}}", str(d))
         .replace("{{port}}", str(port))
-        .replace("{{heartbeat_s}}", str(max(1, int(round(heartbeat_s)))))
+        .replace("{{heartbeat_s}}", str(max(1, round(heartbeat_s))))
     )
     (d / "nginx.conf").write_text(conf)
     log = workdir / "nchan.log"
     proc = _spawn(["nginx", "-c", str(d / "nginx.conf"), "-p", str(d)], {}, log, cwd=d)
     wait_port(port, 15, proc)
     return Peer(
-        "nchan", port, proc, workdir, log,
-        sse_path="/sub/{channel}", ws_path="/sub/{channel}",
-        ws_subscribe=None, publish="nchan", history="nchan", auth=False,
+        "nchan",
+        port,
+        proc,
+        workdir,
+        log,
+        sse_path="/sub/{channel}",
+        ws_path="/sub/{channel}",
+        ws_subscribe=None,
+        publish="nchan",
+        history="nchan",
+        auth=False,
     )
 
 

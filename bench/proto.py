@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import re
 import socket
@@ -31,10 +32,8 @@ def _set_linger0(transport: asyncio.BaseTransport) -> None:
     """Close with RST: no TIME_WAIT pile-up across 10,000-connection scenarios."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
 
 
 class Sink:
@@ -50,12 +49,27 @@ class StreamConn(asyncio.Protocol):
     """Common state of one subscriber connection."""
 
     __slots__ = (
-        "sink", "sid", "chan", "request", "transport", "hdr", "status", "ready",
-        "closed", "buf", "t_start", "t_ready", "pings", "refused", "last_id",
+        "buf",
+        "chan",
+        "closed",
+        "hdr",
+        "last_id",
+        "pings",
+        "ready",
         "ready_fut",
+        "refused",
+        "request",
+        "sid",
+        "sink",
+        "status",
+        "t_ready",
+        "t_start",
+        "transport",
     )
 
-    def __init__(self, sink: Sink, sid: int, chan: int, request: bytes, ready_fut: asyncio.Future | None):
+    def __init__(
+        self, sink: Sink, sid: int, chan: int, request: bytes, ready_fut: asyncio.Future | None
+    ):
         self.sink = sink
         self.sid = sid
         self.chan = chan
@@ -125,13 +139,13 @@ class StreamConn(asyncio.Protocol):
             self.status = int(head[9:12])
         except ValueError:
             self.status = -1
-        return hdr[end + 4:]
+        return hdr[end + 4 :]
 
 
 class SSEConn(StreamConn):
     """An EventSource-like client: GET with Accept: text/event-stream."""
 
-    __slots__ = ("chunked", "cleft", "cskip", "cbuf", "in_body")
+    __slots__ = ("cbuf", "chunked", "cleft", "cskip", "in_body")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -178,7 +192,7 @@ class SSEConn(StreamConn):
             self.refused = True
         idx = frames.rfind(b"id: ")
         if idx >= 0:
-            self.last_id = frames[idx + 4: frames.find(b"\n", idx)]
+            self.last_id = frames[idx + 4 : frames.find(b"\n", idx)]
         self.sink.on_events(self, frames, now)
 
     def _dechunk(self, data: bytes) -> bytes:
@@ -190,7 +204,7 @@ class SSEConn(StreamConn):
         while pos < n:
             if self.cleft:
                 take = min(self.cleft, n - pos)
-                out.append(buf[pos: pos + take])
+                out.append(buf[pos : pos + take])
                 pos += take
                 self.cleft -= take
                 if not self.cleft:
@@ -236,7 +250,7 @@ def ws_frame(payload: bytes, opcode: int = 1) -> bytes:
 class WSConn(StreamConn):
     """A WebSocket client: handshake, optional subscribe message, then frames."""
 
-    __slots__ = ("in_body", "subscribe", "frag")
+    __slots__ = ("frag", "in_body", "subscribe")
 
     def __init__(self, *a, subscribe: bytes | None = None, **kw):
         super().__init__(*a, **kw)
@@ -272,16 +286,16 @@ class WSConn(StreamConn):
             if ln == 126:
                 if n - pos < 4:
                     break
-                ln = int.from_bytes(buf[pos + 2: pos + 4], "big")
+                ln = int.from_bytes(buf[pos + 2 : pos + 4], "big")
                 hl = 4
             elif ln == 127:
                 if n - pos < 10:
                     break
-                ln = int.from_bytes(buf[pos + 2: pos + 10], "big")
+                ln = int.from_bytes(buf[pos + 2 : pos + 10], "big")
                 hl = 10
             if n - pos < hl + ln:
                 break
-            payload = buf[pos + hl: pos + hl + ln]
+            payload = buf[pos + hl : pos + hl + ln]
             pos += hl + ln
             op = b0 & 0x0F
             fin = b0 & 0x80
@@ -314,7 +328,9 @@ class WSConn(StreamConn):
             self.sink.on_events(self, texts[0] if len(texts) == 1 else b"\n".join(texts), now)
 
 
-def sse_request(host: str, port: int, path: str, token: str | None, last_event_id: str | None = None) -> bytes:
+def sse_request(
+    host: str, port: int, path: str, token: str | None, last_event_id: str | None = None
+) -> bytes:
     lines = [
         f"GET {path} HTTP/1.1",
         f"Host: {host}:{port}",
@@ -393,12 +409,12 @@ class PipelinedHTTP(asyncio.Protocol):
             i = head.lower().find(b"content-length:")
             if i >= 0:
                 j = head.find(b"\r\n", i)
-                clen = int(head[i + 15: j if j >= 0 else len(head)])
+                clen = int(head[i + 15 : j if j >= 0 else len(head)])
             else:
                 clen = 0
             if len(buf) < end + 4 + clen:
                 break
-            body = buf[end + 4: end + 4 + clen]
+            body = buf[end + 4 : end + 4 + clen]
             status = int(head[9:12])
             pos = end + 4 + clen
             self.pending -= 1

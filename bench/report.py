@@ -1,7 +1,10 @@
 """Markdown report: one table, peers side by side, ratios measured in the same run."""
 
+# ruff: noqa: RUF001  (the table uses the multiplication sign and en dash on purpose)
+
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,31 +18,45 @@ from importlib import metadata
 def machine() -> dict:
     cpu = "?"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     mem_gib = None
     try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal"):
+                    mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
     except OSError:
         pass
     versions = {"python": platform.python_version()}
-    for pkg in ("fastapi", "starlette", "sse-starlette", "uvicorn", "uvloop", "httptools", "websockets", "redis", "pyjwt"):
-        try:
+    for pkg in (
+        "fastapi",
+        "starlette",
+        "sse-starlette",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+        "websockets",
+        "redis",
+        "pyjwt",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
             versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
     for cmd, key in ((["redis-server", "--version"], "redis-server"), (["nginx", "-v"], "nginx")):
         if shutil.which(cmd[0]):
             out = subprocess.run(cmd, capture_output=True, text=True)
             versions[key] = (out.stdout + out.stderr).strip().split("\n")[0]
     if shutil.which("dpkg-query"):
-        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"],
+            capture_output=True,
+            text=True,
+        )
         if out.returncode == 0:
             versions["libnginx-mod-nchan"] = out.stdout.strip()
     try:
@@ -107,30 +124,139 @@ def _ratio(a, pa, b, pb) -> str:
 
 ROWS = [
     # label, scenario, extractor -> (value, prefix), better, target text
-    ("Idle SSE: RSS per stream (KB)", "idle", lambda r: (r.get("kb_per_stream"), ""), "lower", "≤ 20 KB and ≤ 2× Nchan"),
-    ("Idle SSE: streams held / requested", "idle", lambda r: (f"{r['live_after_window']:,}/{r['requested']:,}", ""), "", "10,000 per process"),
-    ("Idle SSE: server CPU per 1,000 streams (% core)", "idle", lambda r: (r.get("cpu_pct_per_1000_streams"), ""), "lower", ""),
-    ("Connect rate: new authenticated SSE streams/s", "idle", lambda r: (r.get("connect_rate"), ""), "higher", ""),
-    ("Reconnect storm: all streaming again (s)", "storm", lambda r: (r.get("all_streaming_s"), ""), "lower", ""),
-    ("Reconnect storm: all caught up (s)", "storm", lambda r: (r.get("all_caught_up_s") if r.get("all_caught_up_s") is not None else f"never ({r.get('caught_up', 0):,}/{r.get('clients', 0):,})", ""), "lower", "10,000 within 10 s"),
-    ("Unicast 1,000 patients: max events/s (lost 0, p99 ≤ 250 ms)", "unicast_1000", lambda r: _rate(r, "max_rate_ok"), "higher", ""),
-    ("Unicast 10,000 patients: max events/s (lost 0, p99 ≤ 250 ms)", "unicast_10000", lambda r: _rate(r, "max_rate_ok"), "higher", ""),
-    ("Unicast 10,000 patients: p99 at 2,000 events/s (ms)", "unicast_10000", lambda r: (r.get("p99_at_2000_ms"), ""), "lower", "≤ 50 ms"),
-    ("Unicast 1,000 patients: p99 at 2,000 events/s (ms)", "unicast_1000", lambda r: (r.get("p99_at_2000_ms"), ""), "lower", ""),
-    ("Broadcast 1,000 streams: delivery p99 at low rate (ms)", "broadcast", lambda r: (_get(r, "low_rate", "lat_ms", "p99"), ""), "lower", ""),
-    ("Broadcast 1,000 streams: whole fan-out p99 at low rate (ms)", "broadcast", lambda r: (_get(r, "low_rate", "fanout_ms", "p99"), ""), "lower", ""),
-    ("Broadcast 1,000 streams: max events/s (lost 0, p99 ≤ 250 ms)", "broadcast", lambda r: _rate(r, "max_rate_ok"), "higher", "≥ 1.0× Nchan, ≥ 25× baseline"),
-    ("Broadcast 1,000 streams: max events/s (p99 ≤ 50 ms)", "broadcast", lambda r: _rate(r, "max_rate_tight"), "higher", "≥ 0.5× Nchan"),
-    ("WS broadcast 1,000 streams: max events/s (p99 ≤ 250 ms)", "ws_broadcast", lambda r: _rate(r, "max_rate_ok"), "higher", "within 1.2× of SSE"),
-    ("WS broadcast 1,000 streams: max events/s (p99 ≤ 50 ms)", "ws_broadcast", lambda r: _rate(r, "max_rate_tight"), "higher", ""),
-    ("WS unicast 1,000 patients: max events/s (p99 ≤ 250 ms)", "ws_unicast_1000", lambda r: _rate(r, "max_rate_ok"), "higher", "within 1.2× of SSE"),
+    (
+        "Idle SSE: RSS per stream (KB)",
+        "idle",
+        lambda r: (r.get("kb_per_stream"), ""),
+        "lower",
+        "≤ 20 KB and ≤ 2× Nchan",
+    ),
+    (
+        "Idle SSE: streams held / requested",
+        "idle",
+        lambda r: (f"{r['live_after_window']:,}/{r['requested']:,}", ""),
+        "",
+        "10,000 per process",
+    ),
+    (
+        "Idle SSE: server CPU per 1,000 streams (% core)",
+        "idle",
+        lambda r: (r.get("cpu_pct_per_1000_streams"), ""),
+        "lower",
+        "",
+    ),
+    (
+        "Connect rate: new authenticated SSE streams/s",
+        "idle",
+        lambda r: (r.get("connect_rate"), ""),
+        "higher",
+        "",
+    ),
+    (
+        "Reconnect storm: all streaming again (s)",
+        "storm",
+        lambda r: (r.get("all_streaming_s"), ""),
+        "lower",
+        "",
+    ),
+    (
+        "Reconnect storm: all caught up (s)",
+        "storm",
+        lambda r: (
+            r.get("all_caught_up_s")
+            if r.get("all_caught_up_s") is not None
+            else f"never ({r.get('caught_up', 0):,}/{r.get('clients', 0):,})",
+            "",
+        ),
+        "lower",
+        "10,000 within 10 s",
+    ),
+    (
+        "Unicast 1,000 patients: max events/s (lost 0, p99 ≤ 250 ms)",
+        "unicast_1000",
+        lambda r: _rate(r, "max_rate_ok"),
+        "higher",
+        "",
+    ),
+    (
+        "Unicast 10,000 patients: max events/s (lost 0, p99 ≤ 250 ms)",
+        "unicast_10000",
+        lambda r: _rate(r, "max_rate_ok"),
+        "higher",
+        "",
+    ),
+    (
+        "Unicast 10,000 patients: p99 at 2,000 events/s (ms)",
+        "unicast_10000",
+        lambda r: (r.get("p99_at_2000_ms"), ""),
+        "lower",
+        "≤ 50 ms",
+    ),
+    (
+        "Unicast 1,000 patients: p99 at 2,000 events/s (ms)",
+        "unicast_1000",
+        lambda r: (r.get("p99_at_2000_ms"), ""),
+        "lower",
+        "",
+    ),
+    (
+        "Broadcast 1,000 streams: delivery p99 at low rate (ms)",
+        "broadcast",
+        lambda r: (_get(r, "low_rate", "lat_ms", "p99"), ""),
+        "lower",
+        "",
+    ),
+    (
+        "Broadcast 1,000 streams: whole fan-out p99 at low rate (ms)",
+        "broadcast",
+        lambda r: (_get(r, "low_rate", "fanout_ms", "p99"), ""),
+        "lower",
+        "",
+    ),
+    (
+        "Broadcast 1,000 streams: max events/s (lost 0, p99 ≤ 250 ms)",
+        "broadcast",
+        lambda r: _rate(r, "max_rate_ok"),
+        "higher",
+        "≥ 1.0× Nchan, ≥ 25× baseline",
+    ),
+    (
+        "Broadcast 1,000 streams: max events/s (p99 ≤ 50 ms)",
+        "broadcast",
+        lambda r: _rate(r, "max_rate_tight"),
+        "higher",
+        "≥ 0.5× Nchan",
+    ),
+    (
+        "WS broadcast 1,000 streams: max events/s (p99 ≤ 250 ms)",
+        "ws_broadcast",
+        lambda r: _rate(r, "max_rate_ok"),
+        "higher",
+        "within 1.2× of SSE",
+    ),
+    (
+        "WS broadcast 1,000 streams: max events/s (p99 ≤ 50 ms)",
+        "ws_broadcast",
+        lambda r: _rate(r, "max_rate_tight"),
+        "higher",
+        "",
+    ),
+    (
+        "WS unicast 1,000 patients: max events/s (p99 ≤ 250 ms)",
+        "ws_unicast_1000",
+        lambda r: _rate(r, "max_rate_ok"),
+        "higher",
+        "within 1.2× of SSE",
+    ),
 ]
 
 
 def table(results: dict) -> str:
     targets = results["targets"]
     cols = [t for t in ("ours", "baseline", "nchan") if t in targets]
-    head = ["metric"] + [{"ours": "ours", "baseline": "tutorial baseline", "nchan": "Nchan"}[c] for c in cols]
+    head = ["metric"] + [
+        {"ours": "ours", "baseline": "tutorial baseline", "nchan": "Nchan"}[c] for c in cols
+    ]
     if "baseline" in cols and "ours" in cols:
         head.append("ours / baseline")
     if "nchan" in cols and "ours" in cols:
@@ -193,8 +319,10 @@ def headroom(results: dict) -> str:
                 )
     if not out:
         return ""
-    head = ("| peer | scenario | step | events/s | deliveries/s | p99 ms | lost | server CPU | generator CPU (all procs) | redis CPU |\n"
-            "|---|---|---|---|---|---|---|---|---|---|")
+    head = (
+        "| peer | scenario | step | events/s | deliveries/s | p99 ms | lost | server CPU | generator CPU (all procs) | redis CPU |\n"
+        "|---|---|---|---|---|---|---|---|---|---|"
+    )
     return head + "\n" + "\n".join(out)
 
 
@@ -220,15 +348,22 @@ def render(results: dict) -> str:
         lines.append("")
     lines.append(table(results))
     lines.append("")
-    lines.append("Ratios are ours ÷ peer of the value in that row (for \"lower is better\" rows, < 1× means ours is better). "
-                 "`≥` marks a value where the peer outran the generator's ladder (a lower bound); `<` where even the "
-                 "first (lowest) rate of the ladder failed.")
+    lines.append(
+        'Ratios are ours ÷ peer of the value in that row (for "lower is better" rows, < 1× means ours is better). '
+        "`≥` marks a value where the peer outran the generator's ladder (a lower bound); `<` where even the "
+        "first (lowest) rate of the ladder failed."
+    )
     hr = headroom(results)
     if hr:
         lines += ["", "## Generator headroom (same run)", "", hr, ""]
-        lines.append("The generator's CPU (all its processes) stays well under its 2-core budget at our service's best "
-                     "passing step, and it absorbs many more deliveries per second against the faster peer: the "
-                     "generator is not what limits our figures.")
+        lines.append(
+            "The generator's CPU (all its processes) stays well under its 2-core budget at our service's best "
+            "passing step, and it absorbs many more deliveries per second against the faster peer: the "
+            "generator is not what limits our figures."
+        )
+    for name, t in results["targets"].items():
+        for key, summary in (t.get("profiles") or {}).items():
+            lines += ["", f"## py-spy profile: {name}, {key}", "", summary]
     notes = results.get("notes")
     if notes:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
@@ -250,4 +385,5 @@ def write(results: dict, outdir, tag: str) -> tuple[str, str]:
 
 
 if __name__ == "__main__":  # re-render a saved run: python -m bench.report results.json
-    print(render(json.load(open(sys.argv[1]))))
+    with open(sys.argv[1]) as f:
+        print(render(json.load(f)))

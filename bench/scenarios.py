@@ -21,7 +21,7 @@ P99_TIGHT_MS = 50.0
 def pct(values: list[float], p: float) -> float | None:
     if not values:
         return None
-    k = min(len(values) - 1, max(0, int(round(p / 100.0 * (len(values) - 1)))))
+    k = min(len(values) - 1, max(0, round(p / 100.0 * (len(values) - 1))))
     return values[k]
 
 
@@ -64,17 +64,43 @@ class Profile:
 
 
 QUICK = Profile(
-    name="quick", idle_streams=1000, idle_window_s=5, heartbeat_s=2,
-    storm_clients=1000, storm_history=3, unicast_patients=(1000,), unicast_start=500,
-    broadcast_streams=1000, broadcast_start=4, low_rate=2, low_rate_s=2, step_s=1.0,
-    factor=2.0, bisect=True, ws_unicast_patients=1000, connect_concurrency=200,
+    name="quick",
+    idle_streams=1000,
+    idle_window_s=5,
+    heartbeat_s=2,
+    storm_clients=1000,
+    storm_history=3,
+    unicast_patients=(1000,),
+    unicast_start=500,
+    broadcast_streams=1000,
+    broadcast_start=4,
+    low_rate=2,
+    low_rate_s=2,
+    step_s=1.0,
+    factor=2.0,
+    bisect=True,
+    ws_unicast_patients=1000,
+    connect_concurrency=200,
     storm_concurrency=1000,
 )
 FULL = Profile(
-    name="full", idle_streams=10000, idle_window_s=20, heartbeat_s=5,
-    storm_clients=10000, storm_history=3, unicast_patients=(1000, 10000), unicast_start=250,
-    broadcast_streams=1000, broadcast_start=4, low_rate=2, low_rate_s=10, step_s=4,
-    factor=2.0, bisect=True, ws_unicast_patients=1000, connect_concurrency=500,
+    name="full",
+    idle_streams=10000,
+    idle_window_s=20,
+    heartbeat_s=5,
+    storm_clients=10000,
+    storm_history=3,
+    unicast_patients=(1000, 10000),
+    unicast_start=250,
+    broadcast_streams=1000,
+    broadcast_start=4,
+    low_rate=2,
+    low_rate_s=10,
+    step_s=4,
+    factor=2.0,
+    bisect=True,
+    ws_unicast_patients=1000,
+    connect_concurrency=500,
     storm_concurrency=1000,
 )
 
@@ -130,7 +156,7 @@ class Harness:
         return total
 
     def close(self):
-        for c in self.subs + [self.pub]:
+        for c in [*self.subs, self.pub]:
             try:
                 c.send({"op": "exit"})
                 c.recv()
@@ -156,8 +182,16 @@ def target_spec(peer: Peer, redis: Redis) -> dict:
     }
 
 
-def open_streams(h: Harness, peer: Peer, kind: str, chans: list[int], concurrency: int,
-                 last_ids: dict | None = None, base_seq: int = 0, timeout_s: float = 60) -> dict:
+def open_streams(
+    h: Harness,
+    peer: Peer,
+    kind: str,
+    chans: list[int],
+    concurrency: int,
+    last_ids: dict | None = None,
+    base_seq: int = 0,
+    timeout_s: float = 60,
+) -> dict:
     n = len(h.subs)
     per = []
     for w in range(n):
@@ -229,8 +263,17 @@ def cpu_delta(a, b) -> dict:
     }
 
 
-def measure_step(h: Harness, peer: Peer, redis: Redis, chans: list[int], streams_per_chan: dict[int, int],
-                 rate: float, duration: float, fanout: bool = False, drain_max_s: float = 6.0) -> dict:
+def measure_step(
+    h: Harness,
+    peer: Peer,
+    redis: Redis,
+    chans: list[int],
+    streams_per_chan: dict[int, int],
+    rate: float,
+    duration: float,
+    fanout: bool = False,
+    drain_max_s: float = 6.0,
+) -> dict:
     h.subs_all("reset", track_fanout=fanout)
     s0 = cpu_snapshot(h, peer, redis)
     pub = h.pub_call("publish", spec={"channels": chans, "rate": rate, "duration_s": duration})
@@ -299,8 +342,19 @@ def reopen_if_needed(h, peer, kind, chans, conc) -> None:
         barrier(h)
 
 
-def ladder(h: Harness, peer: Peer, redis: Redis, kind: str, stream_chans: list[int], pub_chans: list[int],
-           start: float, prof: Profile, max_rate: float, log, label: str) -> dict:
+def ladder(
+    h: Harness,
+    peer: Peer,
+    redis: Redis,
+    kind: str,
+    stream_chans: list[int],
+    pub_chans: list[int],
+    start: float,
+    prof: Profile,
+    max_rate: float,
+    log,
+    label: str,
+) -> dict:
     spc: dict[int, int] = {}
     for c in stream_chans:
         spc[c] = spc.get(c, 0) + 1
@@ -312,9 +366,11 @@ def ladder(h: Harness, peer: Peer, redis: Redis, kind: str, stream_chans: list[i
     while rate <= max_rate:
         st = measure_step(h, peer, redis, pub_chans, spc, rate, prof.step_s)
         steps.append(st)
-        log(f"  {label} {rate:>8.0f} ev/s: p50 {fmt(st['lat_ms']['p50'])} p99 {fmt(st['lat_ms']['p99'])} ms, "
+        log(
+            f"  {label} {rate:>8.0f} ev/s: p50 {fmt(st['lat_ms']['p50'])} p99 {fmt(st['lat_ms']['p99'])} ms, "
             f"lost {st['lost']}, dup {st['dups']}, server {st['server_cpu_pct']:.0f}% gen {st['gen_cpu_pct']:.0f}%"
-            + (" PUB-LIMITED" if st["pub_limited"] else ""))
+            + (" PUB-LIMITED" if st["pub_limited"] else "")
+        )
         if st["pub_limited"]:
             gen_bound = True
             break
@@ -334,13 +390,20 @@ def ladder(h: Harness, peer: Peer, redis: Redis, kind: str, stream_chans: list[i
         mid = (best * first_fail) ** 0.5
         st = measure_step(h, peer, redis, pub_chans, spc, mid, prof.step_s)
         steps.append(st)
-        log(f"  {label} {mid:>8.0f} ev/s: p99 {fmt(st['lat_ms']['p99'])} ms, lost {st['lost']} (bisect)")
+        log(
+            f"  {label} {mid:>8.0f} ev/s: p99 {fmt(st['lat_ms']['p99'])} ms, lost {st['lost']} (bisect)"
+        )
         if st["ok"]:
             best = mid
             if st["ok_tight"] and (best_tight is None or mid > best_tight):
                 best_tight = mid
-    return {"steps": steps, "max_rate_ok": best, "max_rate_tight": best_tight, "first_fail": first_fail,
-            "generator_bound": gen_bound}
+    return {
+        "steps": steps,
+        "max_rate_ok": best,
+        "max_rate_tight": best_tight,
+        "first_fail": first_fail,
+        "generator_bound": gen_bound,
+    }
 
 
 def fmt(v, nd=1) -> str:
@@ -362,8 +425,10 @@ def sc_idle(h, peer, redis, prof: Profile, log) -> dict:
     rss0 = peer.rss_kb()
     chans = list(range(prof.idle_streams))
     o = open_streams(h, peer, "sse", chans, prof.connect_concurrency)
-    log(f"  opened {o['opened']}/{o['requested']} in {o['elapsed_s']:.1f}s "
-        f"({fmt(o['connect_rate'], 0)}/s), failed {o['failed']} {o['fail_reasons'] or ''}")
+    log(
+        f"  opened {o['opened']}/{o['requested']} in {o['elapsed_s']:.1f}s "
+        f"({fmt(o['connect_rate'], 0)}/s), failed {o['failed']} {o['fail_reasons'] or ''}"
+    )
     unready = barrier(h, 20)
     time.sleep(1.0)
     rss1 = peer.rss_kb()
@@ -403,9 +468,11 @@ def sc_idle(h, peer, redis, prof: Profile, log) -> dict:
         "cpu_pct_per_1000_streams": cpu["server_cpu_pct"] * 1000 / n,
         **cpu,
     }
-    log(f"  RSS {rss0/1024:.1f} -> {rss1/1024:.1f} MiB = {res['kb_per_stream']:.1f} KB/stream; "
+    log(
+        f"  RSS {rss0 / 1024:.1f} -> {rss1 / 1024:.1f} MiB = {res['kb_per_stream']:.1f} KB/stream; "
         f"idle CPU {cpu['server_cpu_pct']:.1f}% ({res['cpu_pct_per_1000_streams']:.2f}%/1000 streams); "
-        f"heartbeats/stream {res['heartbeats_per_stream']:.1f} in {prof.idle_window_s}s")
+        f"heartbeats/stream {res['heartbeats_per_stream']:.1f} in {prof.idle_window_s}s"
+    )
     close_streams(h)
     return res
 
@@ -417,16 +484,27 @@ def sc_storm(h, peer, redis, prof: Profile, log) -> dict:
     per = prof.storm_history
     spec = {"channels": chans, "per_channel": per, "mode": peer.history}
     if peer.history == "ours-http":
-        spec["service_token"] = mint_token(JWT_SECRET, "svc_bench", role="service", scope="events:publish")
+        # Our publish path called as a library (as `notify publish` does); falls back to
+        # POST /v1/events (the same code behind the API) when the service isn't importable.
+        spec["mode"] = "ours-lib"
+        spec["redis_url"] = redis.url
+        spec["service_token"] = mint_token(
+            JWT_SECRET, "svc_bench", role="service", scope="events:publish"
+        )
         spec["window"] = 32
     t0 = time.monotonic()
     hist = h.pub_call("history", spec=spec)
-    log(f"  history: {per} events x {n} patients in {time.monotonic() - t0:.1f}s "
-        f"(first ids: {len(hist['first_ids'])}, errors {hist.get('errors') or 0})")
+    log(
+        f"  history: {per} events x {n} patients in {time.monotonic() - t0:.1f}s "
+        f"(via {hist.get('via', spec['mode'])}; first ids: {len(hist['first_ids'])}, "
+        f"errors {hist.get('errors') or 0})"
+    )
     last_ids = hist["first_ids"] or {c: "0-1" for c in chans}  # baseline: ignored anyway
     h.subs_all("reset", record_latency=False, base_seq=1, target_seq=per)
     t_start = time.monotonic_ns()
-    o = open_streams(h, peer, "sse", chans, prof.storm_concurrency, last_ids=last_ids, base_seq=1, timeout_s=60)
+    o = open_streams(
+        h, peer, "sse", chans, prof.storm_concurrency, last_ids=last_ids, base_seq=1, timeout_s=60
+    )
     # wait until every stream has caught up (got seq == per) or timeout
     t_end = time.monotonic() + (1.0 if peer.history == "none" else 30)
     while time.monotonic() < t_end:
@@ -453,8 +531,10 @@ def sc_storm(h, peer, redis, prof: Profile, log) -> dict:
         "replayed_events": sum(r["got_total"] for r in st),
         "dups": sum(r["dups_total"] for r in st),
     }
-    log(f"  {o['opened']}/{n} streaming again after {fmt(res['all_streaming_s'], 2)}s; "
-        f"caught up {len(caught)}/{n} after {fmt(res['all_caught_up_s'], 2)}s")
+    log(
+        f"  {o['opened']}/{n} streaming again after {fmt(res['all_streaming_s'], 2)}s; "
+        f"caught up {len(caught)}/{n} after {fmt(res['all_caught_up_s'], 2)}s"
+    )
     close_streams(h)
     return res
 
@@ -463,17 +543,35 @@ def sc_unicast(h, peer, redis, prof: Profile, log, patients: int, kind: str = "s
     chans = list(range(patients))
     o = open_streams(h, peer, kind, chans, prof.connect_concurrency)
     unready = barrier(h, 30)
-    log(f"  {kind} unicast: {o['opened']}/{patients} streams ready ({unready} unready)"
-        + (f", failures {o['fail_reasons']}" if o["failed"] else ""))
+    log(
+        f"  {kind} unicast: {o['opened']}/{patients} streams ready ({unready} unready)"
+        + (f", failures {o['fail_reasons']}" if o["failed"] else "")
+    )
     if o["opened"] == 0:
         close_streams(h)
         raise RuntimeError(f"no {kind} stream could be opened: {o['fail_reasons']}")
-    lad = ladder(h, peer, redis, kind, chans, chans, prof.unicast_start, prof, prof.max_unicast_rate, log,
-                 f"{kind} unicast {patients}")
+    lad = ladder(
+        h,
+        peer,
+        redis,
+        kind,
+        chans,
+        chans,
+        prof.unicast_start,
+        prof,
+        prof.max_unicast_rate,
+        log,
+        f"{kind} unicast {patients}",
+    )
     at_2000 = next((s for s in lad["steps"] if abs(s["rate"] - 2000) < 1), None)
-    res = {"patients": patients, "opened": o["opened"], "connect_rate": o["connect_rate"], **lad,
-           "p99_at_2000_ms": at_2000["lat_ms"]["p99"] if at_2000 else None,
-           "ok_at_2000": at_2000["ok"] if at_2000 else None}
+    res = {
+        "patients": patients,
+        "opened": o["opened"],
+        "connect_rate": o["connect_rate"],
+        **lad,
+        "p99_at_2000_ms": at_2000["lat_ms"]["p99"] if at_2000 else None,
+        "ok_at_2000": at_2000["ok"] if at_2000 else None,
+    }
     close_streams(h)
     return res
 
@@ -483,17 +581,32 @@ def sc_broadcast(h, peer, redis, prof: Profile, log, kind: str = "sse") -> dict:
     stream_chans = [0] * n
     o = open_streams(h, peer, kind, stream_chans, prof.connect_concurrency)
     unready = barrier(h, 30)
-    log(f"  {kind} broadcast: {o['opened']}/{n} streams of one patient ready ({unready} unready)"
-        + (f", failures {o['fail_reasons']}" if o["failed"] else ""))
+    log(
+        f"  {kind} broadcast: {o['opened']}/{n} streams of one patient ready ({unready} unready)"
+        + (f", failures {o['fail_reasons']}" if o["failed"] else "")
+    )
     if o["opened"] == 0:
         close_streams(h)
         raise RuntimeError(f"no {kind} stream could be opened: {o['fail_reasons']}")
     spc = {0: n}
     low = measure_step(h, peer, redis, [0], spc, prof.low_rate, prof.low_rate_s, fanout=True)
-    log(f"  {kind} broadcast low rate {prof.low_rate:g} ev/s: delivery p99 {fmt(low['lat_ms']['p99'])} ms, "
-        f"complete fan-out p99 {fmt(low['fanout_ms']['p99'])} ms, lost {low['lost']}")
-    lad = ladder(h, peer, redis, kind, stream_chans, [0], prof.broadcast_start, prof, prof.max_broadcast_rate, log,
-                 f"{kind} broadcast")
+    log(
+        f"  {kind} broadcast low rate {prof.low_rate:g} ev/s: delivery p99 {fmt(low['lat_ms']['p99'])} ms, "
+        f"complete fan-out p99 {fmt(low['fanout_ms']['p99'])} ms, lost {low['lost']}"
+    )
+    lad = ladder(
+        h,
+        peer,
+        redis,
+        kind,
+        stream_chans,
+        [0],
+        prof.broadcast_start,
+        prof,
+        prof.max_broadcast_rate,
+        log,
+        f"{kind} broadcast",
+    )
     res = {"streams": n, "opened": o["opened"], "low_rate": low, **lad}
     close_streams(h)
     return res

@@ -29,7 +29,7 @@ class RespReader(asyncio.Protocol):
         pos = 0
         n = len(buf)
         while pos < n:
-            if buf[pos:pos + 1] != b"*":
+            if buf[pos : pos + 1] != b"*":
                 eol = buf.find(b"\r\n", pos)
                 if eol < 0:
                     break
@@ -38,7 +38,7 @@ class RespReader(asyncio.Protocol):
             eol = buf.find(b"\r\n", pos)
             if eol < 0:
                 break
-            count = int(buf[pos + 1:eol])
+            count = int(buf[pos + 1 : eol])
             p = eol + 2
             parts = []
             ok = True
@@ -47,21 +47,21 @@ class RespReader(asyncio.Protocol):
                 if e < 0:
                     ok = False
                     break
-                if buf[p:p + 1] == b":":
-                    parts.append(buf[p + 1:e])
+                if buf[p : p + 1] == b":":
+                    parts.append(buf[p + 1 : e])
                     p = e + 2
                     continue
-                ln = int(buf[p + 1:e])
+                ln = int(buf[p + 1 : e])
                 if e + 2 + ln + 2 > n:
                     ok = False
                     break
-                parts.append(buf[e + 2:e + 2 + ln])
+                parts.append(buf[e + 2 : e + 2 + ln])
                 p = e + 2 + ln + 2
             if not ok:
                 break
             pos = p
             if parts and parts[0] == b"pmessage":
-                chan = parts[2][len(b"notify:patient:"):]
+                chan = parts[2][len(b"notify:patient:") :]
                 frame = b"data: " + parts[3] + b"\n\n"
                 for t in self.hub.get(chan, ()):
                     t.write(frame)

@@ -16,6 +16,7 @@ or Nchan HTTP POST), ``probe`` (seq-0 event to given channels), ``history``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -42,11 +43,9 @@ SRC_IPS = [f"127.0.0.{i}" for i in range(2, 10)]
 
 
 def raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    try:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    except (ValueError, OSError):
-        pass
 
 
 def chan_name(i: int) -> str:
@@ -91,7 +90,13 @@ class SubscriberWorker(Sink):
         self.closed_unexpected = 0
         self.n_ready = 0
 
-    def reset(self, track_fanout: bool = False, record_latency: bool = True, base_seq: int = 0, target_seq: int = 0):
+    def reset(
+        self,
+        track_fanout: bool = False,
+        record_latency: bool = True,
+        base_seq: int = 0,
+        target_seq: int = 0,
+    ):
         self.lat = array("q")
         self.record_latency = record_latency
         self.track_fanout = track_fanout
@@ -177,7 +182,9 @@ class SubscriberWorker(Sink):
             async with sem:
                 fut = loop.create_future()
                 if kind == "sse":
-                    req = sse_request(host, port, path, tok, last_ids.get(str(ch)) or last_ids.get(ch))
+                    req = sse_request(
+                        host, port, path, tok, last_ids.get(str(ch)) or last_ids.get(ch)
+                    )
                     proto = SSEConn(self, sid, ch, req, fut)
                 else:
                     req = ws_request(host, port, path, tok)
@@ -201,7 +208,7 @@ class SubscriberWorker(Sink):
                     return
                 try:
                     ok = await asyncio.wait_for(fut, timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     proto.ready_fut = None
                     self.on_failed(proto, "ready timeout")
                     proto.abort()
@@ -225,7 +232,13 @@ class SubscriberWorker(Sink):
         }
 
     def unready(self):
-        return sorted({c.chan for i, c in enumerate(self.conns) if c is not None and not c.closed and not self.probed[i]})
+        return sorted(
+            {
+                c.chan
+                for i, c in enumerate(self.conns)
+                if c is not None and not c.closed and not self.probed[i]
+            }
+        )
 
     def stats(self, detail: bool = True):
         live = sum(1 for c in self.conns if c is not None and not c.closed)
@@ -285,7 +298,9 @@ class PublisherWorker:
         self.seq = {}
         self.target = target
         if target["publish"] == "redis":
-            _, self.redis = await loop.create_connection(RespPublisher, target["redis_host"], target["redis_port"])
+            _, self.redis = await loop.create_connection(
+                RespPublisher, target["redis_host"], target["redis_port"]
+            )
         else:
             self.https = []
             for _ in range(target.get("http_conns", 2)):
@@ -298,12 +313,14 @@ class PublisherWorker:
         if t["publish"] == "redis":
             prefix = t.get("channel_prefix", "notify:patient:").encode()
             return b"".join(
-                resp_command(b"PUBLISH", prefix + chan_name(c).encode(), event_json(chan_name(c), s, sent))
-                for c, s in zip(chans, seqs)
+                resp_command(
+                    b"PUBLISH", prefix + chan_name(c).encode(), event_json(chan_name(c), s, sent)
+                )
+                for c, s in zip(chans, seqs, strict=False)
             )
         hostport = f"{t['host']}:{t['port']}".encode()
         out = []
-        for c, s in zip(chans, seqs):
+        for c, s in zip(chans, seqs, strict=False):
             body = event_json(chan_name(c), s, sent)
             out.append(
                 b"POST /pub/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
@@ -328,7 +345,7 @@ class PublisherWorker:
             return
         n = len(self.https)
         groups: dict[int, tuple[list[int], list[int]]] = {}
-        for c, s in zip(chans, seqs):
+        for c, s in zip(chans, seqs, strict=False):
             g = groups.setdefault(c % n, ([], []))
             g[0].append(c)
             g[1].append(s)
@@ -342,15 +359,15 @@ class PublisherWorker:
 
     async def probe(self, chans: list[int]):
         for i in range(0, len(chans), 2000):
-            part = chans[i: i + 2000]
+            part = chans[i : i + 2000]
             self._send(part, [0] * len(part))
             await asyncio.sleep(0)
         await self._drain(5)
         return {"sent": len(chans)}
 
-    async def _drain(self, timeout: float):
+    async def _drain(self, timeout: float):  # noqa: ASYNC109
         t_end = time.monotonic() + timeout
-        while self._backlog() > 0 and time.monotonic() < t_end:
+        while self._backlog() > 0 and time.monotonic() < t_end:  # noqa: ASYNC110
             await asyncio.sleep(0.005)
 
     def reset(self):
@@ -362,7 +379,7 @@ class PublisherWorker:
         chans: list[int] = spec["channels"]
         rate = float(spec["rate"])
         duration = float(spec["duration_s"])
-        total = max(1, int(round(rate * duration)))
+        total = max(1, round(rate * duration))
         tick = spec.get("tick_s", 0.002)
         max_backlog = spec.get("max_backlog", 200000)
         seq = self.seq
@@ -420,7 +437,7 @@ class PublisherWorker:
         if mode == "none":
             for s in range(1, per + 1):
                 for i in range(0, len(chans), 2000):
-                    part = chans[i: i + 2000]
+                    part = chans[i : i + 2000]
                     self._send(part, [s] * len(part))
                     await asyncio.sleep(0)
             await self._drain(10)
@@ -442,7 +459,8 @@ class PublisherWorker:
                 if mode == "nchan":
                     req = (
                         b"POST /pub/%s HTTP/1.1\r\nHost: %s\r\nAccept: text/json\r\n"
-                        b"Content-Length: %d\r\n\r\n%s" % (chan_name(c).encode(), hostport, len(body), body)
+                        b"Content-Length: %d\r\n\r\n%s"
+                        % (chan_name(c).encode(), hostport, len(body), body)
                     )
                 else:
                     req = (
@@ -456,7 +474,7 @@ class PublisherWorker:
                 futs_all.append((c, fut))
                 if p.pending > window:
                     await asyncio.sleep(0)
-                    while p.pending > window:
+                    while p.pending > window:  # noqa: ASYNC110
                         await asyncio.sleep(0.001)
             for c, fut in futs_all:
                 status, body = await fut
@@ -501,7 +519,9 @@ async def _serve(conn, role: str) -> None:
                 res = await res
             conn.send(res if res is not None else {"ok": True})
         except Exception as exc:  # report, keep serving
-            conn.send({"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()})
+            conn.send(
+                {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
+            )
         await asyncio.sleep(0)
         if os.environ.get("BENCH_WORKER_DEBUG"):
             print(role, op, "done", flush=True)

@@ -99,9 +99,7 @@ async def run(
         sem = asyncio.Semaphore(concurrency)
         started = time.monotonic()
         sockets = list(
-            await asyncio.gather(
-                *(open_one(url, f"pt_{i}", compression, sem) for i in range(n))
-            )
+            await asyncio.gather(*(open_one(url, f"pt_{i}", compression, sem) for i in range(n)))
         )
         connect_s = time.monotonic() - started
         await asyncio.sleep(settle_s)  # idle: nothing but protocol pings
@@ -109,9 +107,10 @@ async def run(
         if memprofile:
             os.kill(pid, signal.SIGUSR2)
             report = server.log.with_suffix(".tracemalloc.txt")
-            deadline = time.monotonic() + 300
-            while not report.exists() and time.monotonic() < deadline:
-                await asyncio.sleep(0.5)  # the snapshot holds the server's loop a while
+            for _ in range(600):  # the snapshot holds the server's loop a while
+                if report.exists():
+                    break
+                await asyncio.sleep(0.5)
             print(f"tracemalloc: {report}", file=sys.stderr)
 
         # Alive? Publish to a sample of patients; each must get its event.
@@ -130,7 +129,7 @@ async def run(
         for i in sample:
             message = json.loads(await asyncio.wait_for(sockets[i].recv(), 10))
             received += message.get("type") == "event"
-        numsub = await client.execute_command("PUBSUB", "NUMPAT")
+        patterns = await client.execute_command("PUBSUB", "NUMPAT")
         channels = len(await client.pubsub_channels(f"{prefix}patient:*"))
         await client.aclose()
         return {
@@ -141,10 +140,10 @@ async def run(
             "rss_after_mib": round(after / 1024, 1),
             "per_connection_kib": round((after - before) / n, 1),
             "redis_channels": channels,
-            "redis_patterns": numsub,
+            "redis_patterns": patterns,
             "sample_delivered": f"{received}/{len(sample)}",
             "python": sys.version.split()[0],
-            "pid_cpu_count": os.cpu_count(),
+            "cpus": os.cpu_count(),
         }
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
@@ -153,7 +152,9 @@ async def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("-n", "--connections", type=int, default=5000)
     parser.add_argument("--compression", choices=["deflate", "none"], default="deflate")
     parser.add_argument("--settle-s", type=float, default=5.0)

@@ -3,6 +3,7 @@ disconnect detection and contextvars): request id, timing, one access line."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -16,6 +17,11 @@ log = structlog.get_logger("service.access")
 REQUEST_ID_HEADER = "x-request-id"
 # A caller-supplied id is kept only if it is short and plain (it lands in logs).
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A streaming response may ask, under this scope key, to be run from here once the
+# framework's per-request machinery (routing, dependency exit stacks, exception
+# wrappers) has unwound: an idle stream then holds only what it needs
+# (see `service/routers/sse.py`).
+DEFERRED_STREAM = "notify.deferred_stream"
 # Probes and scrapes would drown the access log.
 QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
@@ -28,6 +34,13 @@ def _incoming_request_id(scope: Scope) -> str:
                 return candidate
             break
     return uuid.uuid4().hex
+
+
+def _release_closed_exit_stacks(scope: Scope) -> None:
+    """The framework's per-request exit stacks are closed once routing returned;
+    the scope would otherwise keep them (and their buffers) for the stream's life."""
+    for key in [k for k, v in scope.items() if isinstance(v, contextlib.AsyncExitStack)]:
+        del scope[key]
 
 
 class RequestContextMiddleware:
@@ -60,8 +73,14 @@ class RequestContextMiddleware:
                 status = 101
             await send(message)
 
+        deferred: list[ASGIApp] = []
+        if scope["type"] == "http":
+            scope[DEFERRED_STREAM] = deferred
         try:
             await self.app(scope, receive, send_with_id)
+            if deferred:
+                _release_closed_exit_stacks(scope)
+                await deferred[0](scope, receive, send_with_id)
         except Exception:
             status = 500
             raise

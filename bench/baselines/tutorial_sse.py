@@ -110,7 +110,7 @@ async def websocket_events(websocket: WebSocket):
                 await websocket.receive_text()
 
         tasks = [asyncio.create_task(forward()), asyncio.create_task(drain())]
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in pending:
             t.cancel()
     except WebSocketDisconnect:

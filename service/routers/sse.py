@@ -4,7 +4,9 @@
 watcher, disconnect listener). At ten thousand idle streams that machinery is most
 of a stream's memory, and every event pays its cancel-scope bookkeeping. Here the
 body iterator writes its own heartbeats, the service's drain replaces the
-shutdown watcher, and one small task listens for the client's disconnect.
+shutdown watcher, and one small task listens for the client's disconnect. The
+stream itself runs from the edge middleware once routing has returned, so the
+framework's per-request frames and exit stacks are not kept alive for hours.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
+
+from service.middleware import DEFERRED_STREAM
 
 HEARTBEAT = b": keep-alive\n\n"
 
@@ -48,6 +52,14 @@ class LeanEventSourceResponse(EventSourceResponse):
         if scope["type"] != "http" or scope["method"].upper() == "HEAD":
             await super().__call__(scope, receive, send)
             return
+        deferred = scope.get(DEFERRED_STREAM)
+        if deferred is not None and not deferred:
+            # The edge middleware runs the stream after routing has unwound.
+            deferred.append(self._stream)
+            return
+        await self._stream(scope, receive, send)
+
+    async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Owned by this response: cancelled in `finally`, never outlives it.
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         try:

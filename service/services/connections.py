@@ -90,7 +90,7 @@ class Closing:
 
     @classmethod
     def for_reason(cls, reason: CloseReason) -> Closing:
-        return _CLOSINGS[reason]
+        return _CLOSINGS.get(reason) or Closing(CloseCode.NORMAL, reason.value)
 
 
 _CLOSINGS: Final[dict[CloseReason, Closing]] = {
@@ -100,6 +100,14 @@ _CLOSINGS: Final[dict[CloseReason, Closing]] = {
     CloseReason.REVOKED: Closing(CloseCode.REVOKED, "revoked"),
     CloseReason.TICKET_DELETED: Closing(CloseCode.REVOKED, "revoked"),
 }
+# When several apply, the credentials' fate wins: not one more event after it.
+_PRECEDENCE: Final = (
+    CloseReason.REVOKED,
+    CloseReason.TICKET_DELETED,
+    CloseReason.TOKEN_EXPIRED,
+    CloseReason.TOO_SLOW,
+    CloseReason.SHUTDOWN,
+)
 UNAVAILABLE: Final = Closing(CloseCode.TRY_AGAIN_LATER, "unavailable", "unavailable")
 OVER_CAPACITY: Final = Closing(CloseCode.TRY_AGAIN_LATER, "over_capacity", "over_capacity")
 UNAUTHORIZED: Final = Closing(CloseCode.UNAUTHORIZED, "unauthorized")
@@ -302,13 +310,16 @@ class WsConnection:
         """Why the connection must end now, if it must."""
         if self._requested is not None:
             return self._requested
-        reason = self.control.close_reason
-        if reason is None:
-            for subscription in self._subscriptions.values():
-                reason = subscription.session.subscriber.close_reason
-                if reason is not None:
-                    break
-        return Closing.for_reason(reason) if reason is not None else None
+        reasons = {
+            subscription.session.subscriber.close_reason
+            for subscription in self._subscriptions.values()
+        }
+        reasons.add(self.control.close_reason)
+        for reason in _PRECEDENCE:
+            if reason in reasons:
+                return Closing.for_reason(reason)
+        other = next((r for r in reasons if r is not None), None)
+        return Closing.for_reason(other) if other is not None else None
 
     async def write(self, send: Send) -> Closing:
         """Send everything queued, in order, until the connection must end."""

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +18,7 @@ from starlette.testclient import WebSocketDenialResponse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from service import metrics
 from service.config import Settings
 from service.main import create_app
 from service.schemas.commands import CommandRecord
@@ -89,6 +92,26 @@ async def test_auth_by_bearer_header(app: RunningApp, tokens: Tokens, publish: P
         await ws.request({"type": "subscribe"}, "subscribed")
         await publish("pt_1")
         await ws.wait_events(1)
+
+
+async def test_auth_by_stream_ticket_and_ticket_deletion_closes_4003(
+    app: RunningApp, tokens: Tokens, publish: Publisher
+) -> None:
+    token = tokens.patient("pt_t")
+    created = await publish.http.post("/v1/stream-tickets", headers=bearer(token))
+    assert created.status_code == 201, created.text
+    ticket = created.json()["ticket"]
+    async with open_ws(f"{ws_url(app)}?ticket={ticket}") as ws:
+        await ws.wait_type("authenticated")
+        await ws.request({"type": "subscribe"}, "subscribed")
+        await publish("pt_t")
+        await ws.wait_events(1)
+        deleted = await publish.http.delete(f"/v1/stream-tickets/{ticket}", headers=bearer(token))
+        assert deleted.status_code == 204
+        assert await ws.wait_closed() == (4003, "revoked")
+    with pytest.raises(InvalidStatus) as caught:
+        await connect(f"{ws_url(app)}?ticket={ticket}", proxy=None)
+    assert caught.value.response.status_code == 401
 
 
 @pytest.mark.parametrize("header", ["Bearer not-a-jwt", "Basic abc", "Bearer "])
@@ -504,6 +527,7 @@ async def test_stalled_reader_is_closed_4008_and_others_are_unaffected(
                 await healthy.request({"type": "subscribe", "patient_id": "pt_slow"}, "subscribed")
                 big = json.dumps(event("pt_slow", "ap_1", blob="x" * 30_000))
                 published = 0
+                slow_before = _slow_consumers()
                 deadline = time.monotonic() + 30
                 while not _slow_closed(app):
                     assert time.monotonic() < deadline, "the stalled reader was never closed"
@@ -516,6 +540,7 @@ async def test_stalled_reader_is_closed_4008_and_others_are_unaffected(
             # Reading again, the stalled client gets what was buffered, the hint, 4008.
             frames, code = await _read_until_closed(stalled)
             assert code == 4008
+            assert _slow_consumers() == slow_before + 1
             assert frames[-1]["type"] == "reconnect"
             assert frames[-1]["reason"] == "too_slow"
             assert 0 < sum(1 for f in frames if f["type"] == "event") < published
@@ -531,6 +556,11 @@ async def _read_until_closed(conn: ClientConnection) -> tuple[list[dict[str, Any
                 frames.append(json.loads(await conn.recv()))
         except ConnectionClosed as closed:
             return frames, closed.rcvd.code if closed.rcvd is not None else None
+
+
+def _slow_consumers() -> float:
+    value: float = metrics.SLOW_CONSUMERS.labels(transport="ws")._value.get()
+    return value
 
 
 def _slow_closed(app: RunningApp) -> bool:
@@ -683,3 +713,31 @@ async def test_sigterm_closes_websockets_1001_staggered_not_1012(
             assert time.monotonic() - started < 4.0 + 2
     finally:
         await asyncio.to_thread(proc.stop)
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "websocket.md"
+
+
+async def test_readme_python_client_example_runs(
+    app: RunningApp, tokens: Tokens, publish: Publisher, settings: Settings
+) -> None:
+    """The client example of docs/websocket.md connects, subscribes and confirms."""
+    text = DOC.read_text(encoding="utf-8")
+    marker = "<!-- the block below is run by tests/integration/test_ws.py -->\n```python\n"
+    code = text.split(marker, 1)[1].split("```", 1)[0]
+    namespace: dict[str, Any] = {"__name__": "docs_websocket_example"}
+    exec(compile(code, str(DOC), "exec"), namespace)  # noqa: S102
+    # The same client, minus any proxy configured in the environment.
+    namespace["connect"] = functools.partial(connect, proxy=None)
+    run = asyncio.create_task(namespace["main"](ws_url(app), tokens.patient("pt_doc")))
+    channel = f"{settings.key_prefix}patient:pt_doc"
+    await _wait(lambda: channel in app.state.hub.channel_names or run.done(), "subscription")
+    await publish("pt_doc", "ap_doc")
+    command_id = await asyncio.wait_for(run, 10)
+    ((entry_id, fields),) = await _commands(app, settings)
+    assert command_id == entry_id
+    assert (fields["action"], fields["appointment_id"], fields["sub"]) == (
+        "confirm",
+        "ap_doc",
+        "pt_doc",
+    )

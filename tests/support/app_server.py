@@ -46,6 +46,7 @@ async def run_app(settings: Settings) -> AsyncIterator[RunningApp]:
         access_log=False,
         ws="websockets-sansio",
         ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         ws_ping_interval=settings.ws_ping_interval_s,
         ws_ping_timeout=settings.ws_ping_timeout_s,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 2,
