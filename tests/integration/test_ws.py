@@ -715,17 +715,17 @@ async def test_sigterm_closes_websockets_1001_staggered_not_1012(
         await asyncio.to_thread(proc.stop)
 
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "websocket.md"
+DOC = Path(__file__).resolve().parents[2] / "README.md"
 
 
 async def test_readme_python_client_example_runs(
     app: RunningApp, tokens: Tokens, publish: Publisher, settings: Settings
 ) -> None:
-    """The client example of docs/websocket.md connects, subscribes and confirms."""
+    """The README's client example connects, subscribes and confirms."""
     text = DOC.read_text(encoding="utf-8")
     marker = "<!-- the block below is run by tests/integration/test_ws.py -->\n```python\n"
     code = text.split(marker, 1)[1].split("```", 1)[0]
-    namespace: dict[str, Any] = {"__name__": "docs_websocket_example"}
+    namespace: dict[str, Any] = {"__name__": "readme_websocket_example"}
     exec(compile(code, str(DOC), "exec"), namespace)  # noqa: S102
     # The same client, minus any proxy configured in the environment.
     namespace["connect"] = functools.partial(connect, proxy=None)
