@@ -170,18 +170,16 @@ async def _await(awaitable: Awaitable[object]) -> object:
 
 
 def _chain_exit_signals(
-    on_exit: Callable[[], None],
-    wait_drained: Callable[[], Awaitable[object]] | None = None,
+    on_exit: Callable[[], None], wait_drained: Callable[[], Awaitable[object]]
 ) -> Callable[[], None]:
-    """Run `on_exit` on the loop when SIGTERM/SIGINT arrive, and the handler the
-    server installed (uvicorn's sets `should_exit`). Returns an undo function.
+    """On the first SIGTERM/SIGINT: start the drain (`on_exit`) and pass the signal
+    on to the server's own handler (uvicorn's sets `should_exit`) only once
+    `wait_drained` returns. Returns an undo function.
 
     The lifespan shutdown only runs once every connection has ended, so draining
-    the streams must start from the signal itself. With `wait_drained`, the
-    server's handler runs only once that returns: uvicorn's own shutdown closes
-    every WebSocket with 1012 at once, which would pre-empt the staggered 1001 and
-    reconnect hints of the drain. A second signal is passed on immediately (a
-    second Ctrl-C forces uvicorn out)."""
+    must start from the signal itself; and uvicorn's shutdown closes every
+    WebSocket with 1012 at once, which would pre-empt the staggered reconnect
+    hints. A second signal is passed on at once (a second Ctrl-C forces the exit)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     loop = asyncio.get_running_loop()
@@ -190,9 +188,8 @@ def _chain_exit_signals(
     # The drain task, referenced until it is done.
     draining: set[asyncio.Task[object]] = set()
 
-    def drain_then(original: Any, signum: int, frame: FrameType | None) -> None:
+    def drain_then(original: SignalHandler, signum: int, frame: FrameType | None) -> None:
         on_exit()
-        assert wait_drained is not None
         task: asyncio.Task[object] = loop.create_task(_await(wait_drained()), name="drain")
 
         def done(finished: asyncio.Task[object]) -> None:
@@ -206,14 +203,13 @@ def _chain_exit_signals(
 
     def make_handler(original: Any) -> SignalHandler:
         def handler(signum: int, frame: FrameType | None) -> None:
-            first = not signalled
-            signalled.append(signum)
-            if callable(original) and wait_drained is not None and first:
-                loop.call_soon_threadsafe(drain_then, original, signum, frame)
-                return
-            if callable(original):
+            if not callable(original):
+                loop.call_soon_threadsafe(on_exit)
+            elif signalled:
                 original(signum, frame)
-            loop.call_soon_threadsafe(on_exit)
+            else:
+                signalled.append(signum)
+                loop.call_soon_threadsafe(drain_then, original, signum, frame)
 
         return handler
 
