@@ -31,6 +31,7 @@ from service.services.control import handle_control
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader
 from service.services.hub import CloseReason, Hub
+from service.services.keepalive import KeepAlive
 from service.services.limits import ConnectionLimiter
 from service.services.revocations import sweep_live_streams
 from service.services.supervisor import Supervisor
@@ -55,6 +56,7 @@ class AppState:
     verifier: TokenVerifier
     limiter: ConnectionLimiter
     supervisor: Supervisor
+    keepalive: KeepAlive
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -122,6 +124,9 @@ def build_state(settings: Settings) -> AppState:
             max_per_subject=settings.max_connections_per_subject,
         ),
         supervisor=Supervisor(),
+        keepalive=KeepAlive(
+            heartbeat_s=settings.heartbeat_s, send_timeout_s=settings.send_timeout_s
+        ),
     )
 
 
@@ -238,6 +243,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
             await state.supervisor.stop(timeout_s=2)
             await state.broker.stop()
             raise RuntimeError("the Redis pub/sub listener did not start")
+    state.supervisor.spawn("sse-keepalive", state.keepalive.run)
     jwks = state.verifier.jwks
     if jwks is not None:
         # Fetches the keys now and every NOTIFY_JWT_JWKS_CACHE_S; an outage keeps

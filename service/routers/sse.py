@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
 from service.middleware import DEFERRED_STREAM
+from service.services.keepalive import KeepAlive
 
 HEARTBEAT = b": keep-alive\n\n"
 
@@ -26,20 +28,42 @@ HEARTBEAT = b": keep-alive\n\n"
 class LeanEventSourceResponse(EventSourceResponse):
     """Headers, HEAD handling and framing from sse-starlette; a lighter stream loop.
 
-    `content` must yield ready-made `bytes`. `on_disconnect` is called once when
-    the client goes away, and must make the iterator finish."""
+    `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
+    client goes away (or stops reading) and must make the iterator finish;
+    `on_heartbeat` asks the iterator for a keep-alive comment. `keepalive` decides
+    when (one task for all streams: `service/services/keepalive.py`)."""
 
     def __init__(
         self,
         content: AsyncIterator[bytes],
         *,
         headers: dict[str, str],
-        send_timeout_s: float,
+        keepalive: KeepAlive,
         on_disconnect: Callable[[], None],
+        on_heartbeat: Callable[[], None],
     ) -> None:
-        super().__init__(content, headers=headers, ping=0, sep="\n", send_timeout=send_timeout_s)
+        super().__init__(content, headers=headers, ping=0, sep="\n")
         self._content = content
+        self._keepalive = keepalive
         self._on_disconnect = on_disconnect
+        self._on_heartbeat = on_heartbeat
+        self._task: asyncio.Task[object] | None = None
+        self._aborted = False
+        self.next_heartbeat = 0.0
+        self.send_started = 0.0
+
+    # --- KeptAlive ----------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        self._on_heartbeat()
+
+    def abort(self) -> None:
+        """Stuck in one send for too long: the peer stopped reading."""
+        self._aborted = True
+        if self._task is not None:
+            self._task.cancel()
+
+    # --- ASGI -----------------------------------------------------------------------
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
@@ -60,8 +84,10 @@ class LeanEventSourceResponse(EventSourceResponse):
         await self._stream(scope, receive, send)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._task = asyncio.current_task()
         # Owned by this response: cancelled in `finally`, never outlives it.
         watcher = asyncio.create_task(self._watch_disconnect(receive))
+        self._keepalive.add(self)
         try:
             await send(
                 {
@@ -71,14 +97,21 @@ class LeanEventSourceResponse(EventSourceResponse):
                 }
             )
             async for chunk in self._content:
-                # A peer that stopped reading (half-open TCP) is found here.
-                async with asyncio.timeout(self.send_timeout):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.send_started = now = time.monotonic()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                self.send_started = 0.0
+                self.next_heartbeat = now + self._keepalive.heartbeat_s
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except TimeoutError:
-            # Stalled writer: give up on this client; uvicorn closes the socket.
+        except asyncio.CancelledError:
+            if not self._aborted:
+                raise
+            # Our own abort of a stalled writer: end quietly; uvicorn closes the socket.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
             self._on_disconnect()
         finally:
+            self._keepalive.discard(self)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

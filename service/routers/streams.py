@@ -9,7 +9,6 @@ stream carrying a jittered `retry:` and `event: reconnect`, then the end. Only
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -87,19 +86,17 @@ async def _stream_body(
                 subscriber.delivered += len(page)
                 last_id = page[-1].id
             session.mark_replayed(last_id or resume_from)
-        heartbeat_s = state.settings.heartbeat_s
         while True:
-            try:
-                async with asyncio.timeout(heartbeat_s):
-                    await subscriber.wait()
-            except TimeoutError:
-                # A comment: browsers ignore it, proxies and the ALB see bytes.
-                yield HEARTBEAT
-                continue
+            await subscriber.wait()
             items = subscriber.drain()
             if items:
                 yield b"".join([item.sse for item in items])
                 SSE_DELIVERIES.inc(len(items))
+                subscriber.heartbeat_due = False
+            elif subscriber.heartbeat_due:
+                subscriber.heartbeat_due = False
+                # A comment: browsers ignore it, proxies and the ALB see bytes.
+                yield HEARTBEAT
             reason = subscriber.close_reason
             if reason is not None:
                 end_reason = reason.value
@@ -169,8 +166,9 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
     return LeanEventSourceResponse(
         _stream_body(state, session, sse.resume_from),
         headers=SSE_HEADERS,
-        send_timeout_s=state.settings.send_timeout_s,
+        keepalive=state.keepalive,
         on_disconnect=lambda: subscriber.close(CloseReason.CLIENT_GONE),
+        on_heartbeat=subscriber.request_heartbeat,
     )
 
 

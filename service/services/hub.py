@@ -157,6 +157,7 @@ class Subscriber:
         "close_reason",
         "delivered",
         "dropped",
+        "heartbeat_due",
         "principal",
         "skip_through",
         "transport",
@@ -182,6 +183,7 @@ class Subscriber:
         self.close_reason: CloseReason | None = None
         self.delivered = 0
         self.dropped = 0
+        self.heartbeat_due = False
         # After a replay, live events up to this id were already sent: skip them.
         self.skip_through: StreamKey | None = None
 
@@ -210,8 +212,13 @@ class Subscriber:
             self.close_reason = reason
         self._wakeup.set()
 
+    def request_heartbeat(self) -> None:
+        """Wake the writer for a keep-alive even though nothing is queued."""
+        self.heartbeat_due = True
+        self._wakeup.set()
+
     async def wait(self) -> None:
-        """Sleep until something is queued or the subscriber is closed."""
+        """Sleep until something is queued, a heartbeat is due, or it is closed."""
         await self._wakeup.wait()
         self._wakeup.clear()
 

@@ -1,0 +1,52 @@
+"""One ticker keeps every SSE stream alive: heartbeats for idle streams, an abort
+for a writer stuck in one send."""
+
+from __future__ import annotations
+
+from service.services.keepalive import KeepAlive
+
+
+class Stream:
+    def __init__(self) -> None:
+        self.next_heartbeat = 0.0
+        self.send_started = 0.0
+        self.beats = 0
+        self.aborted = False
+
+    def heartbeat(self) -> None:
+        self.beats += 1
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+def test_idle_streams_beat_once_per_period() -> None:
+    keepalive = KeepAlive(heartbeat_s=10, send_timeout_s=30)
+    idle, busy = Stream(), Stream()
+    keepalive.add(idle)
+    keepalive.add(busy)
+    start = idle.next_heartbeat - 10
+    keepalive.tick(start + 5)
+    assert idle.beats == 0
+    busy.next_heartbeat = start + 19  # it wrote at +9: its next beat moved
+    keepalive.tick(start + 10.5)
+    assert (idle.beats, busy.beats) == (1, 0)
+    keepalive.tick(start + 15)
+    assert idle.beats == 1
+    keepalive.tick(start + 21)
+    assert (idle.beats, busy.beats) == (2, 1)
+
+
+def test_stalled_writer_is_aborted_once() -> None:
+    keepalive = KeepAlive(heartbeat_s=10, send_timeout_s=30)
+    stalled = Stream()
+    keepalive.add(stalled)
+    stalled.send_started = 100.0
+    keepalive.tick(120)
+    assert not stalled.aborted
+    keepalive.tick(131)
+    assert stalled.aborted
+    stalled.aborted = False
+    keepalive.tick(200)
+    assert not stalled.aborted  # dropped from the ticker after its abort
+    assert stalled.beats == 0
