@@ -17,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import re
+import time
 from typing import Final
 
 import structlog
@@ -213,19 +215,24 @@ async def _serve(
 async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Closing | None:
     """Reader and writer side by side; the first to finish ends the other. Returns
     how to close, or None when the client is gone."""
-    send_timeout = state.settings.send_timeout_s
+    # A peer that stopped reading blocks the write once buffers are full; the
+    # process' keep-alive ticker aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
+    # the peer is treated as gone (no close frame could pass). No timer per send.
+    watch = _SendWatch()
 
     async def send(text: str) -> None:
+        watch.send_started = time.monotonic()
         try:
-            # A peer that stopped reading blocks the write once buffers are full;
-            # past this timeout it is treated as gone (no close frame can pass).
-            async with asyncio.timeout(send_timeout):
-                await websocket.send_text(text)
-        except (WebSocketDisconnect, WebSocketDisconnected, TimeoutError) as exc:
+            await websocket.send_text(text)
+        except (WebSocketDisconnect, WebSocketDisconnected) as exc:
             raise _ClientGone from exc
+        finally:
+            watch.send_started = 0.0
 
     reader = asyncio.create_task(_read(websocket, state, conn), name="ws-read")
     writer = asyncio.create_task(conn.write(send), name="ws-write")
+    watch.task = writer
+    state.keepalive.add(watch)
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         if writer not in done and _requested_close(reader):
@@ -239,11 +246,33 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
             task.cancel()
         # Their outcome is read below; a cancellation of this task still propagates.
         await asyncio.wait((reader, writer))
+        state.keepalive.discard(watch)
     first = writer if writer in done else reader
+    if first is writer and watch.aborted:
+        return None
     try:
         return first.result()
     except _ClientGone:
         return None
+
+
+class _SendWatch:
+    """The writer of one socket, as the keep-alive ticker sees it: no heartbeat
+    (uvicorn's protocol pings do that), only the stalled-send abort."""
+
+    def __init__(self) -> None:
+        self.next_heartbeat = math.inf
+        self.send_started = 0.0
+        self.task: asyncio.Task[Closing] | None = None
+        self.aborted = False
+
+    def heartbeat(self) -> None:
+        self.next_heartbeat = math.inf
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.task is not None:
+            self.task.cancel()
 
 
 def _requested_close(reader: asyncio.Task[Closing | None]) -> bool:

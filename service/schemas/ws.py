@@ -177,6 +177,15 @@ class EventMessage(_ServerMessage):
     event: EventStored
 
 
+class EventsMessage(_ServerMessage):
+    """Several events of one subscription, in order, in one frame: sent instead of
+    consecutive `event` messages when more than one was waiting for the socket (a
+    client that fell behind catches up in fewer frames)."""
+
+    type: Literal["events"] = "events"
+    events: list[EventStored] = Field(min_length=2)
+
+
 class AuthenticatedMessage(_Reply):
     type: Literal["authenticated"] = "authenticated"
     expires_at: int = Field(description="Unix seconds; the connection closes 4001 then.")
@@ -238,6 +247,7 @@ class ReconnectMessage(_ServerMessage):
 
 ServerMessage = Annotated[
     EventMessage
+    | EventsMessage
     | AuthenticatedMessage
     | SubscribedMessage
     | UnsubscribedMessage
@@ -251,6 +261,7 @@ ServerMessage = Annotated[
 ]
 SERVER_MESSAGE: TypeAdapter[
     EventMessage
+    | EventsMessage
     | AuthenticatedMessage
     | SubscribedMessage
     | UnsubscribedMessage
@@ -272,6 +283,7 @@ CLIENT_MODELS: tuple[type[BaseModel], ...] = (
 )
 SERVER_MODELS: tuple[type[BaseModel], ...] = (
     EventMessage,
+    EventsMessage,
     AuthenticatedMessage,
     SubscribedMessage,
     UnsubscribedMessage,

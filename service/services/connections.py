@@ -43,7 +43,7 @@ from service.services.channels import RedisKeys, StreamScope
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError
 from service.services.history import HistoryReader
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber
+from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker, ws_frames
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
 from service.services.streams import EXPIRY_WARNING_S, Replay, StreamSession
@@ -163,7 +163,7 @@ class WsConnection:
         self.broker = broker
         self.keys = keys
         self.principal = principal
-        self.wakeup = asyncio.Event()
+        self.wakeup = Waker()
         # The connection's own entry in the hub: no channel, never fed events;
         # drains, revocations and the token's expiry close it.
         self.control = Subscriber(
@@ -361,11 +361,12 @@ class WsConnection:
                 continue
             if self._must_stop():
                 return
-            remember = self._remembers(subscription)
-            for delivery in items:
-                await send(delivery.ws_text)
-                if remember and delivery.appointment_id is not None:
-                    self.owned.remember(delivery.appointment_id)
+            if self._remembers(subscription):
+                for delivery in items:
+                    if delivery.appointment_id is not None:
+                        self.owned.remember(delivery.appointment_id)
+            for frame in ws_frames(items):
+                await send(frame)
             self._count(items)
 
     def _must_stop(self) -> bool:

@@ -116,6 +116,30 @@ class Delivery:
         return self._ws
 
 
+def ws_frames(items: list[Delivery]) -> list[str]:
+    """WebSocket frames for `items`, in order: a run of several events becomes one
+    `events` frame (encoded from the per-channel payloads, no re-serialisation);
+    a lone event or a control notice keeps its own shared frame."""
+    frames: list[str] = []
+    run: list[Delivery] = []
+
+    def flush_run() -> None:
+        if len(run) == 1:
+            frames.append(run[0].ws_text)
+        elif run:
+            frames.append('{"type":"events","events":[' + ",".join(d.payload for d in run) + "]}")
+        run.clear()
+
+    for item in items:
+        if item.is_event:
+            run.append(item)
+        else:
+            flush_run()
+            frames.append(item.ws_text)
+    flush_run()
+    return frames
+
+
 class Waker:
     """The smallest "something happened" signal: a future exists only while the
     writer sleeps. An idle stream holds no deque, unlike `asyncio.Event` (that

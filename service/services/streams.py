@@ -24,7 +24,7 @@ from service import metrics
 from service.schemas.events import EventStored
 from service.services.channels import StreamScope
 from service.services.history import HistoryReader, ReplayStart
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber, parse_stream_id
+from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker, parse_stream_id
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal
 
@@ -58,7 +58,7 @@ class StreamSession:
         transport: str,
         queue_max: int,
         route: str,
-        wakeup: asyncio.Event | None = None,
+        wakeup: asyncio.Event | Waker | None = None,
         manage_expiry: bool = True,
     ) -> None:
         self._hub = hub

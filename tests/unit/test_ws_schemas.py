@@ -24,12 +24,13 @@ from service.schemas.ws import (
     ErrorCode,
     ErrorMessage,
     EventMessage,
+    EventsMessage,
     GapMessage,
     PongMessage,
     SubscribeMessage,
     TokenExpiringMessage,
 )
-from service.services.hub import Delivery
+from service.services.hub import Delivery, ws_frames
 
 EVENT: dict[str, Any] = {
     "id": "1700000000000-0",
@@ -180,3 +181,22 @@ def test_command_record_round_trips_through_stream_fields() -> None:
     ).to_fields()
     assert "jti" not in minimal
     assert "preferred_starts_at" not in minimal
+
+
+def test_queued_events_are_batched_in_order_around_control_notices() -> None:
+    """Several queued events travel as one `events` frame, encoded from the shared
+    per-channel payloads; a control notice keeps its place between them."""
+    events = [
+        Delivery.from_event(EventStored.model_validate({**EVENT, "id": f"1700000000000-{i}"}))
+        for i in range(5)
+    ]
+    gap = Delivery.gap("1700000000000-0")
+    frames = ws_frames([events[0], events[1], gap, events[2], events[3], events[4]])
+    parsed = [SERVER_MESSAGE.validate_json(frame) for frame in frames]
+    assert [type(p) for p in parsed] == [EventsMessage, GapMessage, EventsMessage]
+    first, _, last = parsed
+    assert isinstance(first, EventsMessage)
+    assert isinstance(last, EventsMessage)
+    assert [e.id for e in first.events + last.events] == [f"1700000000000-{i}" for i in range(5)]
+    assert ws_frames([events[0]]) == [events[0].ws_text]
+    assert ws_frames([]) == []
