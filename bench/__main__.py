@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -158,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
         help="sample ours and the baseline with py-spy during each scenario (summary in the report)",
     )
     ap.add_argument(
+        "--gcstats",
+        action="store_true",
+        help="diagnosis: record the garbage collector's pauses in the Python peers",
+    )
+    ap.add_argument(
         "--memprofile",
         action="store_true",
         help="diagnosis: tracemalloc growth per idle stream in the Python peers (slows them)",
@@ -166,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     prof = FULL if a.full else QUICK
+    if a.gcstats:
+        os.environ["BENCH_GCSTATS"] = "1"
     if a.memprofile:
         os.environ["BENCH_TRACEMALLOC"] = "1"
         os.environ["BENCH_TRACEMALLOC_STREAMS"] = str(prof.idle_streams)
@@ -191,6 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         log(f"bench: skipping {name}: {why}")
 
+    if not shutil.which("redis-server"):
+        log(
+            "bench: redis-server not found (apt-get install redis-server); it is needed for ours and the baseline"
+        )
+        return 2
     workdir = peers.make_workdir()
     t_start = time.monotonic()
     results = {

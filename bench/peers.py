@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil
+from bench import procstat
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
@@ -81,29 +81,15 @@ class Peer:
     auth: bool = True
     extra: dict = field(default_factory=dict)
 
-    def procs(self) -> list[psutil.Process]:
-        try:
-            p = psutil.Process(self.proc.pid)
-            return [p, *p.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
+    def procs(self) -> list[int]:
+        """The server's pid and its descendants (nginx: master + worker)."""
+        return procstat.tree(self.proc.pid)
 
     def rss_kb(self) -> int:
-        total = 0
-        for p in self.procs():
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += p.memory_info().rss
-        return total // 1024
+        return sum(procstat.rss_kb(pid) for pid in self.procs())
 
     def cpu_s(self) -> float:
-        total = 0.0
-        for p in self.procs():
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return sum(procstat.cpu_s(pid) for pid in self.procs())
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -162,11 +148,7 @@ class Redis:
         r.close()
 
     def cpu_s(self) -> float:
-        try:
-            t = psutil.Process(self.proc.pid).cpu_times()
-            return t.user + t.system
-        except psutil.NoSuchProcess:
-            return 0.0
+        return procstat.cpu_s(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -181,9 +163,13 @@ def _spawn(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess
     full_env = dict(os.environ)
     full_env.update(env)
     full_env.setdefault("PYTHONPATH", str(REPO))
-    if os.environ.get("BENCH_TRACEMALLOC"):  # --memprofile: tracemalloc hook in Python peers
+    if any(
+        os.environ.get(k) for k in ("BENCH_TRACEMALLOC", "BENCH_GCSTATS", "BENCH_GC_FREEZE_AFTER_S")
+    ):
+        # --memprofile / --gcstats: diagnosis hooks in the Python peers
         full_env["PYTHONPATH"] = f"{BENCH_DIR / 'memprof'}:{full_env['PYTHONPATH']}"
         full_env["BENCH_TRACEMALLOC_OUT"] = str(log.with_suffix(".tracemalloc.txt"))
+        full_env["BENCH_GCSTATS_OUT"] = str(log.with_suffix(".gcstats.txt"))
     fh = open(log, "wb")  # noqa: SIM115 - handed to the child process for its lifetime
     return subprocess.Popen(
         cmd,

@@ -23,7 +23,7 @@ def pyspy_path() -> str | None:
 
 
 class Sampler:
-    def __init__(self, pid: int, out: Path, rate: int = 200):
+    def __init__(self, pid: int, out: Path, rate: int = 67):
         self.out = out
         exe = pyspy_path()
         self.proc = None
@@ -86,13 +86,21 @@ def summarize(raw: Path, top: int = 25) -> str:
             except ValueError:
                 continue
             frames = [_short(fr) for fr in stack.split(";")]
+            if not any(fr.startswith("Runner.run ") for fr in frames):
+                continue  # not the event loop's thread (idle thread-pool workers)
             total += n
             for fr in set(frames):
                 incl[fr] += n
             own[frames[-1]] += n
     if not total:
         return "(no samples)"
-    lines = [f"{total} samples (busy time only).", "", "| own % | frame |", "|---|---|"]
+    lines = [
+        f"{total} samples of the event loop's thread. `Runner.run` own time is uvloop's C code "
+        "(socket reads, callbacks, polling).",
+        "",
+        "| own % | frame |",
+        "|---|---|",
+    ]
     lines += [f"| {100 * c / total:.1f} | `{fr}` |" for fr, c in own.most_common(top)]
     lines += ["", "| inclusive % | frame |", "|---|---|"]
     lines += [f"| {100 * c / total:.1f} | `{fr}` |" for fr, c in incl.most_common(top + 10)]

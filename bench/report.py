@@ -90,7 +90,7 @@ def _rate(res: dict | None, key: str):
     steps = res.get("steps") or []
     if v is None and steps:
         return steps[0]["rate"], "<"
-    if res.get("generator_bound") and v is not None and (res.get("first_fail") is None):
+    if res.get("generator_bound") and v is not None:
         return v, "≥"
     return v, ""
 
@@ -350,7 +350,7 @@ def render(results: dict) -> str:
     lines.append("")
     lines.append(
         'Ratios are ours ÷ peer of the value in that row (for "lower is better" rows, < 1× means ours is better). '
-        "`≥` marks a value where the peer outran the generator's ladder (a lower bound); `<` where even the "
+        "`≥` marks a lower bound: the peer outran the ladder, or the generator needed ≥ 80% of a core at the failing step (generator and peer then share the 2 cores); `<` where even the "
         "first (lowest) rate of the ladder failed."
     )
     hr = headroom(results)

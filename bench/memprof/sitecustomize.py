@@ -53,3 +53,55 @@ if os.environ.get("BENCH_TRACEMALLOC"):
         os.replace(out + ".tmp", out)
 
     signal.signal(signal.SIGUSR2, _dump)
+
+if os.environ.get("BENCH_GCSTATS"):
+    # Diagnosis: how long the cyclic garbage collector stops the event loop.
+    import atexit
+    import gc
+    import time
+
+    _gc_start = [0.0]
+    _gc_pauses: dict[int, list[float]] = {0: [], 1: [], 2: []}
+
+    def _gc_cb(phase, info):  # pragma: no cover - diagnosis helper
+        if phase == "start":
+            _gc_start[0] = time.perf_counter()
+        else:
+            _gc_pauses[info["generation"]].append(time.perf_counter() - _gc_start[0])
+            # Written as it goes: the server may be killed rather than exit.
+            if info["generation"] == 2 or sum(map(len, _gc_pauses.values())) % 200 == 0:
+                _gc_report()
+
+    gc.callbacks.append(_gc_cb)
+
+    def _gc_report():  # pragma: no cover - diagnosis helper
+        out = os.environ.get("BENCH_GCSTATS_OUT", "/tmp/gcstats.txt")
+        with open(out + ".tmp", "w") as f:
+            for gen, pauses in _gc_pauses.items():
+                if not pauses:
+                    f.write(f"gen{gen}: 0 collections\n")
+                    continue
+                p = sorted(pauses)
+                f.write(
+                    f"gen{gen}: {len(p)} collections, total {sum(p) * 1000:.0f} ms, "
+                    f"p50 {p[len(p) // 2] * 1000:.2f} ms, p99 {p[int(0.99 * (len(p) - 1))] * 1000:.2f} ms, "
+                    f"max {p[-1] * 1000:.1f} ms\n"
+                )
+            f.write(f"gc thresholds {gc.get_threshold()}, counts {gc.get_count()}\n")
+        os.replace(out + ".tmp", out)
+
+    atexit.register(_gc_report)
+
+if os.environ.get("BENCH_GC_FREEZE_AFTER_S"):
+    # Experiment (what would gc.freeze() after start-up buy?): once the server has
+    # started, move everything allocated so far out of the collector's scans.
+    import gc
+    import threading
+
+    def _freeze() -> None:  # pragma: no cover - diagnosis helper
+        gc.collect()
+        gc.freeze()
+        if os.environ.get("BENCH_GC_THRESHOLD"):  # e.g. "10000,10,10"
+            gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+
+    threading.Timer(float(os.environ["BENCH_GC_FREEZE_AFTER_S"]), _freeze).start()
