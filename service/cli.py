@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 import uvicorn
@@ -27,10 +28,28 @@ def _prepare_multiprocess_metrics(settings: Settings) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="notify-metrics-")
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn settings the service and its deploy files assume."""
+    return {
+        # Our logging set-up; uvicorn's access log prints query strings (tickets).
+        "log_config": None,
+        "access_log": False,
+        "proxy_headers": settings.proxy_headers,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "timeout_keep_alive": settings.keepalive_timeout_s,
+        # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
+        # drain needs the grace window, uvicorn gets a little more to finish writing.
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 2,
+        "ws": "websockets-sansio",
+        "ws_ping_interval": settings.ws_ping_interval_s,
+        "ws_ping_timeout": settings.ws_ping_timeout_s,
+        "ws_max_size": settings.ws_max_message_bytes,
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "server_header": False,
+    }
+
+
 def _serve(settings: Settings) -> int:
-    # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
-    # drain needs the grace window, uvicorn gets a little more to finish writing.
-    graceful_s = int(settings.shutdown_grace_s) + 2
     _prepare_multiprocess_metrics(settings)
     uvicorn.run(
         "service.main:create_app",
@@ -38,20 +57,7 @@ def _serve(settings: Settings) -> int:
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_config=None,
-        access_log=False,
-        proxy_headers=settings.proxy_headers,
-        forwarded_allow_ips=settings.forwarded_allow_ips,
-        timeout_keep_alive=settings.keepalive_timeout_s,
-        timeout_graceful_shutdown=graceful_s,
-        ws="websockets-sansio",
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_timeout_s,
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        loop="auto",
-        http="auto",
-        server_header=False,
+        **uvicorn_options(settings),
     )
     return 0
 

@@ -245,21 +245,7 @@ class ReconnectMessage(_ServerMessage):
     retry_ms: int
 
 
-ServerMessage = Annotated[
-    EventMessage
-    | EventsMessage
-    | AuthenticatedMessage
-    | SubscribedMessage
-    | UnsubscribedMessage
-    | PongMessage
-    | CommandAcceptedMessage
-    | ErrorMessage
-    | GapMessage
-    | TokenExpiringMessage
-    | ReconnectMessage,
-    Field(discriminator="type"),
-]
-SERVER_MESSAGE: TypeAdapter[
+ServerMessageType = (
     EventMessage
     | EventsMessage
     | AuthenticatedMessage
@@ -271,7 +257,9 @@ SERVER_MESSAGE: TypeAdapter[
     | GapMessage
     | TokenExpiringMessage
     | ReconnectMessage
-] = TypeAdapter(ServerMessage)
+)
+ServerMessage = Annotated[ServerMessageType, Field(discriminator="type")]
+SERVER_MESSAGE: TypeAdapter[ServerMessageType] = TypeAdapter(ServerMessage)
 
 CLIENT_MODELS: tuple[type[BaseModel], ...] = (
     AuthMessage,

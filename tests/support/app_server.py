@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 import uvicorn
 
+from service.cli import uvicorn_options
 from service.config import Settings
 from service.lifespan import AppState
 from service.main import create_app
@@ -38,19 +39,9 @@ async def run_app(settings: Settings) -> AsyncIterator[RunningApp]:
     """uvicorn on a free port inside the current event loop."""
     app = create_app(settings)
     port = free_port()
+    # The same uvicorn options as `notify serve`.
     config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_config=None,
-        access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_max_message_bytes,
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_timeout_s,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 2,
-        lifespan="on",
+        app, host="127.0.0.1", port=port, lifespan="on", **uvicorn_options(settings)
     )
     server = uvicorn.Server(config)
     # Signals belong to the test runner, not to this in-process server.
