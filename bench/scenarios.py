@@ -334,6 +334,19 @@ def measure_step(
     return out
 
 
+def settle(h: Harness, quiet_s: float = 0.5, max_s: float = 10.0) -> None:
+    """Wait until a backlog left by a failed step has drained (nothing arrives for quiet_s)."""
+    t_end = time.monotonic() + max_s
+    last, since = -1, time.monotonic()
+    while time.monotonic() < t_end:
+        got = sum(r["got_total"] for r in h.subs_all("stats", detail=False))
+        if got != last:
+            last, since = got, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return
+        time.sleep(0.1)
+
+
 def reopen_if_needed(h, peer, kind, chans, conc) -> None:
     live = sum(r["live"] for r in h.subs_all("stats", detail=False))
     if live < len(chans):
@@ -391,6 +404,7 @@ def ladder(
     else:
         gen_bound = True  # ran out of ladder: the peer outran the generator's configured ceiling
     if prof.bisect and best is not None and first_fail is not None:
+        settle(h)
         reopen_if_needed(h, peer, kind, stream_chans, prof.connect_concurrency)
         mid = (best * first_fail) ** 0.5
         st = measure_step(h, peer, redis, pub_chans, spc, mid, prof.step_s)
