@@ -7,14 +7,16 @@ from typing import Annotated
 from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
-from service.brokers.base import Broker
-from service.config import Settings, get_settings
 from service.lifespan import AppState
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# Dependencies are `async def` even when they don't await: FastAPI runs a plain
+# `def` dependency in its thread pool, a thread hop per request (a sixth of the
+# CPU of a reconnect storm in profiles).
 
 
-def get_state(conn: HTTPConnection) -> AppState:
+async def get_state(conn: HTTPConnection) -> AppState:
+    """The process' state; settings reach it through `get_settings`, which the
+    lifespan resolves (tests swap it with `dependency_overrides`)."""
     state = getattr(conn.state, "notify", None)
     if not isinstance(state, AppState):
         raise HTTPException(status_code=503, detail="starting")
@@ -22,10 +24,3 @@ def get_state(conn: HTTPConnection) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
-
-
-def get_broker(state: StateDep) -> Broker:
-    return state.broker
-
-
-BrokerDep = Annotated[Broker, Depends(get_broker)]

@@ -117,7 +117,7 @@ async def _close(websocket: WebSocket, state: AppState, closing: Closing) -> Non
 @router.websocket("/v1/ws", name="websocket")
 async def websocket_channel(websocket: WebSocket) -> None:
     """Bidirectional channel: subscriptions, events, commands."""
-    state = get_state(websocket)
+    state = await get_state(websocket)
     principal: Principal | None = None
     if _has_handshake_credentials(websocket):
         try:
