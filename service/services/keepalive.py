@@ -2,13 +2,25 @@
 stream per wake-up (which profiling showed to cost a third of the event loop under
 broadcast load): it asks streams that wrote nothing for `heartbeat_s` for a
 heartbeat, and aborts writers stuck in one send longer than `send_timeout_s`
-(a peer that stopped reading, or a half-open TCP connection)."""
+(a peer that stopped reading, or a half-open TCP connection).
+
+Heartbeats come from a heap ordered by due time and are handed out every
+`HEARTBEAT_TICK_S`, so they stay spread out as the streams' writes spread them;
+a whole second's worth at once would be a burst of thousands of writes that
+delays real events. A write only moves the stream's own `next_heartbeat`; the
+heap entry is corrected lazily when it comes up.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import time
-from typing import Protocol
+from typing import Final, Protocol
+
+HEARTBEAT_TICK_S: Final = 0.1
+STALL_CHECK_S: Final = 1.0
 
 
 class KeptAlive(Protocol):
@@ -26,30 +38,42 @@ class KeepAlive:
     def __init__(self, *, heartbeat_s: float, send_timeout_s: float) -> None:
         self.heartbeat_s = heartbeat_s
         self.send_timeout_s = send_timeout_s
-        # Sub-second precision is not needed: heartbeats only have to beat
-        # the proxies' idle timeouts (60 s) with room to spare.
-        self.tick_s = min(1.0, heartbeat_s / 2)
         self._streams: set[KeptAlive] = set()
+        self._due: list[tuple[float, int, KeptAlive]] = []
+        self._order = itertools.count()
+        self._next_stall_check = 0.0
 
     def add(self, stream: KeptAlive) -> None:
         stream.next_heartbeat = time.monotonic() + self.heartbeat_s
         self._streams.add(stream)
+        heapq.heappush(self._due, (stream.next_heartbeat, next(self._order), stream))
 
     def discard(self, stream: KeptAlive) -> None:
+        # Its heap entry is dropped when it comes up.
         self._streams.discard(stream)
 
     def tick(self, now: float) -> None:
-        for stream in tuple(self._streams):
-            started = stream.send_started
-            if started and now - started > self.send_timeout_s:
-                self._streams.discard(stream)
-                stream.abort()
-            elif now >= stream.next_heartbeat:
-                stream.next_heartbeat = now + self.heartbeat_s
-                stream.heartbeat()
+        due = self._due
+        while due and due[0][0] <= now:
+            _, _, stream = heapq.heappop(due)
+            if stream not in self._streams:
+                continue
+            if stream.next_heartbeat > now:
+                # It wrote since: come back when its new deadline is reached.
+                heapq.heappush(due, (stream.next_heartbeat, next(self._order), stream))
+                continue
+            stream.next_heartbeat = now + self.heartbeat_s
+            heapq.heappush(due, (stream.next_heartbeat, next(self._order), stream))
+            stream.heartbeat()
+        if now >= self._next_stall_check:
+            self._next_stall_check = now + STALL_CHECK_S
+            for stream in [s for s in self._streams if s.send_started]:
+                if now - stream.send_started > self.send_timeout_s:
+                    self._streams.discard(stream)
+                    stream.abort()
 
     async def run(self) -> None:
         """The supervised loop."""
         while True:
-            await asyncio.sleep(self.tick_s)
+            await asyncio.sleep(min(HEARTBEAT_TICK_S, self.heartbeat_s / 2))
             self.tick(time.monotonic())

@@ -50,3 +50,22 @@ def test_stalled_writer_is_aborted_once() -> None:
     keepalive.tick(200)
     assert not stalled.aborted  # dropped from the ticker after its abort
     assert stalled.beats == 0
+
+
+def test_heartbeats_stay_spread_as_the_streams_are() -> None:
+    """Each tick hands out only the heartbeats due by then, not a second's worth."""
+    keepalive = KeepAlive(heartbeat_s=10, send_timeout_s=30)
+    streams = [Stream() for _ in range(100)]
+    for stream in streams:
+        keepalive.add(stream)
+    start = streams[0].next_heartbeat - 10
+    for i, stream in enumerate(streams):
+        stream.next_heartbeat = start + 10 + i * 0.1  # their last writes were spread
+    keepalive.tick(start + 10.05)
+    assert sum(s.beats for s in streams) == 1
+    keepalive.tick(start + 12.05)
+    assert sum(s.beats for s in streams) == 21
+    keepalive.discard(streams[50])
+    keepalive.tick(start + 20)
+    assert streams[50].beats == 0
+    assert sum(s.beats for s in streams) == 99
