@@ -112,12 +112,20 @@ class Settings(BaseSettings):
     # that clients don't all come back to the next pod in the same instant.
     shutdown_jitter_fraction: float = Field(default=0.4, gt=0, le=0.9)
 
+    # --- Garbage collector -------------------------------------------------------
+    # With ten thousand streams a full collection scans ~a million objects and
+    # pauses the loop for hundreds of ms (measured: the p99 of unicast at 10,000
+    # streams). After start-up the heap is frozen (never scanned again) and
+    # collections run far less often; cyclic garbage is still collected.
+    gc_tuning: bool = True
+    gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (50_000, 20, 100)
+
     # --- Logging / HTTP ----------------------------------------------------------
     log_format: Literal["console", "json"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cors_origins: Annotated[list[str], NoDecode] = []
 
-    @field_validator("jwt_algorithms", "cors_origins", mode="before")
+    @field_validator("jwt_algorithms", "cors_origins", "gc_thresholds", mode="before")
     @classmethod
     def _parse_csv(cls, value: object) -> object:
         return _split_csv(value)

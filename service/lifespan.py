@@ -9,11 +9,12 @@ a jitter window → streams end → (uvicorn runs the lifespan shutdown) listene
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import signal
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, TypedDict
@@ -230,6 +231,23 @@ def _chain_exit_signals(
     return undo
 
 
+@contextmanager
+def tuned_gc(settings: Settings) -> Iterator[None]:
+    """Freeze the start-up heap and collect less often while serving; restore after."""
+    if not settings.gc_tuning:
+        yield
+        return
+    previous = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*settings.gc_thresholds)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     settings_factory = app.dependency_overrides.get(get_settings, get_settings)
@@ -265,7 +283,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         broker="memory" if settings.uses_memory_broker else "redis",
     )
     try:
-        yield {"notify": state}
+        with tuned_gc(settings):
+            yield {"notify": state}
     finally:
         undo_signals()
         state.begin_drain()

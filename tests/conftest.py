@@ -57,6 +57,8 @@ def make_settings(redis_server: RedisServer) -> SettingsFactory:
             "shutdown_grace_s": 3.0,
             "log_format": "json",
             "log_level": "info",
+            # The test process hosts many apps in turn: keep its collector as is.
+            "gc_tuning": False,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)
