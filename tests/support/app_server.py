@@ -67,8 +67,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The NOTIFY_* environment reproducing `settings` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
     for name, value in settings.model_dump(exclude_none=True).items():
-        if isinstance(value, list):
-            value = ",".join(value)
+        if isinstance(value, list | tuple):
+            value = ",".join(str(v) for v in value)
         elif hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
         env[f"NOTIFY_{name.upper()}"] = str(value)
