@@ -331,7 +331,7 @@ def ensure_nchan(install: bool) -> tuple[bool, str]:
                     "-y",
                     "-qq",
                     "--no-install-recommends",
-                    "nginx-light",
+                    "nginx",
                     "libnginx-mod-nchan",
                 ],
                 env=env,

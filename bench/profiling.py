@@ -23,8 +23,9 @@ def pyspy_path() -> str | None:
 
 
 class Sampler:
-    def __init__(self, pid: int, out: Path, rate: int = 67):
+    def __init__(self, pid: int, out: Path, rate: int | None = None):
         self.out = out
+        rate = rate or int(os.environ.get("BENCH_PYSPY_RATE", "67"))
         exe = pyspy_path()
         self.proc = None
         if exe is None:

@@ -308,6 +308,16 @@ class PublisherWorker:
                 self.https.append(p)
         return {"ok": True}
 
+    async def _ensure_http(self) -> None:
+        """Replace publisher connections the peer closed (e.g. keepalive_requests)."""
+        if self.redis is not None or not self.https:
+            return
+        loop = asyncio.get_running_loop()
+        t = self.target
+        for i, p in enumerate(self.https):
+            if p.transport is None or p.transport.is_closing():
+                _, self.https[i] = await loop.create_connection(PipelinedHTTP, t["host"], t["port"])
+
     def _build(self, chans: list[int], seqs: list[int], sent: int) -> bytes:
         t = self.target
         if t["publish"] == "redis":
@@ -358,6 +368,7 @@ class PublisherWorker:
         return sum(p.pending for p in self.https)
 
     async def probe(self, chans: list[int]):
+        await self._ensure_http()
         for i in range(0, len(chans), 2000):
             part = chans[i : i + 2000]
             self._send(part, [0] * len(part))
@@ -376,6 +387,7 @@ class PublisherWorker:
 
     async def publish(self, spec):
         """Publish ``rate`` events/s for ``duration_s`` round-robin over ``channels``."""
+        await self._ensure_http()
         chans: list[int] = spec["channels"]
         rate = float(spec["rate"])
         duration = float(spec["duration_s"])
