@@ -26,7 +26,7 @@ from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
 from service.services.errors import UnavailableError
 from service.services.history import valid_resume_id
-from service.services.hub import CloseReason
+from service.services.hub import CloseReason, Delivery
 from service.services.principal import Principal
 from service.services.streams import StreamSession, jittered_retry_ms
 
@@ -78,12 +78,9 @@ async def _stream_body(
                 yield _frame("gap", {"oldest_id": replay.start.oldest_id})
             last_id = None
             async for page in replay.pages:
-                yield b"".join(
-                    f"id: {e.id}\nevent: {e.type.value}\ndata: "
-                    f"{e.model_dump_json(exclude_none=True)}\n\n".encode()
-                    for e in page
-                )
+                yield b"".join([Delivery.from_event(event).sse for event in page])
                 subscriber.delivered += len(page)
+                SSE_DELIVERIES.inc(len(page))
                 last_id = page[-1].id
             session.mark_replayed(last_id or resume_from)
         while True:
