@@ -9,6 +9,7 @@ STAMP := $(VENV)/.installed
 .PHONY: run test lint bench lint-deploy lock clean
 
 $(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -19,6 +20,7 @@ run: $(STAMP)
 	$(BIN)/notify serve
 
 test: $(STAMP)
+	PYTHON=$(PYTHON) scripts/ensure-system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
