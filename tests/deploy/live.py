@@ -14,16 +14,13 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection
 
+from tests.support.waiting import eventually
+
 from .conftest import NotifyServer, mint, publisher_token
 
 
 async def apoll(predicate: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await predicate():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+    await eventually(predicate, timeout_s=timeout_s, what=what, interval_s=0.05)
 
 
 async def apublish(

@@ -26,6 +26,7 @@ from service.services.hub import CloseReason
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 from tests.support.ws import open_ws
 
 
@@ -657,10 +658,7 @@ async def test_keepalive_pings_do_not_kill_a_busy_connection(
 
 
 async def _wait(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await eventually(predicate, timeout_s=timeout_s, what=what)
 
 
 def test_command_in_memory_mode_lands_in_the_memory_stream(
