@@ -209,24 +209,7 @@ def start_ours(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
     if notify.exists() and not os.environ.get("BENCH_OURS_UVICORN"):
         cmd = [str(notify), "serve"]
     else:
-        cmd = [
-            python(),
-            "-m",
-            "uvicorn",
-            "--factory",
-            "service.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--no-access-log",
-            "--timeout-graceful-shutdown",
-            "2",
-            "--backlog",
-            "4096",
-        ]
+        cmd = uvicorn_cmd("--factory", "service.main:create_app", port=port)
     proc = _spawn(cmd, env, log)
     wait_port(port, 30, proc)
     return Peer(
@@ -243,20 +226,13 @@ def start_ours(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
     )
 
 
-def start_baseline(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
-    port = free_port()
-    log = workdir / "baseline.log"
-    env = {
-        "BASELINE_REDIS_URL": redis.url,
-        "BASELINE_JWT_SECRET": JWT_SECRET,
-        "BASELINE_HEARTBEAT_S": str(heartbeat_s),
-        "BASELINE_REDIS_MAX_CONNECTIONS": "50000",
-    }
-    cmd = [
+def uvicorn_cmd(*app: str, port: int) -> list[str]:
+    """The same uvicorn flags for every Python peer, so they are compared alike."""
+    return [
         python(),
         "-m",
         "uvicorn",
-        "bench.baselines.tutorial_sse:app",
+        *app,
         "--host",
         "127.0.0.1",
         "--port",
@@ -269,6 +245,18 @@ def start_baseline(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         "--backlog",
         "4096",
     ]
+
+
+def start_baseline(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
+    port = free_port()
+    log = workdir / "baseline.log"
+    env = {
+        "BASELINE_REDIS_URL": redis.url,
+        "BASELINE_JWT_SECRET": JWT_SECRET,
+        "BASELINE_HEARTBEAT_S": str(heartbeat_s),
+        "BASELINE_REDIS_MAX_CONNECTIONS": "50000",
+    }
+    cmd = uvicorn_cmd("bench.baselines.tutorial_sse:app", port=port)
     proc = _spawn(cmd, env, log)
     wait_port(port, 30, proc)
     return Peer(

@@ -18,7 +18,7 @@ from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.factories import event_dict
 from tests.support.app_server import RunningApp, run_app
 from tests.support.redis_server import RedisServer
-from tests.support.sse import SSEStream, open_sse
+from tests.support.sse import open_sse, opened
 
 ME = "/v1/patients/me/events"
 TICKETS = "/v1/stream-tickets"
@@ -39,12 +39,6 @@ async def publish(http: httpx.AsyncClient, tokens: Tokens, patient: str, **data:
     assert response.status_code == 201, response.text
     event_id: str = response.json()["id"]
     return event_id
-
-
-async def opened(stream: SSEStream) -> SSEStream:
-    assert stream.response.status_code == 200
-    await stream.wait_for(lambda s: bool(s.frames), what="stream open")
-    return stream
 
 
 async def test_issue_returns_an_opaque_ticket_bound_to_the_token(

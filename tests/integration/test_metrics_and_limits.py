@@ -13,7 +13,7 @@ from service.services.limits import ConnectionLimiter, Limit
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.factories import event_dict
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
-from tests.support.sse import SSEStream, open_sse
+from tests.support.sse import SSEStream, open_sse, opened
 from tests.support.waiting import eventually
 
 ME = "/v1/patients/me/events"
@@ -38,11 +38,6 @@ def value(
     metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
     return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-async def opened(stream: SSEStream) -> SSEStream:
-    await stream.wait_for(lambda s: bool(s.frames), what="stream open")
-    return stream
 
 
 async def test_metrics_follow_a_real_flow(app: RunningApp, tokens: Tokens) -> None:

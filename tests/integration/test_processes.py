@@ -7,32 +7,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.factories import event_dict
-from tests.support.app_server import ServiceProcess
+from tests.support.app_server import ServiceProcess, running
 from tests.support.redis_server import RedisServer
-from tests.support.sse import SSEStream, open_sse
+from tests.support.sse import open_sse, opened
 from tests.support.waiting import eventually
 
 ME = "/v1/patients/me/events"
-
-
-@contextlib.asynccontextmanager
-async def running(proc: ServiceProcess) -> AsyncIterator[ServiceProcess]:
-    await asyncio.to_thread(proc.start)
-    try:
-        yield proc
-    finally:
-        await asyncio.to_thread(proc.stop)
-
-
-async def opened(stream: SSEStream) -> SSEStream:
-    await stream.wait_for(lambda s: bool(s.frames), what="stream open")
-    return stream
 
 
 async def test_event_reaches_streams_on_every_process(

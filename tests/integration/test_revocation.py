@@ -24,7 +24,7 @@ from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.factories import event_dict
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.redis_server import RedisServer
-from tests.support.sse import SSEStream, open_sse
+from tests.support.sse import SSEStream, open_sse, opened
 from tests.support.ws import WSClient, open_ws
 
 ME = "/v1/patients/me/events"
@@ -50,12 +50,6 @@ async def other_process(settings: Settings) -> AsyncIterator[ServiceProcess]:
         yield proc
     finally:
         await asyncio.to_thread(proc.stop)
-
-
-async def opened(stream: SSEStream) -> SSEStream:
-    assert stream.response.status_code == 200
-    await stream.wait_for(lambda s: bool(s.frames), what="stream open")
-    return stream
 
 
 async def ticket_for(http: httpx.AsyncClient, base_url: str, token: str) -> str:

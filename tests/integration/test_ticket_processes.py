@@ -5,8 +5,6 @@ what a page doing nothing but `new EventSource(url + '?ticket=…')` relies on."
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import httpx
 
@@ -17,20 +15,11 @@ from service.services.channels import RedisKeys
 from service.services.publisher import publish
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.factories import event_dict
-from tests.support.app_server import ServiceProcess
+from tests.support.app_server import ServiceProcess, running
 from tests.support.eventsource import event_source
 from tests.support.sse import open_sse
 
 ME = "/v1/patients/me/events"
-
-
-@contextlib.asynccontextmanager
-async def running(proc: ServiceProcess) -> AsyncIterator[ServiceProcess]:
-    await asyncio.to_thread(proc.start)
-    try:
-        yield proc
-    finally:
-        await asyncio.to_thread(proc.stop)
 
 
 async def publish_direct(settings: Settings, patient: str = "pt_1") -> str:

@@ -75,6 +75,16 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+@contextlib.asynccontextmanager
+async def running(proc: ServiceProcess) -> AsyncIterator[ServiceProcess]:
+    """`proc` started (and ready) for the block, stopped after it."""
+    await asyncio.to_thread(proc.start)
+    try:
+        yield proc
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
 class ServiceProcess:
     """`notify serve` as a child process (several processes, SIGTERM tests)."""
 

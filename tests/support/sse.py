@@ -124,6 +124,13 @@ class SSEStream:
         await self.response.aclose()
 
 
+async def opened(stream: SSEStream) -> SSEStream:
+    """`stream` once its first frame arrived (the server subscribed it)."""
+    assert stream.response.status_code == 200
+    await stream.wait_for(lambda s: bool(s.frames), what="stream open")
+    return stream
+
+
 @contextlib.asynccontextmanager
 async def open_sse(
     client: httpx.AsyncClient, url: str, *, headers: dict[str, str] | None = None
