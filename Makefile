@@ -6,13 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench lint-deploy lock clean
+# Every package the venv gets (runtime, dev and deploy-check tools, pip and
+# setuptools themselves) comes from this hash-locked file; `make lock` refreshes it.
+LOCK := requirements-dev.lock
 
-$(STAMP): pyproject.toml
+.PHONY: run test test-latest lint bench lint-deploy lock clean
+
+$(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python scripts/check-lock.py
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -42,9 +47,19 @@ lint-deploy: $(STAMP)
 	$(CHECKOV) --quiet --compact --skip-download --framework kubernetes -d deploy/k8s
 	$(CHECKOV) --quiet --compact --skip-download --framework dockerfile -f Dockerfile
 
-# The Docker image's hash-locked dependencies, from pyproject.toml.
+# Refreshes both locks from pyproject.toml's ranges: the development/test
+# environment (with this machine's configured index) and the Docker image's
+# runtime set (PyPI's files only: the image is built elsewhere).
+PIP_COMPILE_FLAGS := --quiet --upgrade --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
 lock: $(STAMP)
-	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host --output-file=deploy/docker/requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(PIP_COMPILE_FLAGS) --extra dev --output-file=$(LOCK) pyproject.toml
+	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile $(PIP_COMPILE_FLAGS) --output-file=deploy/docker/requirements.lock pyproject.toml
+
+# The canary for upstream releases: the newest versions pyproject.toml allows, in
+# a throwaway venv; prints what differs from the lock, then runs the whole suite.
+# Not part of .ci/run (which stays reproducible): the first step of an update.
+test-latest:
+	PYTHON=$(PYTHON) scripts/test-latest
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --quick

@@ -1,0 +1,58 @@
+"""The locks: the test environment and the Docker image run the same versions.
+
+`make test` installs requirements-dev.lock; the image installs
+deploy/docker/requirements.lock. Both come from pyproject.toml via `make lock`.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib.metadata import version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+DEV_LOCK = ROOT / "requirements-dev.lock"
+IMAGE_LOCK = ROOT / "deploy" / "docker" / "requirements.lock"
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^ ;]+)( ; [^\\]+)? \\$")
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(lock: Path) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in lock.read_text(encoding="utf-8").splitlines():
+        match = PIN.match(line)
+        if match:
+            found[_normalise(match[1])] = match[2]
+    return found
+
+
+def test_every_locked_package_is_pinned_with_hashes() -> None:
+    for lock in (DEV_LOCK, IMAGE_LOCK):
+        text = lock.read_text(encoding="utf-8")
+        requirement_lines = [
+            line for line in text.splitlines() if line and not line.startswith((" ", "#"))
+        ]
+        assert requirement_lines, lock
+        for line in requirement_lines:
+            assert PIN.match(line), f"{lock.name}: not a hash-pinned requirement: {line}"
+        # No index host in the repository: installs use the machine's configured index.
+        assert "--index-url" not in text
+        assert "--extra-index-url" not in text
+        assert "--find-links" not in text
+
+
+def test_the_image_runs_the_versions_the_suite_ran() -> None:
+    dev, image = pins(DEV_LOCK), pins(IMAGE_LOCK)
+    differing = {
+        name: (dev.get(name), pinned) for name, pinned in image.items() if dev.get(name) != pinned
+    }
+    assert not differing, f"run `make lock`: image lock differs from the dev lock: {differing}"
+
+
+def test_the_suite_runs_on_the_locked_versions() -> None:
+    dev = pins(DEV_LOCK)
+    for name in ("fastapi", "starlette", "uvicorn", "sse-starlette", "websockets", "redis"):
+        assert version(name) == dev[name], f"{name}: installed {version(name)}, locked {dev[name]}"
