@@ -33,7 +33,10 @@ def main() -> int:
     for problem in problems:
         print(f"check-lock: {problem}", file=sys.stderr)
     if problems:
-        print("check-lock: pyproject.toml changed: run `make lock` and commit the lock", file=sys.stderr)
+        print(
+            "check-lock: pyproject.toml changed: run `make lock` and commit the lock",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

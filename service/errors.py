@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 
 from service.services.errors import (
     DomainError,
+    EventTooLargeError,
     ForbiddenError,
     InvalidEventError,
     NotFoundError,
@@ -23,6 +24,7 @@ _STATUS: list[tuple[type[DomainError], int]] = [
     (ForbiddenError, 403),
     (NotFoundError, 404),
     (InvalidEventError, 400),
+    (EventTooLargeError, 413),
     (UnavailableError, 503),
 ]
 

@@ -8,8 +8,9 @@ from starlette.middleware.cors import CORSMiddleware
 from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
-from service.middleware import RequestContextMiddleware
+from service.middleware import RequestBodyLimitMiddleware, RequestContextMiddleware
 from service.routers import events, health, revocations, streams, tickets, ws
+from service.schemas.events import MAX_EVENT_BYTES
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -43,5 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
         )
+    # Every JSON body this API takes is at most one event (DESIGN.md, "Events").
+    app.add_middleware(RequestBodyLimitMiddleware, max_bytes=MAX_EVENT_BYTES)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -16,6 +16,11 @@ EVENTS_RECEIVED = Counter(
     "Messages received from the broker, by outcome (delivered, invalid, duplicate, no_subscriber).",
     ["outcome"],
 )
+HISTORY_ENTRIES_DROPPED = Counter(
+    "notify_history_entries_dropped_total",
+    "History entries not replayed, by reason (too_large, invalid, rule).",
+    ["reason"],
+)
 DELIVERIES = Counter(
     "notify_deliveries_total", "Events written to client connections.", ["transport"]
 )

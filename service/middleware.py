@@ -4,12 +4,14 @@ disconnect detection and contextvars): request id, timing, one access line."""
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = structlog.get_logger("service.access")
@@ -97,3 +99,56 @@ class RequestContextMiddleware:
                     duration_ms=round((time.perf_counter() - started) * 1000, 1),
                 )
             structlog.contextvars.clear_contextvars()
+
+
+class RequestBodyLimitMiddleware:
+    """Refuses a request body above `max_bytes` with 413 before it is read whole.
+
+    A declared `Content-Length` above the limit is answered at once; a chunked
+    body is counted as it arrives and the request fails with 413 on the chunk
+    that crosses the limit (FastAPI passes an `HTTPException` from `receive` on)."""
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.max_bytes:
+                    await self._refuse(send)
+                    return
+                break
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._detail())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _detail(self) -> str:
+        return f"request body above the limit of {self.max_bytes} bytes"
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": self._detail(), "code": "body_too_large"}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})

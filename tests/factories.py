@@ -11,8 +11,8 @@ def event_dict(
     appointment_id: str = "ap_1",
     *,
     type_: str = "appointment.rescheduled",
-    starts_at: str = "2026-12-01T14:00:00Z",
-    ends_at: str = "2026-12-01T14:30:00Z",
+    starts_at: object = "2026-12-01T14:00:00Z",
+    ends_at: object = "2026-12-01T14:30:00Z",
     **data: Any,
 ) -> dict[str, Any]:
     return {

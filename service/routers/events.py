@@ -22,7 +22,7 @@ Publisher = Annotated[Principal, Depends(require_scope(Scope.EVENTS_PUBLISH))]
     status_code=201,
     response_model=EventResponse,
     response_model_exclude_none=True,
-    responses={400: {}, 401: {}, 403: {}, 422: {}, 503: {}},
+    responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 503: {}},
 )
 async def publish_event(event: EventCreate, state: StateDep, _: Publisher) -> EventResponse:
     """Append the event to its patient's history and deliver it live."""

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StringConstraints,
+    model_validator,
+)
 
-from service.schemas.events import OpaqueId
+from service.schemas.events import OpaqueId, Timestamp
 
 # `jti` values are opaque strings chosen by the identity provider; printable ASCII
 # without spaces keeps them safe in a Redis key and a log line.
-Jti = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,256}$")]
+Jti = Annotated[str, Strict(), StringConstraints(pattern=r"^[!-~]{1,256}$")]
 
 
 class RevocationCreate(BaseModel):
@@ -20,7 +28,7 @@ class RevocationCreate(BaseModel):
 
     jti: Jti | None = None
     sub: OpaqueId | None = None
-    until: AwareDatetime = Field(
+    until: Timestamp = Field(
         description="When the revocation lapses: at least the expiry of the tokens it refuses."
     )
 

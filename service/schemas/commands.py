@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from service.schemas.events import OpaqueId
+from service.schemas.events import OpaqueId, Timestamp
 from service.schemas.ws import ClientRef, CommandAction
 
 COMMAND_FORMAT_VERSION: Final = "1"
@@ -32,8 +32,8 @@ class CommandRecord(BaseModel):
     client_ref: ClientRef | None = Field(
         default=None, description="The client's `id` for the command, to deduplicate retries."
     )
-    preferred_starts_at: AwareDatetime | None = None
-    requested_at: AwareDatetime
+    preferred_starts_at: Timestamp | None = None
+    requested_at: Timestamp
 
     def to_fields(self) -> dict[str, str]:
         """The Redis Stream fields (strings; `None` fields left out)."""

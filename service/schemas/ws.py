@@ -15,7 +15,6 @@ from enum import IntEnum, StrEnum
 from typing import Annotated, Literal, Self
 
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from service.schemas.events import EventStored, OpaqueId, StreamId
+from service.schemas.events import EventStored, OpaqueId, StreamId, Timestamp
 
 # A client's correlation id, echoed in the reply as `reply_to`.
 ClientRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
@@ -131,7 +130,7 @@ class CommandMessage(_ClientMessage):
     type: Literal["command"]
     action: CommandAction
     appointment_id: OpaqueId
-    preferred_starts_at: AwareDatetime | None = Field(
+    preferred_starts_at: Timestamp | None = Field(
         default=None, description="Only with `request_reschedule`."
     )
 

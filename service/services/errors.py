@@ -51,6 +51,17 @@ class InvalidEventError(DomainError):
         self.public_message = message
 
 
+class EventTooLargeError(DomainError):
+    """The event's JSON is above `MAX_EVENT_BYTES` (HTTP 413): refused before it is
+    stored, since no live client would ever be sent it."""
+
+    code = "event_too_large"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(size)
+        self.public_message = f"event is {size} bytes as stored, above the limit of {limit}"
+
+
 class UnavailableError(DomainError):
     """Infrastructure, not a bug: retry later (HTTP 503 with Retry-After)."""
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import structlog
 from pydantic import ValidationError
 
+from service import metrics
 from service.brokers.base import Broker, splice_id
-from service.schemas.events import EventStored, is_stream_id
+from service.schemas.events import MAX_EVENT_BYTES, EventStored, is_stream_id
 from service.services.channels import RedisKeys
 
 log = structlog.get_logger(__name__)
@@ -75,11 +76,24 @@ class HistoryReader:
 
 
 def _decode(entry_id: str, payload: str) -> EventStored | None:
-    try:
-        return EventStored.model_validate_json(splice_id(payload, entry_id))
-    except ValidationError:
-        log.warning("history_entry_invalid")
+    """An entry as a client may be sent it, or None (dropped, counted, logged
+    without its payload): the same rules as for a live message (`Hub._parse`)."""
+    raw = splice_id(payload, entry_id)
+    if len(raw.encode()) > MAX_EVENT_BYTES:
+        metrics.HISTORY_ENTRIES_DROPPED.labels(reason="too_large").inc()
+        log.warning("history_entry_dropped", reason="too_large")
         return None
+    try:
+        event = EventStored.model_validate_json(raw)
+    except ValidationError:
+        metrics.HISTORY_ENTRIES_DROPPED.labels(reason="invalid").inc()
+        log.warning("history_entry_dropped", reason="invalid")
+        return None
+    if event.rule_violation() is not None:
+        metrics.HISTORY_ENTRIES_DROPPED.labels(reason="rule").inc()
+        log.warning("history_entry_dropped", reason="rule")
+        return None
+    return event
 
 
 def valid_resume_id(value: str | None) -> str | None:

@@ -19,20 +19,18 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
-from typing import Final
 
 import structlog
 from pydantic import ValidationError
 
 from service import metrics
-from service.schemas.events import EventStored
+from service.schemas.events import MAX_EVENT_BYTES, EventStored
 from service.services.channels import RedisKeys
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)
 
 # Raw messages above this size are dropped without being parsed.
-MAX_EVENT_BYTES: Final = 64 * 1024
 
 StreamKey = tuple[int, int]
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
+from service.schemas.events import MAX_EVENT_BYTES
 from service.services.principal import Role
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.factories import event_dict
@@ -44,8 +45,37 @@ def test_publish_returns_stored_event(
         lambda e: e.pop("occurred_at"),
         lambda e: e.update(occurred_at="2026-11-27T09:30:00"),  # no timezone
         lambda e: e["data"].update(starts_at="tomorrow"),
+        # Numbers are never times: lax parsing would store 1970-01-01T00:00:00Z.
+        lambda e: e["data"].update(starts_at=0),
+        lambda e: e["data"].update(ends_at=1764597600.5),
+        lambda e: e.update(occurred_at="0"),
+        lambda e: e.update(occurred_at="1764597600"),
+        lambda e: e.update(occurred_at="2026-11-27"),  # a date is not a date-time
+        lambda e: e.update(occurred_at="2026-11-27 09:30:00Z"),
+        # No lax coercion of ids or status either.
+        lambda e: e.update(patient_id=1),
+        lambda e: e.update(appointment_id=True),
+        lambda e: e["data"].update(status=1),
+        lambda e: e["data"].update(location_id=3),
     ],
-    ids=["unknown-type", "unknown-field", "pii-id", "missing-field", "naive-time", "bad-time"],
+    ids=[
+        "unknown-type",
+        "unknown-field",
+        "pii-id",
+        "missing-field",
+        "naive-time",
+        "bad-time",
+        "integer-time",
+        "float-time",
+        "numeric-string-time",
+        "unix-string-time",
+        "date-only",
+        "space-separated",
+        "integer-patient-id",
+        "boolean-appointment-id",
+        "integer-status",
+        "integer-location-id",
+    ],
 )
 def test_wrong_shape_is_422(client: TestClient, tokens: Tokens, mutate: object) -> None:
     event = event_dict()
@@ -53,6 +83,91 @@ def test_wrong_shape_is_422(client: TestClient, tokens: Tokens, mutate: object) 
     mutate(event)
     response = client.post("/v1/events", json=event, headers=bearer(tokens.service()))
     assert response.status_code == 422
+
+
+def test_an_integer_timestamp_is_422_and_nothing_is_stored(
+    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+) -> None:
+    response = client.post(
+        "/v1/events", json=event_dict(starts_at=0), headers=bearer(tokens.service())
+    )
+    assert response.status_code == 422
+    assert "RFC 3339" in response.text
+    with redis_server.client() as r:
+        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+
+
+def test_offsets_other_than_z_are_kept(client: TestClient, tokens: Tokens) -> None:
+    response = client.post(
+        "/v1/events",
+        json=event_dict(starts_at="2026-12-01T15:00:00+01:00", ends_at="2026-12-01T14:30:00Z"),
+        headers=bearer(tokens.service()),
+    )
+    assert response.status_code == 201
+    assert response.json()["data"]["starts_at"] == "2026-12-01T15:00:00+01:00"
+
+
+def padded_event(body_bytes: int) -> bytes:
+    """A valid event whose JSON body is exactly `body_bytes` long."""
+    empty = json.dumps(event_dict(note="")).encode()
+    body = json.dumps(event_dict(note="n" * (body_bytes - len(empty)))).encode()
+    assert len(body) == body_bytes
+    return body
+
+
+@pytest.mark.parametrize("size", [100_000, 2_000_000, MAX_EVENT_BYTES + 1])
+def test_an_event_above_the_size_limit_is_413_before_it_is_stored(
+    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings, size: int
+) -> None:
+    response = client.post(
+        "/v1/events",
+        content=padded_event(size),
+        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert str(MAX_EVENT_BYTES) in response.json()["detail"]
+    with redis_server.client() as r:
+        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+
+
+def test_a_chunked_body_above_the_limit_is_413(
+    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+) -> None:
+    body = padded_event(100_000)
+    chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))  # no Content-Length
+    response = client.post(
+        "/v1/events",
+        content=chunks,
+        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    with redis_server.client() as r:
+        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+
+
+def test_an_event_that_fits_the_body_but_not_the_stored_form_is_413(
+    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+) -> None:
+    # The body passes the request limit; `published_at` and the `id` would push
+    # the stored event past it, where the hub and replay would drop it.
+    response = client.post(
+        "/v1/events",
+        content=padded_event(MAX_EVENT_BYTES - 10),
+        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert response.json()["code"] == "event_too_large"
+    with redis_server.client() as r:
+        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+
+
+def test_a_large_event_under_the_limit_is_stored(client: TestClient, tokens: Tokens) -> None:
+    response = client.post(
+        "/v1/events",
+        content=padded_event(MAX_EVENT_BYTES - 200),
+        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
+    )
+    assert response.status_code == 201
 
 
 def test_business_rule_is_400(client: TestClient, tokens: Tokens) -> None:

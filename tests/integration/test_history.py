@@ -3,15 +3,17 @@ memory broker, which must behave the same."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
+from service import metrics
 from service.brokers.base import Broker
 from service.brokers.memory import MemoryBroker
 from service.brokers.redis import RedisBroker
-from service.schemas.events import EventCreate, EventStored
+from service.schemas.events import MAX_EVENT_BYTES, EventCreate, EventStored
 from service.services.channels import RedisKeys
 from service.services.errors import InvalidEventError
 from service.services.history import HistoryReader
@@ -130,3 +132,33 @@ async def test_up_to_date_client_has_no_gap(broker: Broker) -> None:
     gap, ids = await replay_all(reader, stored[-1].id or "")
     assert not gap
     assert ids == []
+
+
+async def test_replay_drops_what_the_live_path_drops(broker: Broker) -> None:
+    """A raw writer can put anything into history: replay applies the live
+    path's rules (size limit, strict shape) and counts what it leaves out."""
+    keys = keys_of(broker)
+    first = (await publish_n(broker, 1))[0]
+    base = event_dict("pt_1", "ap_raw")
+    oversized = {**base, "data": {**base["data"], "note": "n" * MAX_EVENT_BYTES}}
+    integer_time = {**base, "data": {**base["data"], "starts_at": 0}}
+    for raw in (oversized, integer_time):
+        await broker.publish_event(
+            history_key=keys.history("pt_1"),
+            channel=keys.patient_channel("pt_1"),
+            event_json=json.dumps(raw, separators=(",", ":")),
+            maxlen=1000,
+            ttl_s=600,
+        )
+    last = (await publish_n(broker, 1))[0]
+
+    def dropped(reason: str) -> float:
+        return float(metrics.HISTORY_ENTRIES_DROPPED.labels(reason=reason)._value.get())
+
+    before = {reason: dropped(reason) for reason in ("too_large", "invalid")}
+    reader = HistoryReader(broker=broker, keys=keys, page_size=10)
+    gap, ids = await replay_all(reader, first.id or "")
+    assert not gap
+    assert ids == [last.id]
+    assert dropped("too_large") == before["too_large"] + 1
+    assert dropped("invalid") == before["invalid"] + 1

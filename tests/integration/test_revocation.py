@@ -194,6 +194,9 @@ async def test_revocation_rules(app: RunningApp, tokens: Tokens) -> None:
             {"sub": "pt_1"},
             {"sub": "pt_1", "until": "2026-01-01T00:00:00"},  # no time zone
             {"sub": "not an id", "until": in_an_hour()},
+            {"sub": "pt_1", "until": 4102444800},  # a number is never a time
+            {"sub": "pt_1", "until": "4102444800"},
+            {"sub": 1, "until": in_an_hour()},
         ):
             response = await http.post("/v1/revocations", json=bad_shape, headers=admin)
             assert response.status_code == 422, bad_shape

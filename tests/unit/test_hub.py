@@ -8,7 +8,7 @@ import json
 import pytest
 
 from service import metrics
-from service.schemas.events import EventStored
+from service.schemas.events import MAX_EVENT_BYTES, EventStored
 from service.services.channels import RedisKeys
 from service.services.hub import CloseReason, Hub, Subscriber
 from tests.factories import event_dict, event_json
@@ -88,6 +88,14 @@ async def test_slow_consumer_is_closed_alone(hub: Hub) -> None:
     assert metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get() == before + 1
 
 
+def event_of_size(size: int) -> bytes:
+    """A valid event for pt_1 padded in `data.note` to exactly `size` bytes."""
+    empty = json.dumps(event_dict("pt_1", note="")).encode()
+    raw = json.dumps(event_dict("pt_1", note="n" * (size - len(empty)))).encode()
+    assert len(raw) == size
+    return raw
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -98,8 +106,27 @@ async def test_slow_consumer_is_closed_alone(hub: Hub) -> None:
         # A valid event for pt_2 published on pt_1's channel must not reach pt_1.
         event_json("pt_2").encode(),
         b"x" * 70_000,
+        # Lax coercion would read these as Unix time: 1970-01-01T00:00:00Z.
+        json.dumps(event_dict("pt_1", starts_at=0)).encode(),
+        json.dumps({**event_dict("pt_1"), "occurred_at": "1700000000"}).encode(),
+        json.dumps({**event_dict("pt_1"), "patient_id": 1}).encode(),
+        json.dumps(event_dict("pt_1", status=1)).encode(),
+        # Valid in every other respect, one byte over the limit.
+        event_of_size(MAX_EVENT_BYTES + 1),
     ],
-    ids=["garbage", "unknown-type", "extra-field", "rule", "wrong-channel", "too-large"],
+    ids=[
+        "garbage",
+        "unknown-type",
+        "extra-field",
+        "rule",
+        "wrong-channel",
+        "too-large",
+        "integer-time",
+        "numeric-string-time",
+        "integer-id",
+        "integer-status",
+        "valid-but-over-the-limit",
+    ],
 )
 async def test_invalid_events_are_dropped_and_counted(hub: Hub, raw: bytes) -> None:
     s = sub()
@@ -108,7 +135,17 @@ async def test_invalid_events_are_dropped_and_counted(hub: Hub, raw: bytes) -> N
     hub.on_message("u:patient:pt_1", raw)
     assert s.drain() == []
     assert counter("invalid") == before + 1
+
     hub.on_message("u:patient:pt_1", event_json("pt_1").encode())
+    assert len(s.drain()) == 1
+
+
+async def test_an_event_at_the_limit_is_delivered(hub: Hub) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    over = event_of_size(MAX_EVENT_BYTES + 1)
+    EventStored.model_validate_json(over)  # the case above fails on size alone
+    hub.on_message("u:patient:pt_1", event_of_size(MAX_EVENT_BYTES))
     assert len(s.drain()) == 1
 
 
