@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.schemas.errors import ErrorResponse
 from service.services.errors import (
     DomainError,
     EventTooLargeError,
@@ -18,6 +21,24 @@ from service.services.errors import (
 )
 
 log = structlog.get_logger(__name__)
+
+_DESCRIPTIONS = {
+    400: "The request breaks a business rule (its shape is fine).",
+    401: "No valid credential (one answer for every reason).",
+    403: "Authenticated, but this role or scope may not do this.",
+    404: "Not found, or somebody else's (indistinguishable).",
+    413: "The body or event is above the event size limit.",
+    503: "Redis unreachable or over capacity: retry after `Retry-After` seconds.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses (422 FastAPI adds itself)."""
+    return {
+        status: {"model": ErrorResponse, "description": _DESCRIPTIONS[status]}
+        for status in statuses
+    }
+
 
 _STATUS: list[tuple[type[DomainError], int]] = [
     (UnauthorizedError, 401),

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends
 
 from service.deps.auth import require_scope
 from service.deps.state import StateDep
+from service.errors import error_responses
 from service.schemas.events import EventCreate, EventResponse
 from service.services.principal import Principal, Scope
 from service.services.publisher import publish
@@ -22,7 +23,7 @@ Publisher = Annotated[Principal, Depends(require_scope(Scope.EVENTS_PUBLISH))]
     status_code=201,
     response_model=EventResponse,
     response_model_exclude_none=True,
-    responses={400: {}, 401: {}, 403: {}, 413: {}, 422: {}, 503: {}},
+    responses=error_responses(400, 401, 403, 413, 503),
 )
 async def publish_event(event: EventCreate, state: StateDep, _: Publisher) -> EventResponse:
     """Append the event to its patient's history and deliver it live."""

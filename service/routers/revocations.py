@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 
 from service.deps.auth import require_scope, revocation_store
 from service.deps.state import StateDep
+from service.errors import error_responses
 from service.schemas.auth import RevocationCreate, RevocationResponse
 from service.services.principal import Principal, Scope
 
@@ -22,7 +23,7 @@ Revoker = Annotated[Principal, Depends(require_scope(Scope.REVOCATIONS_WRITE))]
     status_code=201,
     response_model=RevocationResponse,
     response_model_exclude_none=True,
-    responses={400: {}, 401: {}, 403: {}, 422: {}, 503: {}},
+    responses=error_responses(400, 401, 403, 413, 503),
 )
 async def revoke(body: RevocationCreate, state: StateDep, _: Revoker) -> RevocationResponse:
     """Revoke a token or a subject; its live streams close in every process."""

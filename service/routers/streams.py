@@ -20,6 +20,7 @@ from starlette.responses import Response
 from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
+from service.errors import error_responses
 from service.lifespan import AppState
 from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
 from service.schemas.events import OPAQUE_ID_PATTERN
@@ -169,7 +170,16 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
     )
 
 
-@router.get("/me/events", summary="SSE stream of the caller's appointment events")
+# Refusals a client should retry (capacity, Redis, draining) are a 200 event
+# stream with `retry:` and `event: reconnect` (EventSource gives up on any non-200).
+STREAM_ERRORS = error_responses(401, 403, 404)
+
+
+@router.get(
+    "/me/events",
+    summary="SSE stream of the caller's appointment events",
+    responses=STREAM_ERRORS,
+)
 async def my_events(sse: SSEOpenDep) -> Response:
     """The caller's own events (patient tokens)."""
     return open_sse(sse, patient_id=None, appointment_id=None)
@@ -178,13 +188,18 @@ async def my_events(sse: SSEOpenDep) -> Response:
 @router.get(
     "/me/appointments/{appointment_id}/events",
     summary="SSE stream of one of the caller's appointments",
+    responses=STREAM_ERRORS,
 )
 async def my_appointment_events(sse: SSEOpenDep, appointment_id: AppointmentId) -> Response:
     """Only the events of `appointment_id` (an appointment of the caller's)."""
     return open_sse(sse, patient_id=None, appointment_id=appointment_id)
 
 
-@router.get("/{patient_id}/events", summary="SSE stream of a patient's events (staff)")
+@router.get(
+    "/{patient_id}/events",
+    summary="SSE stream of a patient's events (staff)",
+    responses=STREAM_ERRORS,
+)
 async def patient_events(sse: SSEOpenDep, patient_id: PatientId) -> Response:
     """Staff only; a patient naming anyone but themselves gets 404."""
     return open_sse(sse, patient_id=patient_id, appointment_id=None)

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from service.deps.auth import PrincipalDep, ticket_store
 from service.deps.state import StateDep
+from service.errors import error_responses
 from service.schemas.tickets import TicketResponse
 from service.services.errors import ForbiddenError
 from service.services.tickets import STREAM_ROLES
@@ -24,7 +25,7 @@ TicketPath = Annotated[str, Path(max_length=128)]
     "",
     status_code=201,
     response_model=TicketResponse,
-    responses={401: {}, 403: {}, 503: {}},
+    responses=error_responses(401, 403, 503),
 )
 async def create_ticket(
     state: StateDep, principal: PrincipalDep, response: Response
@@ -41,7 +42,7 @@ async def create_ticket(
     )
 
 
-@router.delete("/{ticket}", status_code=204, responses={401: {}, 404: {}, 503: {}})
+@router.delete("/{ticket}", status_code=204, responses=error_responses(401, 404, 503))
 async def delete_ticket(state: StateDep, principal: PrincipalDep, ticket: TicketPath) -> Response:
     """Delete one of the caller's tickets; the streams opened with it end."""
     await ticket_store(state).delete(ticket, owner=principal)
