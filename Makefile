@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # setuptools themselves) comes from this hash-locked file; `make lock` refreshes it.
 LOCK := requirements-dev.lock
 
-.PHONY: run test test-latest lint bench lint-deploy lock clean
+.PHONY: run test test-latest lint bench lint-deploy lock lock-upgrade clean
 
 $(STAMP): $(LOCK) pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
@@ -47,13 +47,19 @@ lint-deploy: $(STAMP)
 	$(CHECKOV) --quiet --compact --skip-download --framework kubernetes -d deploy/k8s
 	$(CHECKOV) --quiet --compact --skip-download --framework dockerfile -f Dockerfile
 
-# Refreshes both locks from pyproject.toml's ranges: the development/test
+# Refreshes both locks from pyproject.toml in one go: the development/test
 # environment (with this machine's configured index) and the Docker image's
-# runtime set (PyPI's files only: the image is built elsewhere).
-PIP_COMPILE_FLAGS := --quiet --upgrade --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+# runtime set (PyPI's files only: the image is built elsewhere). `make lock` keeps
+# every pin that still satisfies pyproject.toml (adds, drops, narrows);
+# `make lock-upgrade` moves every pin to the newest allowed release (run
+# `make test-latest` first).
+PIP_COMPILE_FLAGS := --quiet --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
 lock: $(STAMP)
-	$(BIN)/pip-compile $(PIP_COMPILE_FLAGS) --extra dev --output-file=$(LOCK) pyproject.toml
-	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile $(PIP_COMPILE_FLAGS) --output-file=deploy/docker/requirements.lock pyproject.toml
+	$(BIN)/pip-compile $(PIP_COMPILE_FLAGS) $(LOCK_UPGRADE) --extra dev --output-file=$(LOCK) pyproject.toml
+	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile $(PIP_COMPILE_FLAGS) $(LOCK_UPGRADE) --output-file=deploy/docker/requirements.lock pyproject.toml
+
+lock-upgrade:
+	$(MAKE) lock LOCK_UPGRADE=--upgrade
 
 # The canary for upstream releases: the newest versions pyproject.toml allows, in
 # a throwaway venv; prints what differs from the lock, then runs the whole suite.
