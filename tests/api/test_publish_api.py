@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -93,8 +94,7 @@ def test_an_integer_timestamp_is_422_and_nothing_is_stored(
     )
     assert response.status_code == 422
     assert "RFC 3339" in response.text
-    with redis_server.client() as r:
-        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+    assert not history_exists(redis_server, settings)
 
 
 def test_offsets_other_than_z_are_kept(client: TestClient, tokens: Tokens) -> None:
@@ -115,19 +115,27 @@ def padded_event(body_bytes: int) -> bytes:
     return body
 
 
+def post_body(client: TestClient, tokens: Tokens, content: object) -> Any:
+    return client.post(
+        "/v1/events",
+        content=content,  # type: ignore[arg-type]
+        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
+    )
+
+
+def history_exists(redis_server: RedisServer, settings: Settings) -> bool:
+    with redis_server.client() as r:
+        return bool(r.exists(f"{settings.key_prefix}history:pt_1"))
+
+
 @pytest.mark.parametrize("size", [100_000, 2_000_000, MAX_EVENT_BYTES + 1])
 def test_an_event_above_the_size_limit_is_413_before_it_is_stored(
     client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings, size: int
 ) -> None:
-    response = client.post(
-        "/v1/events",
-        content=padded_event(size),
-        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
-    )
+    response = post_body(client, tokens, padded_event(size))
     assert response.status_code == 413
     assert str(MAX_EVENT_BYTES) in response.json()["detail"]
-    with redis_server.client() as r:
-        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+    assert not history_exists(redis_server, settings)
 
 
 def test_a_chunked_body_above_the_limit_is_413(
@@ -135,14 +143,9 @@ def test_a_chunked_body_above_the_limit_is_413(
 ) -> None:
     body = padded_event(100_000)
     chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))  # no Content-Length
-    response = client.post(
-        "/v1/events",
-        content=chunks,
-        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
-    )
+    response = post_body(client, tokens, chunks)
     assert response.status_code == 413
-    with redis_server.client() as r:
-        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+    assert not history_exists(redis_server, settings)
 
 
 def test_an_event_that_fits_the_body_but_not_the_stored_form_is_413(
@@ -150,24 +153,14 @@ def test_an_event_that_fits_the_body_but_not_the_stored_form_is_413(
 ) -> None:
     # The body passes the request limit; `published_at` and the `id` would push
     # the stored event past it, where the hub and replay would drop it.
-    response = client.post(
-        "/v1/events",
-        content=padded_event(MAX_EVENT_BYTES - 10),
-        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
-    )
+    response = post_body(client, tokens, padded_event(MAX_EVENT_BYTES - 10))
     assert response.status_code == 413
     assert response.json()["code"] == "event_too_large"
-    with redis_server.client() as r:
-        assert r.exists(f"{settings.key_prefix}history:pt_1") == 0
+    assert not history_exists(redis_server, settings)
 
 
 def test_a_large_event_under_the_limit_is_stored(client: TestClient, tokens: Tokens) -> None:
-    response = client.post(
-        "/v1/events",
-        content=padded_event(MAX_EVENT_BYTES - 200),
-        headers={**bearer(tokens.service()), "Content-Type": "application/json"},
-    )
-    assert response.status_code == 201
+    assert post_body(client, tokens, padded_event(MAX_EVENT_BYTES - 200)).status_code == 201
 
 
 def test_business_rule_is_400(client: TestClient, tokens: Tokens) -> None:
