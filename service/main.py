@@ -36,15 +36,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tickets.router)
     app.include_router(revocations.router)
     app.include_router(ws.router)
+    # Every JSON body this API takes is at most one event (DESIGN.md, "Events").
+    app.add_middleware(RequestBodyLimitMiddleware, max_bytes=MAX_EVENT_BYTES)
+    app.add_middleware(RequestContextMiddleware)
     if cors_origins:
+        # Outermost (added last): SSE bodies run from RequestContextMiddleware once
+        # routing has unwound (`DEFERRED_STREAM`), so a CORS layer inside it never
+        # sees their `http.response.start`, and a cross-origin EventSource fails.
+        # Here it wraps every response: streams, retry-able refusals, 401s, 413s.
         app.add_middleware(
             CORSMiddleware,
             allow_origins=cors_origins,
             allow_methods=["GET", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "X-Request-ID"],
             expose_headers=["X-Request-ID"],
+            # Preflight answers cached by browsers for 10 minutes.
+            max_age=600,
         )
-    # Every JSON body this API takes is at most one event (DESIGN.md, "Events").
-    app.add_middleware(RequestBodyLimitMiddleware, max_bytes=MAX_EVENT_BYTES)
-    app.add_middleware(RequestContextMiddleware)
     return app
