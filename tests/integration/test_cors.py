@@ -16,7 +16,7 @@ ME = "/v1/patients/me/events"
 
 
 def allowed(response: httpx.Response) -> bool:
-    return response.headers.get("access-control-allow-origin") == APP_ORIGIN
+    return bool(response.headers.get("access-control-allow-origin") == APP_ORIGIN)
 
 
 async def test_every_response_to_an_allowed_origin_carries_cors_headers(
