@@ -77,6 +77,10 @@ class Broker(abc.ABC):
         """Up to `count` entries strictly after `after_id`, oldest first."""
 
     @abc.abstractmethod
+    async def read_head(self, history_key: str) -> str | None:
+        """The id of the newest entry of the history stream, or None when empty."""
+
+    @abc.abstractmethod
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
         """SET with a TTL (tickets, revocations)."""
 

@@ -116,6 +116,10 @@ class MemoryBroker(Broker):
         first = stream.entries[0].id if stream.entries else None
         return HistoryPage(entries=entries, exists=True, first_id=first)
 
+    async def read_head(self, history_key: str) -> str | None:
+        stream = self._live_stream(history_key)
+        return stream.entries[-1].id if stream is not None and stream.entries else None
+
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
         self._values[key] = (value, time.time() + ttl_s)
 

@@ -290,6 +290,10 @@ class RedisBroker(Broker):
             first_id=_text(first[0][0]) if first else None,
         )
 
+    async def read_head(self, history_key: str) -> str | None:
+        newest = await self._call("history", self.client.xrevrange(history_key, count=1))
+        return _text(newest[0][0]) if newest else None
+
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
         await self._call("set", self.client.set(key, value, ex=ttl_s))
 

@@ -73,17 +73,22 @@ async def _stream_body(
         replay = await session.start(resume_from=resume_from)
         # First bytes only once the channel is subscribed: a client that has seen
         # `retry:` knows every event published from now on reaches it.
-        yield f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n".encode()
-        if replay is not None:
-            if replay.start.gap:
-                yield _frame("gap", {"oldest_id": replay.start.oldest_id})
-            last_id = None
-            async for page in replay.pages:
-                yield b"".join([Delivery.from_event(event).sse for event in page])
-                subscriber.delivered += len(page)
-                SSE_DELIVERIES.inc(len(page))
-                last_id = page[-1].id
-            session.mark_replayed(last_id or resume_from)
+        retry = f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n"
+        if replay.fresh:
+            # An id-only block: sets the EventSource's last event id without
+            # dispatching an event, so its next reconnect resumes from here.
+            yield f"{retry}id: {replay.resume_point}\n\n".encode()
+        else:
+            yield retry.encode()
+        if replay.start.gap:
+            yield _frame("gap", {"oldest_id": replay.start.oldest_id})
+        last_id = None
+        async for page in replay.pages:
+            yield b"".join([Delivery.from_event(event).sse for event in page])
+            subscriber.delivered += len(page)
+            SSE_DELIVERIES.inc(len(page))
+            last_id = page[-1].id
+        session.mark_replayed(last_id or replay.resume_point)
         while True:
             await subscriber.wait()
             items = subscriber.drain()

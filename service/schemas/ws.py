@@ -196,6 +196,12 @@ class SubscribedMessage(_Reply):
     patient_id: OpaqueId
     appointment_id: OpaqueId | None = None
     resumed: bool = Field(description="True when a replay from `since` follows.")
+    resume_point: StreamId = Field(
+        description=(
+            "Pass as `since` to resume when no event has been received since this reply: "
+            "the `since` given, or the history head when none was (`0-0`: history empty)."
+        )
+    )
 
 
 class UnsubscribedMessage(_Reply):

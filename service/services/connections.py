@@ -392,37 +392,39 @@ class WsConnection:
     async def _start(self, subscription: Subscription, send: Send) -> None:
         scope = subscription.scope
         replay = subscription.replay
+        # Set by `subscribe` before the subscription is queued for this writer.
+        assert replay is not None
         await send(
             SubscribedMessage(
                 subscription_id=subscription.id,
                 patient_id=scope.patient_id,
                 appointment_id=scope.appointment_id,
-                resumed=replay is not None,
+                resumed=not replay.fresh,
+                resume_point=replay.resume_point,
                 reply_to=subscription.reply_to,
             ).encode()
         )
         if self._subscriptions.get(subscription.id) is not subscription:
             return  # unsubscribed meanwhile: `unsubscribed` follows
-        if replay is not None:
-            if replay.start.gap:
-                await send(
-                    GapMessage(
-                        oldest_id=replay.start.oldest_id, subscription_id=subscription.id
-                    ).encode()
-                )
-            last_id = None
-            remember = self._remembers(subscription)
-            async for page in replay.pages:
-                for event in page:
-                    await send(_event_frame(event))
-                    if remember:
-                        self.owned.remember(event.appointment_id)
-                self.delivered += len(page)
-                subscription.session.subscriber.delivered += len(page)
-                metrics.DELIVERIES.labels(transport=TRANSPORT).inc(len(page))
-                last_id = page[-1].id
-            subscription.session.mark_replayed(last_id or subscription.since)
-            subscription.replay = None
+        if replay.start.gap:
+            await send(
+                GapMessage(
+                    oldest_id=replay.start.oldest_id, subscription_id=subscription.id
+                ).encode()
+            )
+        last_id = None
+        remember = self._remembers(subscription)
+        async for page in replay.pages:
+            for event in page:
+                await send(_event_frame(event))
+                if remember:
+                    self.owned.remember(event.appointment_id)
+            self.delivered += len(page)
+            subscription.session.subscriber.delivered += len(page)
+            metrics.DELIVERIES.labels(transport=TRANSPORT).inc(len(page))
+            last_id = page[-1].id
+        subscription.session.mark_replayed(last_id or replay.resume_point)
+        subscription.replay = None
         subscription.live = True
         # Live events may have queued during the replay.
         self.wakeup.set()

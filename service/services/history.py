@@ -21,6 +21,11 @@ from service.services.channels import RedisKeys
 
 log = structlog.get_logger(__name__)
 
+# The resume point of a client that connected while the history was empty: it
+# stands before every entry, so a replay after it is complete exactly when the
+# first entry it returns is the first ever written (its `prev` is "").
+EMPTY_HISTORY_ID = "0-0"
+
 
 @dataclass(frozen=True, slots=True)
 class ReplayStart:
@@ -40,10 +45,14 @@ class HistoryReader:
         """Whether there is a gap after `after_id`, and the events after it, in pages."""
         key = self._keys.history(patient_id)
         page = await self._broker.read_history(key, after_id=after_id, count=self._page_size)
+        from_empty = after_id == EMPTY_HISTORY_ID
         if not page.exists:
-            start = ReplayStart(gap=True, oldest_id=None)
+            # Expired or lost (a Redis restart) since the client's id; still empty
+            # for a client that came while it was empty.
+            start = ReplayStart(gap=not from_empty, oldest_id=None)
         elif page.entries:
-            start = ReplayStart(gap=page.entries[0].prev != after_id, oldest_id=page.first_id)
+            expected_prev = "" if from_empty else after_id
+            start = ReplayStart(gap=page.entries[0].prev != expected_prev, oldest_id=page.first_id)
         else:
             start = ReplayStart(gap=False, oldest_id=page.first_id)
 
@@ -65,6 +74,12 @@ class HistoryReader:
                 )
 
         return start, pages()
+
+    async def head(self, patient_id: str) -> str:
+        """Where a client that has received nothing resumes from: the id of the
+        newest history entry, or `EMPTY_HISTORY_ID`."""
+        newest = await self._broker.read_head(self._keys.history(patient_id))
+        return newest or EMPTY_HISTORY_ID
 
     async def read_all_after(
         self, patient_id: str, after_id: str

@@ -44,6 +44,11 @@ def jittered_retry_ms(base_ms: int) -> int:
 class Replay:
     start: ReplayStart
     pages: AsyncIterator[list[EventStored]]
+    # Where the client stands once this replay is sent if it has received nothing
+    # else: its own id when it resumed, else the history head read before the
+    # subscription (SSE sends it as an id-only block, WebSocket in `subscribed`).
+    resume_point: str
+    fresh: bool
 
 
 class StreamSession:
@@ -93,11 +98,17 @@ class StreamSession:
         metrics.OPEN_STREAMS.labels(transport=self.transport).inc()
         return None
 
-    async def start(self, *, resume_from: str | None) -> Replay | None:
+    async def start(self, *, resume_from: str | None) -> Replay:
         """Subscribe (confirmed), then read what history holds after `resume_from`.
 
+        A client with nothing to resume from gets the history head as its resume
+        point, read *before* subscribing, and the replay after it covers whatever
+        was published until the subscription took effect: so even a client that
+        never receives an event loses nothing when it reconnects from that point.
         Live events arriving during the replay wait in the queue; `mark_replayed`
         makes the writer skip the ones the replay already covered."""
+        fresh = resume_from is None
+        after_id = resume_from or await self._history.head(self.scope.patient_id)
         await self._hub.attach(self.scope.patient_id, self.subscriber)
         self._attached = True
         if self._manage_expiry:
@@ -108,16 +119,14 @@ class StreamSession:
             role=self.principal.role.value,
             route=self.route,
             transport=self.transport,
-            resumed=resume_from is not None,
+            resumed=not fresh,
         )
-        if resume_from is None:
-            return None
         start, pages = await self._history.replay(
             self.scope.patient_id,
-            after_id=resume_from,
+            after_id=after_id,
             appointment_id=self.scope.appointment_id,
         )
-        return Replay(start=start, pages=pages)
+        return Replay(start=start, pages=pages, resume_point=after_id, fresh=fresh)
 
     def mark_replayed(self, last_id: str | None) -> None:
         if last_id is not None:

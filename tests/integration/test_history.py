@@ -16,7 +16,7 @@ from service.brokers.redis import RedisBroker
 from service.schemas.events import MAX_EVENT_BYTES, EventCreate, EventStored
 from service.services.channels import RedisKeys
 from service.services.errors import InvalidEventError
-from service.services.history import HistoryReader
+from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.publisher import publish
 from tests.factories import event_dict
 from tests.support.redis_server import RedisServer
@@ -162,3 +162,23 @@ async def test_replay_drops_what_the_live_path_drops(broker: Broker) -> None:
     assert ids == [last.id]
     assert dropped("too_large") == before["too_large"] + 1
     assert dropped("invalid") == before["invalid"] + 1
+
+
+async def test_replay_from_the_empty_history_id(broker: Broker) -> None:
+    """`0-0` is where a client stands that came while history was empty."""
+    reader = HistoryReader(broker=broker, keys=keys_of(broker), page_size=500)
+    assert await reader.head("pt_1") == EMPTY_HISTORY_ID
+    gap, ids = await replay_all(reader, EMPTY_HISTORY_ID)
+    assert (gap, ids) == (False, [])
+    stored = await publish_n(broker, 3)
+    assert await reader.head("pt_1") == stored[-1].id
+    gap, ids = await replay_all(reader, EMPTY_HISTORY_ID)
+    assert not gap
+    assert ids == [s.id for s in stored]
+
+
+async def test_replay_from_the_empty_history_id_sees_trimming(broker: Broker) -> None:
+    await publish_n(broker, 400, maxlen=50)
+    reader = HistoryReader(broker=broker, keys=keys_of(broker), page_size=500)
+    gap, _ = await replay_all(reader, EMPTY_HISTORY_ID)
+    assert gap
