@@ -23,6 +23,9 @@ def main() -> None:
         f"""
   Appointment notifications, development mode ({settings.effective_redis_url})
 
+  Demo page (the browser client, live events, a publish button):
+       {base}/demo
+
   1. In another terminal, open the demo patient's stream:
        curl -N -H 'Authorization: Bearer {token}' {base}/v1/patients/me/events
 

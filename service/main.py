@@ -9,7 +9,7 @@ from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.middleware import RequestBodyLimitMiddleware, RequestContextMiddleware
-from service.routers import events, health, revocations, streams, tickets, ws
+from service.routers import client, demo, events, health, revocations, streams, tickets, ws
 from service.schemas.events import MAX_EVENT_BYTES
 
 
@@ -36,6 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(tickets.router)
     app.include_router(revocations.router)
     app.include_router(ws.router)
+    app.include_router(client.router)
+    app.include_router(demo.router)
     # Every JSON body this API takes is at most one event (DESIGN.md, "Events").
     app.add_middleware(RequestBodyLimitMiddleware, max_bytes=MAX_EVENT_BYTES)
     app.add_middleware(RequestContextMiddleware)
