@@ -88,8 +88,11 @@ async def running(proc: ServiceProcess) -> AsyncIterator[ServiceProcess]:
 class ServiceProcess:
     """`notify serve` as a child process (several processes, SIGTERM tests)."""
 
-    def __init__(self, settings: Settings, *, log_path: str | None = None) -> None:
-        self.port = free_port()
+    def __init__(
+        self, settings: Settings, *, log_path: str | None = None, port: int | None = None
+    ) -> None:
+        # A fixed `port`: a successor of a stopped process behind the same proxy.
+        self.port = port or free_port()
         self.settings = settings.model_copy(update={"port": self.port, "host": "127.0.0.1"})
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
