@@ -85,7 +85,9 @@ class StaticSite:
         self.server.server_close()
 
 
-def mint(sub: str, *, role: Role = Role.PATIENT, scopes: tuple[str, ...] = (), ttl_s: int = 600) -> str:
+def mint(
+    sub: str, *, role: Role = Role.PATIENT, scopes: tuple[str, ...] = (), ttl_s: int = 600
+) -> str:
     return mint_token(
         secret=DEV_JWT_SECRET,
         sub=sub,
@@ -192,7 +194,11 @@ class Stack:
 
     def ensure(self, **overrides: Any) -> None:
         """The service runs with exactly these overrides (restarted if not)."""
-        if overrides != self.overrides:
+        proc = self.current.proc
+        if proc is None or proc.poll() is not None:
+            # A test stopped it (and failed before starting its successor).
+            self.start_service(**overrides)
+        elif overrides != self.overrides:
             self.restart(**overrides)
 
     def publish(self, patient_id: str, appointment_id: str = "ap_1") -> str:
@@ -258,7 +264,11 @@ class NetworkLog:
     def __init__(self, cdp: CDPSession) -> None:
         self.requests: dict[str, Request] = {}
         self.order: list[str] = []
+        self._pending_extra: dict[str, dict[str, str]] = {}
         self.ws_sent: list[str] = []
+        self._ws_urls: dict[str, str] = {}
+        self._ws_status: dict[str, int] = {}
+        self.ws_errors: list[tuple[str, str]] = []
         cdp.on("Network.requestWillBeSent", self._sent)
         cdp.on("Network.requestWillBeSentExtraInfo", self._extra)
         cdp.on("Network.responseReceived", self._response)
@@ -266,6 +276,9 @@ class NetworkLog:
         cdp.on("Network.dataReceived", self._data)
         cdp.on("Network.responseReceivedExtraInfo", self._response_extra)
         cdp.on("Network.webSocketFrameSent", self._ws_frame)
+        cdp.on("Network.webSocketCreated", self._ws_created)
+        cdp.on("Network.webSocketHandshakeResponseReceived", self._ws_handshake)
+        cdp.on("Network.webSocketFrameError", self._ws_error)
         cdp.send("Network.enable")
 
     def _sent(self, params: dict[str, Any]) -> None:
@@ -278,12 +291,17 @@ class NetworkLog:
             method=req["method"],
             headers={k.lower(): v for k, v in req.get("headers", {}).items()},
         )
+        self.requests[rid].headers.update(self._pending_extra.pop(rid, {}))
 
     def _extra(self, params: dict[str, Any]) -> None:
-        # The headers actually sent (the network stack adds some, e.g. Last-Event-ID).
+        # The headers actually sent (the network stack adds some: Origin,
+        # Last-Event-ID). This event may come before or after requestWillBeSent.
+        headers = {k.lower(): v for k, v in params.get("headers", {}).items()}
         req = self.requests.get(params["requestId"])
         if req is not None:
-            req.headers.update({k.lower(): v for k, v in params.get("headers", {}).items()})
+            req.headers.update(headers)
+        else:
+            self._pending_extra.setdefault(params["requestId"], {}).update(headers)
 
     def _response(self, params: dict[str, Any]) -> None:
         req = self.requests.get(params["requestId"])
@@ -310,6 +328,20 @@ class NetworkLog:
 
     def _ws_frame(self, params: dict[str, Any]) -> None:
         self.ws_sent.append(params["response"]["payloadData"])
+
+    def _ws_created(self, params: dict[str, Any]) -> None:
+        self._ws_urls[params["requestId"]] = params["url"]
+
+    def _ws_handshake(self, params: dict[str, Any]) -> None:
+        self._ws_status[params["requestId"]] = params["response"]["status"]
+
+    def _ws_error(self, params: dict[str, Any]) -> None:
+        rid = params["requestId"]
+        self.ws_errors.append((self._ws_urls.get(rid, ""), params.get("errorMessage", "")))
+
+    def ws_handshakes(self) -> list[tuple[str, int]]:
+        """(url, HTTP status) of each WebSocket handshake answered so far."""
+        return [(self._ws_urls.get(rid, ""), status) for rid, status in self._ws_status.items()]
 
     def streams(self, path: str = "/v1/patients/me/events") -> list[Request]:
         """Requests to an SSE route, in the order the page made them."""
@@ -338,14 +370,20 @@ class BrowserPage:
         deadline = time.monotonic() + timeout_s
         while not predicate():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+                raise AssertionError(
+                    f"timed out after {timeout_s} s waiting for {what}; "
+                    f"requests: {list(self.net.requests.values())[-6:]}, "
+                    f"websockets: {self.net.ws_handshakes()} {self.net.ws_errors}"
+                )
             self.page.wait_for_timeout(50)
 
     def wait_subscribed(self, count: int = 1, path: str = "/v1/patients/me/events") -> None:
         """The `count`-th stream request got its first bytes (the server subscribed)."""
         self.until(
-            lambda: len(self.net.streams(path)) >= count
-            and self.net.streams(path)[count - 1].received > 0,
+            lambda: (
+                len(self.net.streams(path)) >= count
+                and self.net.streams(path)[count - 1].received > 0
+            ),
             f"stream request {count} to be subscribed",
         )
 
@@ -435,8 +473,6 @@ def app_page(browser: Browser, stack: Stack, allowed_site: StaticSite) -> Iterat
 
 
 @pytest.fixture
-def foreign_page(
-    browser: Browser, stack: Stack, foreign_site: StaticSite
-) -> Iterator[BrowserPage]:
+def foreign_page(browser: Browser, stack: Stack, foreign_site: StaticSite) -> Iterator[BrowserPage]:
     stack.ensure()
     yield from open_page(browser, stack, f"{foreign_site.origin}/")

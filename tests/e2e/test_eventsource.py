@@ -63,6 +63,7 @@ def test_live_events_arrive_one_at_a_time_cross_origin(app_page: BrowserPage) ->
         # The page has this event before the next one is even published.
         p.wait("(n) => window.streams.a.events.length === n", n + 1)
         assert ids(p) == published
+    p.until(lambda: "origin" in p.net.streams()[0].headers, "the request headers sent")
     stream = p.net.streams()[0]
     assert stream.status == 200
     assert stream.headers["origin"] == p.page.evaluate("location.origin")
@@ -115,8 +116,12 @@ def restart_mid_stream(p: BrowserPage, *, prior_event: bool) -> None:
     )
     assert state["closed"] is False, "EventSource gave up (a non-200 answer)"
     assert "shutdown" in state["controls"]
+    p.until(
+        lambda: len(p.net.streams()) >= 2 and "accept" in p.net.streams()[1].headers,
+        "the reconnect's request headers",
+    )
+    p.until(lambda: "origin" in p.net.streams()[1].headers, "the headers actually sent")
     requests = p.net.streams()
-    assert len(requests) >= 2
     first, reconnects = requests[0], requests[1:]
     assert "last-event-id" not in first.headers
     # What only the network log shows: EventSource's own reconnects, their status and
