@@ -232,7 +232,8 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
     reader = asyncio.create_task(_read(websocket, state, conn), name="ws-read")
     writer = asyncio.create_task(conn.write(send), name="ws-write")
     watch.task = writer
-    state.keepalive.add(watch)
+    # No heartbeats: uvicorn's protocol pings keep a WebSocket alive.
+    state.keepalive.add(watch, heartbeats=False)
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         if writer not in done and _requested_close(reader):
@@ -247,6 +248,9 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
         # Their outcome is read below; a cancellation of this task still propagates.
         await asyncio.wait((reader, writer))
         state.keepalive.discard(watch)
+        # The writer's stored exception holds its frames, which hold `send` and so
+        # the watch: without this the task and the whole connection form a cycle.
+        watch.task = None
     first = writer if writer in done else reader
     if first is writer and watch.aborted:
         return None
