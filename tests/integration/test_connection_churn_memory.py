@@ -26,9 +26,11 @@ import httpx
 import pytest
 from starlette.requests import Request
 from starlette.websockets import WebSocket
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.asyncio.client import ClientConnection, connect
 
 from service.config import Settings
+from service.http_protocol import HttpProtocol
 from service.routers.sse import LeanEventSourceResponse
 from service.routers.ws import _SendWatch
 from service.services.connections import Subscription, WsConnection
@@ -48,6 +50,8 @@ PER_CONNECTION_TYPES: tuple[type, ...] = (
     _SendWatch,
     WebSocket,
     Request,
+    HttpProtocol,
+    WebSocketsSansIOProtocol,
 )
 # Connections per transport and ending: 6 endings x 2 transports x 20 = 240.
 PER_GROUP = 20
