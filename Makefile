@@ -48,6 +48,7 @@ lock: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench churn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
