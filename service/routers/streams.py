@@ -107,6 +107,9 @@ async def _stream_body(
             {"reason": "unavailable"},
             jittered_retry_ms(state.settings.sse_retry_ms),
         )
+    except Exception:
+        end_reason = "internal_error"
+        raise
     finally:
         await session.end(reason=end_reason)
 

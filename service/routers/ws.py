@@ -202,7 +202,7 @@ async def _serve(
         )
         closing = await _run(websocket, state, conn)
         if closing is not None:
-            end_reason = closing.reason
+            end_reason = closing.log_reason
             await _close(websocket, state, closing)
     except Exception:
         end_reason = "internal_error"

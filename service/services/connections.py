@@ -81,12 +81,18 @@ class NotSubscribedError(DomainError):
 
 @dataclass(frozen=True, slots=True)
 class Closing:
-    """How the server ends a connection: close code, short reason, and whether a
-    `reconnect` hint goes first (only when retrying can succeed)."""
+    """How the server ends a connection: close code, short reason, whether a
+    `reconnect` hint goes first (only when retrying can succeed), and the
+    `close_reason` of the connection's log lines."""
 
     code: CloseCode
     reason: str
     reconnect: ReconnectReason | None = None
+    cause: str = ""
+
+    @property
+    def log_reason(self) -> str:
+        return self.cause or self.reason
 
     @classmethod
     def for_reason(cls, reason: CloseReason) -> Closing:
@@ -98,7 +104,8 @@ _CLOSINGS: Final[dict[CloseReason, Closing]] = {
     CloseReason.TOO_SLOW: Closing(CloseCode.TOO_SLOW, "too_slow", "too_slow"),
     CloseReason.TOKEN_EXPIRED: Closing(CloseCode.TOKEN_EXPIRED, "token_expired"),
     CloseReason.REVOKED: Closing(CloseCode.REVOKED, "revoked"),
-    CloseReason.TICKET_DELETED: Closing(CloseCode.REVOKED, "revoked"),
+    # The client is told "revoked" (its credentials are gone either way).
+    CloseReason.TICKET_DELETED: Closing(CloseCode.REVOKED, "revoked", cause="ticket_deleted"),
 }
 # When several apply, the credentials' fate wins: not one more event after it.
 _PRECEDENCE: Final = (
@@ -108,11 +115,13 @@ _PRECEDENCE: Final = (
     CloseReason.TOO_SLOW,
     CloseReason.SHUTDOWN,
 )
-UNAVAILABLE: Final = Closing(CloseCode.TRY_AGAIN_LATER, "unavailable", "unavailable")
+UNAVAILABLE: Final = Closing(
+    CloseCode.TRY_AGAIN_LATER, "unavailable", "unavailable", cause="broker_unavailable"
+)
 OVER_CAPACITY: Final = Closing(CloseCode.TRY_AGAIN_LATER, "over_capacity", "over_capacity")
 UNAUTHORIZED: Final = Closing(CloseCode.UNAUTHORIZED, "unauthorized")
-TOO_MANY_INVALID: Final = Closing(CloseCode.POLICY, "too many invalid messages")
-INTERNAL: Final = Closing(CloseCode.INTERNAL, "internal error")
+TOO_MANY_INVALID: Final = Closing(CloseCode.POLICY, "too many invalid messages", cause="policy")
+INTERNAL: Final = Closing(CloseCode.INTERNAL, "internal error", cause="internal_error")
 
 
 class Subscription:

@@ -81,6 +81,8 @@ class StreamSession:
         self._timers: list[asyncio.TimerHandle] = []
         self._admitted = False
         self._attached = False
+        # `stream_opened` was logged: `end` logs the matching `stream_closed`.
+        self._opened = False
         self._started = time.monotonic()
 
     def admit(self) -> Limit | None:
@@ -102,6 +104,7 @@ class StreamSession:
         self._attached = True
         if self._manage_expiry:
             self.schedule_expiry(self.principal.expires_at)
+        self._opened = True
         log.info(
             "stream_opened",
             subject=self.principal.sub,
@@ -152,15 +155,26 @@ class StreamSession:
         for timer in self._timers:
             timer.cancel()
         self._timers = []
-        if self._attached:
-            self._attached = False
-            await self._hub.detach(self.scope.patient_id, self.subscriber)
+        try:
+            if self._attached:
+                self._attached = False
+                await self._hub.detach(self.scope.patient_id, self.subscriber)
+        finally:
+            # Even when the detach failed or was cancelled: the limit and the
+            # `stream_closed` line must not depend on the broker.
+            self._release(reason)
+
+    def _release(self, reason: str) -> None:
+        duration = time.monotonic() - self._started
         if self._admitted:
+            # Only a stream admitted on its own (SSE) holds a limit; a WebSocket
+            # subscription counts with its connection.
             self._admitted = False
             self._limiter.release(self.principal.sub)
             metrics.OPEN_STREAMS.labels(transport=self.transport).dec()
-            duration = time.monotonic() - self._started
             metrics.STREAM_DURATION.labels(transport=self.transport).observe(duration)
+        if self._opened:
+            self._opened = False
             log.info(
                 "stream_closed",
                 subject=self.principal.sub,

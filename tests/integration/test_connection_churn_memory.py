@@ -15,9 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
-import socket
-import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -27,7 +24,6 @@ import pytest
 from starlette.requests import Request
 from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.asyncio.client import ClientConnection, connect
 
 from service.config import Settings
 from service.http_protocol import HttpProtocol
@@ -38,6 +34,15 @@ from service.services.hub import Subscriber
 from service.services.streams import StreamSession
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
+from tests.support.raw_clients import (
+    TIMEOUT_S,
+    RawSSE,
+    all_ended,
+    burst,
+    open_ws_subscribed,
+    wait_ws_closed,
+    ws_reset,
+)
 from tests.support.waiting import eventually
 
 # One connection's objects, server side. Counted by exact type after the churn.
@@ -55,7 +60,6 @@ PER_CONNECTION_TYPES: tuple[type, ...] = (
 )
 # Connections per transport and ending: 6 endings x 2 transports x 20 = 240.
 PER_GROUP = 20
-TIMEOUT_S = 60.0
 
 
 def live_instances() -> Counter[str]:
@@ -92,109 +96,8 @@ def collector_off() -> Iterator[None]:
         gc.enable()
 
 
-def reset(sock: socket.socket | None) -> None:
-    """Make the next close send a TCP RST instead of a FIN."""
-    assert sock is not None
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-
-
-class RawSSE:
-    """An SSE client on a bare socket, so that a test can reset the connection or
-    stop reading."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def open(cls, port: int, token: str) -> RawSSE:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        headers = "".join(f"{k}: {v}\r\n" for k, v in bearer(token).items())
-        writer.write(
-            f"GET /v1/patients/me/events HTTP/1.1\r\nHost: test\r\nConnection: close\r\n{headers}\r\n".encode()
-        )
-        await writer.drain()
-        stream = cls(reader, writer)
-        head = await stream.read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        # `retry:` is written once the channel is subscribed.
-        assert b"retry:" in await stream.read_until(b"\n\n")
-        return stream
-
-    async def read_until(self, marker: bytes) -> bytes:
-        return await asyncio.wait_for(self.reader.readuntil(marker), TIMEOUT_S)
-
-    async def read_to_end(self) -> bytes:
-        return await asyncio.wait_for(self.reader.read(), TIMEOUT_S)
-
-    async def close(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-    async def reset(self) -> None:
-        reset(self.writer.get_extra_info("socket"))
-        self.writer.transport.abort()
-        with contextlib.suppress(OSError):
-            await self.writer.wait_closed()
-
-
-async def open_ws_subscribed(app: RunningApp, token: str) -> ClientConnection:
-    conn = await connect(f"{app.ws_url}/v1/ws", additional_headers=bearer(token), proxy=None)
-    await send_and_wait(conn, {"type": "subscribe"}, "subscribed")
-    return conn
-
-
-async def send_and_wait(conn: ClientConnection, message: dict[str, str], reply: str) -> None:
-    await conn.send(json.dumps(message))
-    async with asyncio.timeout(TIMEOUT_S):
-        while True:
-            if json.loads(await conn.recv())["type"] == reply:
-                return
-
-
-async def wait_ws_closed(conn: ClientConnection) -> int | None:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(TIMEOUT_S):
-            async for _ in conn:
-                pass
-    return conn.close_code
-
-
-async def ws_reset(conn: ClientConnection) -> None:
-    reset(conn.transport.get_extra_info("socket"))
-    conn.transport.abort()
-    await conn.wait_closed()
-
-
-async def all_ended(app: RunningApp) -> None:
-    state = app.state
-
-    def nothing_open() -> bool:
-        return not state.hub.subscribers and state.limiter.total == 0
-
-    await eventually(nothing_open, timeout_s=TIMEOUT_S, what="every stream ended")
-
-
 async def gather(count: int, make: Callable[[int], Awaitable[None]]) -> None:
     await asyncio.gather(*(make(i) for i in range(count)))
-
-
-def burst(app: RunningApp, patient_id: str, count: int) -> None:
-    """`count` events arriving from the listener at once, before any writer runs."""
-    channel = app.state.keys.patient_channel(patient_id)
-    for n in range(count):
-        raw = json.dumps(
-            {
-                "id": f"{1700000000000 + n}-0",
-                "type": "appointment.updated",
-                "patient_id": patient_id,
-                "appointment_id": "ap_1",
-                "occurred_at": "2026-11-27T09:30:00Z",
-                "data": {"starts_at": "2026-12-01T14:00:00Z", "ends_at": "2026-12-01T14:30:00Z"},
-            }
-        )
-        app.state.hub.on_message(channel, raw.encode())
 
 
 @pytest.fixture
@@ -214,11 +117,9 @@ async def serving(settings: Settings) -> AsyncIterator[RunningApp]:
 
 
 async def churn_until_revoked_or_closed(app: RunningApp, tokens: Tokens) -> None:
-    port = int(app.base_url.rsplit(":", 1)[1])
-
     # 1. The client closes politely.
     async def sse_clean(_: int) -> None:
-        stream = await RawSSE.open(port, tokens.patient("pt_clean"))
+        stream = await RawSSE.open(app, tokens.patient("pt_clean"))
         await stream.close()
 
     async def ws_clean(_: int) -> None:
@@ -230,7 +131,7 @@ async def churn_until_revoked_or_closed(app: RunningApp, tokens: Tokens) -> None
 
     # 2. The client resets the TCP connection.
     async def sse_reset(_: int) -> None:
-        stream = await RawSSE.open(port, tokens.patient("pt_reset"))
+        stream = await RawSSE.open(app, tokens.patient("pt_reset"))
         await stream.reset()
 
     async def ws_reset_one(_: int) -> None:
@@ -242,7 +143,7 @@ async def churn_until_revoked_or_closed(app: RunningApp, tokens: Tokens) -> None
     await all_ended(app)
 
     # 3. Too slow: more events at once than the queue holds.
-    sse_slow = [await RawSSE.open(port, tokens.patient("pt_slow")) for _ in range(PER_GROUP)]
+    sse_slow = [await RawSSE.open(app, tokens.patient("pt_slow")) for _ in range(PER_GROUP)]
     ws_slow = [await open_ws_subscribed(app, tokens.patient("pt_slow")) for _ in range(PER_GROUP)]
     burst(app, "pt_slow", 5)
     for stream in sse_slow:
@@ -254,7 +155,7 @@ async def churn_until_revoked_or_closed(app: RunningApp, tokens: Tokens) -> None
 
     # 4. The token expires.
     short = tokens.patient("pt_expiring", ttl_s=3)
-    sse_expiring = [await RawSSE.open(port, short) for _ in range(PER_GROUP)]
+    sse_expiring = [await RawSSE.open(app, short) for _ in range(PER_GROUP)]
     ws_expiring = [await open_ws_subscribed(app, short) for _ in range(PER_GROUP)]
     for stream in sse_expiring:
         assert b'"reason": "token_expired"' in await stream.read_to_end()
@@ -265,7 +166,7 @@ async def churn_until_revoked_or_closed(app: RunningApp, tokens: Tokens) -> None
 
     # 5. The subject is revoked.
     revoked = tokens.patient("pt_revoked")
-    sse_revoked = [await RawSSE.open(port, revoked) for _ in range(PER_GROUP)]
+    sse_revoked = [await RawSSE.open(app, revoked) for _ in range(PER_GROUP)]
     ws_revoked = [await open_ws_subscribed(app, revoked) for _ in range(PER_GROUP)]
     until = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     async with httpx.AsyncClient(base_url=app.base_url, timeout=TIMEOUT_S) as http:
@@ -290,9 +191,8 @@ async def test_ended_connections_leave_nothing_behind(
         async with serving(churn_settings) as app:
             await churn_until_revoked_or_closed(app, tokens)
             # 6. The server drains for shutdown.
-            port = int(app.base_url.rsplit(":", 1)[1])
             sse_drained = [
-                await RawSSE.open(port, tokens.patient("pt_drain")) for _ in range(PER_GROUP)
+                await RawSSE.open(app, tokens.patient("pt_drain")) for _ in range(PER_GROUP)
             ]
             ws_drained = [
                 await open_ws_subscribed(app, tokens.patient("pt_drain")) for _ in range(PER_GROUP)
