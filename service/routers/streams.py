@@ -20,7 +20,6 @@ from starlette.responses import Response
 from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
-from service.lifespan import AppState
 from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
 from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
@@ -29,6 +28,7 @@ from service.services.history import valid_resume_id
 from service.services.hub import CloseReason, Delivery
 from service.services.principal import Principal
 from service.services.streams import StreamSession, jittered_retry_ms
+from service.state import AppState
 
 router = APIRouter(prefix="/v1/patients", tags=["streams"])
 

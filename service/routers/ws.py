@@ -31,7 +31,6 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 from service import metrics
 from service.deps.auth import authenticate, get_stream_principal
 from service.deps.state import get_state
-from service.lifespan import AppState
 from service.schemas.ws import (
     CLIENT_MESSAGE,
     CLIENT_TYPES,
@@ -70,6 +69,7 @@ from service.services.errors import (
 from service.services.hub import CloseReason
 from service.services.principal import Principal
 from service.services.streams import jittered_retry_ms
+from service.state import AppState
 
 log = structlog.get_logger("service.ws")
 

@@ -3,12 +3,19 @@ status codes in one place, the WebSocket router to close codes."""
 
 from __future__ import annotations
 
+from service.failures import BrokerUnavailableError, DomainError, UnavailableError
 
-class DomainError(Exception):
-    """Base of every error the domain raises on purpose."""
-
-    code = "error"
-    public_message = "error"
+__all__ = [
+    "BrokerUnavailableError",
+    "DomainError",
+    "ForbiddenError",
+    "InvalidEventError",
+    "NotFoundError",
+    "OverCapacityError",
+    "PatientNotFoundError",
+    "UnauthorizedError",
+    "UnavailableError",
+]
 
 
 class UnauthorizedError(DomainError):
@@ -49,18 +56,6 @@ class InvalidEventError(DomainError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.public_message = message
-
-
-class UnavailableError(DomainError):
-    """Infrastructure, not a bug: retry later (HTTP 503 with Retry-After)."""
-
-    code = "unavailable"
-    public_message = "temporarily unavailable"
-    retry_after_s = 2
-
-
-class BrokerUnavailableError(UnavailableError):
-    code = "broker_unavailable"
 
 
 class OverCapacityError(UnavailableError):

@@ -25,6 +25,8 @@ import structlog
 from pydantic import ValidationError
 
 from service import metrics
+from service.brokers.base import StreamKey as StreamKey
+from service.brokers.base import parse_stream_id as parse_stream_id
 from service.schemas.events import EventStored
 from service.services.channels import RedisKeys
 from service.services.principal import Principal
@@ -33,14 +35,6 @@ log = structlog.get_logger(__name__)
 
 # Raw messages above this size are dropped without being parsed.
 MAX_EVENT_BYTES: Final = 64 * 1024
-
-StreamKey = tuple[int, int]
-
-
-def parse_stream_id(value: str) -> StreamKey:
-    """`"1700000000000-3"` → `(1700000000000, 3)`, comparable in stream order."""
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class CloseReason(StrEnum):
@@ -287,6 +281,7 @@ class Hub:
         keys: RedisKeys,
         subscribe: Callable[[str], Awaitable[None]],
         unsubscribe: Callable[[str], Awaitable[None]],
+        backfill_reader: BackfillReader | None = None,
     ) -> None:
         self._keys = keys
         self._subscribe = subscribe
@@ -296,7 +291,8 @@ class Hub:
         self._all: set[Subscriber] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.backfill_reader: BackfillReader | None = None
+        # Reads what a channel missed while the listener was away (None: no history).
+        self.backfill_reader = backfill_reader
 
     # --- membership --------------------------------------------------------------
 

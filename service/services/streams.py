@@ -21,10 +21,11 @@ from dataclasses import dataclass
 import structlog
 
 from service import metrics
+from service.brokers.base import parse_stream_id
 from service.schemas.events import EventStored
 from service.services.channels import StreamScope
 from service.services.history import HistoryReader, ReplayStart
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker, parse_stream_id
+from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal
 

@@ -6,7 +6,7 @@ ended it. A WebSocket subscription is a stream; its connection has its own
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +39,9 @@ REASONS = (
 )
 
 
-def lines_of(logs: list[dict[str, Any]], event: str, subject: str) -> list[dict[str, Any]]:
+def lines_of(
+    logs: Sequence[Mapping[str, Any]], event: str, subject: str
+) -> list[Mapping[str, Any]]:
     return [line for line in logs if line["event"] == event and line.get("subject") == subject]
 
 
