@@ -23,9 +23,10 @@ from service.deps.state import StateDep
 from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
 from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
+from service.services.closing import ENDINGS, CloseReason
 from service.services.errors import UnavailableError
 from service.services.history import valid_resume_id
-from service.services.hub import CloseReason, Delivery
+from service.services.hub import Delivery
 from service.services.principal import Principal
 from service.services.streams import StreamSession, jittered_retry_ms
 from service.state import AppState
@@ -34,8 +35,6 @@ router = APIRouter(prefix="/v1/patients", tags=["streams"])
 
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
-# Reasons after which reconnecting with the same credentials can succeed.
-RETRYABLE: Final = frozenset({CloseReason.TOO_SLOW, CloseReason.SHUTDOWN})
 
 PatientId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
 AppointmentId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
@@ -55,19 +54,23 @@ def retry_later_response(state: AppState, reason: str) -> Response:
 
 
 def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
-    if reason in RETRYABLE:
+    """The last frame of a stream ended for `reason` (`service/services/closing.py`)."""
+    ending = ENDINGS[reason]
+    if ending.sse_event is None:
+        return b""
+    if ending.reconnect is not None:
         return _frame(
-            "reconnect", {"reason": reason.value}, jittered_retry_ms(state.settings.sse_retry_ms)
+            "reconnect", {"reason": ending.public}, jittered_retry_ms(state.settings.sse_retry_ms)
         )
     # Expired, revoked or deleted credentials: reconnecting with them will fail.
-    return _frame("closed", {"reason": reason.value})
+    return _frame("closed", {"reason": ending.public})
 
 
 async def _stream_body(
     state: AppState, session: StreamSession, resume_from: str | None
 ) -> AsyncIterator[bytes]:
     subscriber = session.subscriber
-    end_reason = "client_gone"
+    end_reason = CloseReason.CLIENT_GONE
     try:
         replay = await session.start(resume_from=resume_from)
         # First bytes only once the channel is subscribed: a client that has seen
@@ -96,19 +99,15 @@ async def _stream_body(
                 yield HEARTBEAT
             reason = subscriber.close_reason
             if reason is not None:
-                end_reason = reason.value
+                end_reason = reason
                 if reason is not CloseReason.CLIENT_GONE:
                     yield _closing_frame(state, reason)
                 return
     except UnavailableError:
-        end_reason = "broker_unavailable"
-        yield _frame(
-            "reconnect",
-            {"reason": "unavailable"},
-            jittered_retry_ms(state.settings.sse_retry_ms),
-        )
+        end_reason = CloseReason.BROKER_UNAVAILABLE
+        yield _closing_frame(state, end_reason)
     except Exception:
-        end_reason = "internal_error"
+        end_reason = CloseReason.INTERNAL_ERROR
         raise
     finally:
         await session.end(reason=end_reason)

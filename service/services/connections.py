@@ -24,8 +24,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import structlog
 
@@ -34,16 +33,16 @@ from service.brokers.base import Broker
 from service.config import Settings
 from service.schemas.events import EventStored
 from service.schemas.ws import (
-    CloseCode,
     GapMessage,
     SubscribedMessage,
     TokenExpiringMessage,
 )
 from service.services.channels import RedisKeys, StreamScope
+from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError
 from service.services.history import HistoryReader
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker, ws_frames
+from service.services.hub import Delivery, Hub, Subscriber, Waker, ws_frames
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
 from service.services.streams import EXPIRY_WARNING_S, Replay, StreamSession
@@ -53,7 +52,6 @@ log = structlog.get_logger("service.ws")
 TRANSPORT: Final = "ws"
 ROUTE: Final = "/v1/ws"
 
-ReconnectReason = Literal["shutdown", "too_slow", "over_capacity", "unavailable"]
 Send = Callable[[str], Awaitable[None]]
 
 
@@ -79,49 +77,11 @@ class NotSubscribedError(DomainError):
     public_message = "no such subscription"
 
 
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """How the server ends a connection: close code, short reason, whether a
-    `reconnect` hint goes first (only when retrying can succeed), and the
-    `close_reason` of the connection's log lines."""
-
-    code: CloseCode
-    reason: str
-    reconnect: ReconnectReason | None = None
-    cause: str = ""
-
-    @property
-    def log_reason(self) -> str:
-        return self.cause or self.reason
-
-    @classmethod
-    def for_reason(cls, reason: CloseReason) -> Closing:
-        return _CLOSINGS.get(reason) or Closing(CloseCode.NORMAL, reason.value)
-
-
-_CLOSINGS: Final[dict[CloseReason, Closing]] = {
-    CloseReason.SHUTDOWN: Closing(CloseCode.GOING_AWAY, "shutdown", "shutdown"),
-    CloseReason.TOO_SLOW: Closing(CloseCode.TOO_SLOW, "too_slow", "too_slow"),
-    CloseReason.TOKEN_EXPIRED: Closing(CloseCode.TOKEN_EXPIRED, "token_expired"),
-    CloseReason.REVOKED: Closing(CloseCode.REVOKED, "revoked"),
-    # The client is told "revoked" (its credentials are gone either way).
-    CloseReason.TICKET_DELETED: Closing(CloseCode.REVOKED, "revoked", cause="ticket_deleted"),
-}
-# When several apply, the credentials' fate wins: not one more event after it.
-_PRECEDENCE: Final = (
-    CloseReason.REVOKED,
-    CloseReason.TICKET_DELETED,
-    CloseReason.TOKEN_EXPIRED,
-    CloseReason.TOO_SLOW,
-    CloseReason.SHUTDOWN,
-)
-UNAVAILABLE: Final = Closing(
-    CloseCode.TRY_AGAIN_LATER, "unavailable", "unavailable", cause="broker_unavailable"
-)
-OVER_CAPACITY: Final = Closing(CloseCode.TRY_AGAIN_LATER, "over_capacity", "over_capacity")
-UNAUTHORIZED: Final = Closing(CloseCode.UNAUTHORIZED, "unauthorized")
-TOO_MANY_INVALID: Final = Closing(CloseCode.POLICY, "too many invalid messages", cause="policy")
-INTERNAL: Final = Closing(CloseCode.INTERNAL, "internal error", cause="internal_error")
+OVER_CAPACITY: Final = ENDINGS[CloseReason.OVER_CAPACITY]
+UNAUTHORIZED: Final = ENDINGS[CloseReason.UNAUTHORIZED]
+UNAVAILABLE: Final = ENDINGS[CloseReason.BROKER_UNAVAILABLE]
+TOO_MANY_INVALID: Final = ENDINGS[CloseReason.POLICY]
+INTERNAL: Final = ENDINGS[CloseReason.INTERNAL_ERROR]
 
 
 class Subscription:
@@ -196,7 +156,7 @@ class WsConnection:
         self.subscriptions_opened = 0
         # A close the reader decided on (garbage): the writer sends the pending
         # replies (the errors that explain it) and then closes.
-        self._requested: Closing | None = None
+        self._requested: Ending | None = None
 
     # --- admission -----------------------------------------------------------------
 
@@ -284,9 +244,16 @@ class WsConnection:
         self._subscriptions[sub_id] = subscription
         try:
             subscription.replay = await session.start(resume_from=since)
-        except BaseException:
+        except BaseException as exc:
             self._subscriptions.pop(sub_id, None)
-            await session.end(reason="subscribe_failed")
+            failed = (
+                CloseReason.BROKER_UNAVAILABLE
+                if isinstance(exc, UnavailableError)
+                else CloseReason.CLIENT_GONE
+                if isinstance(exc, asyncio.CancelledError)
+                else CloseReason.INTERNAL_ERROR
+            )
+            await session.end(reason=failed)
             raise
         self.subscriptions_opened += 1
         self._outbox.append(subscription)
@@ -304,18 +271,18 @@ class WsConnection:
         for one in ids:
             subscription = self._subscriptions.pop(one)
             subscription.live = False
-            await subscription.session.end(reason="unsubscribed")
+            await subscription.session.end(reason=CloseReason.UNSUBSCRIBED)
         return ids
 
     # --- the writer ------------------------------------------------------------------
 
-    def request_close(self, closing: Closing) -> None:
+    def request_close(self, closing: Ending) -> None:
         """End the connection once the replies queued so far are sent."""
         if self._requested is None:
             self._requested = closing
         self.wakeup.set()
 
-    def closing(self) -> Closing | None:
+    def closing(self) -> Ending | None:
         """Why the connection must end now, if it must."""
         if self._requested is not None:
             return self._requested
@@ -324,13 +291,13 @@ class WsConnection:
             for subscription in self._subscriptions.values()
         }
         reasons.add(self.control.close_reason)
-        for reason in _PRECEDENCE:
+        for reason in PRECEDENCE:
             if reason in reasons:
-                return Closing.for_reason(reason)
+                return ENDINGS[reason]
         other = next((r for r in reasons if r is not None), None)
-        return Closing.for_reason(other) if other is not None else None
+        return ENDINGS[other] if other is not None else None
 
-    async def write(self, send: Send) -> Closing:
+    async def write(self, send: Send) -> Ending:
         """Send everything queued, in order, until the connection must end."""
         try:
             while True:
@@ -338,7 +305,7 @@ class WsConnection:
                 self.wakeup.clear()
                 closing = self.closing()
                 if closing is not None:
-                    if closing.code == CloseCode.GOING_AWAY:
+                    if closing.reason is CloseReason.SHUTDOWN:
                         # Shutdown: what is already here is legitimate, send it.
                         await self._flush(send)
                     elif closing is self._requested:
@@ -381,9 +348,10 @@ class WsConnection:
     def _must_stop(self) -> bool:
         """Revoked or expired credentials: not one more event."""
         closing = self.closing()
-        return closing is not None and closing.code in (
-            CloseCode.REVOKED,
-            CloseCode.TOKEN_EXPIRED,
+        return closing is not None and closing.reason in (
+            CloseReason.REVOKED,
+            CloseReason.TICKET_DELETED,
+            CloseReason.TOKEN_EXPIRED,
         )
 
     def _remembers(self, subscription: Subscription) -> bool:
@@ -441,7 +409,7 @@ class WsConnection:
     def iter_subscriptions(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscriptions.values()))
 
-    async def end(self, *, reason: str) -> None:
+    async def end(self, *, reason: CloseReason) -> None:
         for timer in self._timers:
             timer.cancel()
         self._timers = []
@@ -472,7 +440,7 @@ class WsConnection:
             commands=self.commands,
             acks=self.acks,
             invalid_messages=self.invalid_messages,
-            close_reason=reason,
+            close_reason=reason.value,
         )
 
 

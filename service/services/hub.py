@@ -18,7 +18,6 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 from typing import Final
 
 import structlog
@@ -29,24 +28,13 @@ from service.brokers.base import StreamKey as StreamKey
 from service.brokers.base import parse_stream_id as parse_stream_id
 from service.schemas.events import EventStored
 from service.services.channels import RedisKeys
+from service.services.closing import CloseReason as CloseReason
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)
 
 # Raw messages above this size are dropped without being parsed.
 MAX_EVENT_BYTES: Final = 64 * 1024
-
-
-class CloseReason(StrEnum):
-    """Every way a stream ends; each maps to an SSE hint and a WS code."""
-
-    TOO_SLOW = "too_slow"
-    SHUTDOWN = "shutdown"
-    TOKEN_EXPIRED = "token_expired"  # noqa: S105
-    REVOKED = "revoked"
-    TICKET_DELETED = "ticket_deleted"
-    # The client went away: nothing more is written.
-    CLIENT_GONE = "client_gone"
 
 
 class Delivery:

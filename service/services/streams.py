@@ -152,7 +152,7 @@ class StreamSession:
         if self._manage_expiry:
             self.schedule_expiry(principal.expires_at)
 
-    async def end(self, *, reason: str) -> None:
+    async def end(self, *, reason: CloseReason) -> None:
         for timer in self._timers:
             timer.cancel()
         self._timers = []
@@ -165,7 +165,7 @@ class StreamSession:
             # `stream_closed` line must not depend on the broker.
             self._release(reason)
 
-    def _release(self, reason: str) -> None:
+    def _release(self, reason: CloseReason) -> None:
         duration = time.monotonic() - self._started
         if self._admitted:
             # Only a stream admitted on its own (SSE) holds a limit; a WebSocket
@@ -185,5 +185,5 @@ class StreamSession:
                 duration_s=round(duration, 3),
                 delivered=self.subscriber.delivered,
                 dropped=self.subscriber.dropped,
-                close_reason=reason,
+                close_reason=reason.value,
             )
