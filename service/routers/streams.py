@@ -79,13 +79,9 @@ async def _stream_body(
         if replay is not None:
             if replay.start.gap:
                 yield _frame("gap", {"oldest_id": replay.start.oldest_id})
-            last_id = None
-            async for page in replay.pages:
+            assert resume_from is not None  # a replay exists only for a resume point
+            async for page in session.replayed(replay, resume_from):
                 yield b"".join([Delivery.from_event(event).sse for event in page])
-                subscriber.delivered += len(page)
-                SSE_DELIVERIES.inc(len(page))
-                last_id = page[-1].id
-            session.mark_replayed(last_id or resume_from)
         while True:
             await subscriber.wait()
             items = subscriber.drain()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import re
 import time
 from typing import Final
@@ -66,6 +65,7 @@ from service.services.errors import (
     UnauthorizedError,
     UnavailableError,
 )
+from service.services.keepalive import SendWatch
 from service.services.principal import Principal
 from service.services.streams import jittered_retry_ms
 from service.state import AppState
@@ -220,7 +220,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
     # A peer that stopped reading blocks the write once buffers are full; the
     # process' keep-alive ticker aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
     # the peer is treated as gone (no close frame could pass). No timer per send.
-    watch = _SendWatch()
+    watch = SendWatch()
 
     async def send(text: str) -> None:
         watch.send_started = time.monotonic()
@@ -250,9 +250,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
         # Their outcome is read below; a cancellation of this task still propagates.
         await asyncio.wait((reader, writer))
         state.keepalive.discard(watch)
-        # The writer's stored exception holds its frames, which hold `send` and so
-        # the watch: without this the task and the whole connection form a cycle.
-        watch.task = None
+        watch.release()
     first = writer if writer in done else reader
     if first is writer and watch.aborted:
         return None
@@ -260,25 +258,6 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
         return first.result()
     except _ClientGone:
         return None
-
-
-class _SendWatch:
-    """The writer of one socket, as the keep-alive ticker sees it: no heartbeat
-    (uvicorn's protocol pings do that), only the stalled-send abort."""
-
-    def __init__(self) -> None:
-        self.next_heartbeat = math.inf
-        self.send_started = 0.0
-        self.task: asyncio.Task[Ending] | None = None
-        self.aborted = False
-
-    def heartbeat(self) -> None:
-        self.next_heartbeat = math.inf
-
-    def abort(self) -> None:
-        self.aborted = True
-        if self.task is not None:
-            self.task.cancel()
 
 
 def _requested_close(reader: asyncio.Task[Ending | None]) -> bool:

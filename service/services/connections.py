@@ -45,7 +45,14 @@ from service.services.history import HistoryReader
 from service.services.hub import Delivery, Hub, Subscriber, Waker, ws_frames
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
-from service.services.streams import EXPIRY_WARNING_S, Replay, StreamSession
+from service.services.streams import (
+    Replay,
+    StreamSession,
+    admit,
+    cancel_all,
+    release,
+    schedule_expiry,
+)
 
 log = structlog.get_logger("service.ws")
 
@@ -162,12 +169,10 @@ class WsConnection:
 
     def admit(self) -> Limit | None:
         """Count the connection once against the limits; the limit hit when refused."""
-        refused = self._limiter.try_acquire(self.principal.sub)
+        refused = admit(self._limiter, self.principal.sub, TRANSPORT)
         if refused is not None:
-            metrics.CAPACITY_REFUSALS.labels(transport=TRANSPORT, limit=refused.value).inc()
             return refused
         self._admitted = True
-        metrics.OPEN_STREAMS.labels(transport=TRANSPORT).inc()
         self._hub.track(self.control)
         self._schedule_expiry()
         return None
@@ -183,20 +188,15 @@ class WsConnection:
         self._schedule_expiry()
 
     def _schedule_expiry(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers = []
-        expires_at = self.principal.expires_at
-        if expires_at <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        remaining = expires_at - time.time()
-        warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
-        notice = TokenExpiringMessage(expires_at=int(expires_at)).encode()
-        self._timers = [
-            loop.call_later(warn_in, self.reply, notice),
-            loop.call_later(max(0.0, remaining), self.control.close, CloseReason.TOKEN_EXPIRED),
-        ]
+        schedule_expiry(
+            self.principal.expires_at,
+            warn=self._warn_expiring,
+            close=self.control.close,
+            timers=self._timers,
+        )
+
+    def _warn_expiring(self, expires_at: int) -> None:
+        self.reply(TokenExpiringMessage(expires_at=expires_at).encode())
 
     # --- what the reader does --------------------------------------------------------
 
@@ -387,18 +387,14 @@ class WsConnection:
                         oldest_id=replay.start.oldest_id, subscription_id=subscription.id
                     ).encode()
                 )
-            last_id = None
             remember = self._remembers(subscription)
-            async for page in replay.pages:
+            assert subscription.since is not None  # a replay exists only for `since`
+            async for page in subscription.session.replayed(replay, subscription.since):
                 for event in page:
                     await send(_event_frame(event))
                     if remember:
                         self.owned.remember(event.appointment_id)
                 self.delivered += len(page)
-                subscription.session.subscriber.delivered += len(page)
-                metrics.DELIVERIES.labels(transport=TRANSPORT).inc(len(page))
-                last_id = page[-1].id
-            subscription.session.mark_replayed(last_id or subscription.since)
             subscription.replay = None
         subscription.live = True
         # Live events may have queued during the replay.
@@ -410,9 +406,7 @@ class WsConnection:
         return iter(tuple(self._subscriptions.values()))
 
     async def end(self, *, reason: CloseReason) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers = []
+        cancel_all(self._timers)
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
         dropped = 0
@@ -423,10 +417,7 @@ class WsConnection:
             return
         self._admitted = False
         self._hub.untrack(self.control)
-        self._limiter.release(self.principal.sub)
-        metrics.OPEN_STREAMS.labels(transport=TRANSPORT).dec()
-        duration = time.monotonic() - self._started
-        metrics.STREAM_DURATION.labels(transport=TRANSPORT).observe(duration)
+        duration = release(self._limiter, self.principal.sub, TRANSPORT, self._started)
         log.info(
             "ws_closed",
             subject=self.principal.sub,

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import math
 import time
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Any, Final, Protocol
 
 HEARTBEAT_TICK_S: Final = 0.1
 STALL_CHECK_S: Final = 1.0
@@ -32,6 +34,36 @@ class KeptAlive(Protocol):
     def heartbeat(self) -> None: ...
 
     def abort(self) -> None: ...
+
+
+class SendWatch:
+    """One writer as the ticker sees it (both transports): `send_started` while a
+    send is in progress, `abort` cancels the writer's task once a send is stuck;
+    `heartbeat` calls `on_heartbeat` (SSE) or does nothing (WebSocket: uvicorn's
+    protocol pings keep it alive). The SSE response mixes it in, so an SSE stream
+    pays no extra object for it."""
+
+    def __init__(self, on_heartbeat: Callable[[], None] | None = None) -> None:
+        self.next_heartbeat = math.inf
+        self.send_started = 0.0
+        self.task: asyncio.Task[Any] | None = None
+        self.aborted = False
+        self._on_heartbeat = on_heartbeat
+
+    def heartbeat(self) -> None:
+        if self._on_heartbeat is not None:
+            self._on_heartbeat()
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def release(self) -> None:
+        """Forget the task: its stored exception holds frames that hold this watch,
+        a cycle otherwise."""
+        self.task = None
+        self._on_heartbeat = None
 
 
 class _Entry:
