@@ -69,44 +69,40 @@ def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
 async def _stream_body(
     state: AppState, session: StreamSession, resume_from: str | None
 ) -> AsyncIterator[bytes]:
+    """An encoder over the subscription: `subscribed` owns attach, replay start,
+    detach, release and the log pair; this writes SSE frames."""
     subscriber = session.subscriber
-    end_reason = CloseReason.CLIENT_GONE
     try:
-        replay = await session.start(resume_from=resume_from)
-        # First bytes only once the channel is subscribed: a client that has seen
-        # `retry:` knows every event published from now on reaches it.
-        yield f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n".encode()
-        if replay is not None:
-            if replay.start.gap:
-                yield _frame("gap", {"oldest_id": replay.start.oldest_id})
-            assert resume_from is not None  # a replay exists only for a resume point
-            async for page in session.replayed(replay, resume_from):
-                yield b"".join([Delivery.from_event(event).sse for event in page])
-        while True:
-            await subscriber.wait()
-            items = subscriber.drain()
-            if items:
-                yield b"".join([item.sse for item in items])
-                SSE_DELIVERIES.inc(len(items))
-                subscriber.heartbeat_due = False
-            elif subscriber.heartbeat_due:
-                subscriber.heartbeat_due = False
-                # A comment: browsers ignore it, proxies and the ALB see bytes.
-                yield HEARTBEAT
-            reason = subscriber.close_reason
-            if reason is not None:
-                end_reason = reason
-                if reason is not CloseReason.CLIENT_GONE:
-                    yield _closing_frame(state, reason)
-                return
+        async with session.subscribed(resume_from=resume_from) as replay:
+            # First bytes only once the channel is subscribed: a client that has seen
+            # `retry:` knows every event published from now on reaches it.
+            yield f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n".encode()
+            if replay is not None:
+                if replay.start.gap:
+                    yield _frame("gap", {"oldest_id": replay.start.oldest_id})
+                assert resume_from is not None  # a replay exists only for a resume point
+                async for page in session.replayed(replay, resume_from):
+                    yield b"".join([Delivery.from_event(event).sse for event in page])
+            while True:
+                await subscriber.wait()
+                items = subscriber.drain()
+                if items:
+                    yield b"".join([item.sse for item in items])
+                    SSE_DELIVERIES.inc(len(items))
+                    subscriber.heartbeat_due = False
+                elif subscriber.heartbeat_due:
+                    subscriber.heartbeat_due = False
+                    # A comment: browsers ignore it, proxies and the ALB see bytes.
+                    yield HEARTBEAT
+                reason = subscriber.close_reason
+                if reason is not None:
+                    if reason is not CloseReason.CLIENT_GONE:
+                        yield _closing_frame(state, reason)
+                    return
     except UnavailableError:
-        end_reason = CloseReason.BROKER_UNAVAILABLE
-        yield _closing_frame(state, end_reason)
-    except Exception:
-        end_reason = CloseReason.INTERNAL_ERROR
-        raise
-    finally:
-        await session.end(reason=end_reason)
+        # History or the channel could not be read: the subscription is released
+        # already; the client retries from its last id.
+        yield _closing_frame(state, CloseReason.BROKER_UNAVAILABLE)
 
 
 @dataclass(frozen=True, slots=True)

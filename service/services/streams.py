@@ -12,6 +12,7 @@ admit (limits) ─▶ attach to hub (channel subscribed, confirmed)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -24,6 +25,7 @@ from service import metrics
 from service.brokers.base import parse_stream_id
 from service.schemas.events import EventStored
 from service.services.channels import StreamScope
+from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart
 from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker
 from service.services.limits import ConnectionLimiter, Limit
@@ -199,6 +201,28 @@ class StreamSession:
         self.subscriber.principal = principal
         if self._manage_expiry:
             self.schedule_expiry(principal.expires_at)
+
+    @contextlib.asynccontextmanager
+    async def subscribed(self, *, resume_from: str | None) -> AsyncIterator[Replay | None]:
+        """Hub membership for the block: attached (and `stream_opened`) on entry,
+        with the replay to send; detached, released and `stream_closed` on exit,
+        whatever ended it. The reason comes from the subscriber or the exception."""
+        reason = CloseReason.CLIENT_GONE
+        try:
+            yield await self.start(resume_from=resume_from)
+            reason = self.subscriber.close_reason or CloseReason.CLIENT_GONE
+        except UnavailableError:
+            reason = CloseReason.BROKER_UNAVAILABLE
+            raise
+        except Exception:
+            reason = CloseReason.INTERNAL_ERROR
+            raise
+        except BaseException:
+            # Cancelled, or the response closed the body: the client went away.
+            reason = self.subscriber.close_reason or CloseReason.CLIENT_GONE
+            raise
+        finally:
+            await self.end(reason=reason)
 
     async def end(self, *, reason: CloseReason) -> None:
         cancel_all(self._timers)
