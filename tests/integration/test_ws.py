@@ -18,13 +18,13 @@ from starlette.testclient import WebSocketDenialResponse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service import metrics
 from service.config import Settings
 from service.main import create_app
 from service.schemas.commands import CommandRecord
 from service.services.hub import CloseReason
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
+from tests.support.metrics import metric
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 from tests.support.ws import open_ws
@@ -560,7 +560,7 @@ async def _read_until_closed(conn: ClientConnection) -> tuple[list[dict[str, Any
 
 
 def _slow_consumers() -> float:
-    value: float = metrics.SLOW_CONSUMERS.labels(transport="ws")._value.get()
+    value: float = metric("notify_slow_consumers_total", transport="ws")
     return value
 
 

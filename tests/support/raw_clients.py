@@ -12,8 +12,8 @@ import struct
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from tests.conftest import bearer
 from tests.support.app_server import RunningApp
+from tests.support.tokens import bearer
 
 TIMEOUT_S = 60.0
 
