@@ -13,8 +13,8 @@ from service.config import Settings
 from service.main import create_app
 from service.services.principal import Role
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import settings_env
+from tests.support.events import event_dict
 from tests.support.redis_server import RedisServer
 
 

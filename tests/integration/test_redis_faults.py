@@ -10,29 +10,16 @@ import socket
 import httpx
 import redis.asyncio as aioredis
 
-from service.schemas.events import EventCreate
-from service.services.publisher import publish
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import RunningApp, run_app
+from tests.support.events import event_dict
 from tests.support.metrics import metric
+from tests.support.publishing import publish_one
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_sse
 from tests.support.waiting import eventually
 
 ME = "/v1/patients/me/events"
-
-
-async def publish_one(app: RunningApp, patient: str = "pt_1", **data: str) -> str:
-    stored = await publish(
-        broker=app.state.broker,
-        keys=app.state.keys,
-        event=EventCreate.model_validate(event_dict(patient, "ap_1", **data)),
-        history_maxlen=1000,
-        history_ttl_s=600,
-    )
-    assert stored.id is not None
-    return stored.id
 
 
 async def wait_ready(http: httpx.AsyncClient, expected: int, timeout_s: float = 20) -> None:

@@ -10,7 +10,7 @@ import pytest
 from service.schemas.events import EventStored
 from service.services.channels import RedisKeys
 from service.services.hub import CloseReason, Hub, Subscriber
-from tests.factories import event_dict, event_json
+from tests.support.events import event_dict, event_json
 from tests.support.metrics import metric
 
 KEYS = RedisKeys("u:")

@@ -23,7 +23,7 @@ from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
 from service.services.publisher import publish
 from service.services.streams import StreamSession, cancel_all, schedule_expiry
-from tests.factories import event_dict
+from tests.support.events import event_dict
 
 KEYS = RedisKeys("u:")
 WAIT_S = 10.0
