@@ -12,7 +12,6 @@ admit (limits) ─▶ attach to hub (channel subscribed, confirmed)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import time
@@ -91,6 +90,17 @@ def cancel_all(timers: list[asyncio.TimerHandle]) -> None:
     timers.clear()
 
 
+def _reason_for(exc: BaseException | None, subscriber: Subscriber) -> CloseReason:
+    """Why a subscription's block ended: its exception, else what closed it."""
+    if isinstance(exc, UnavailableError):
+        return CloseReason.BROKER_UNAVAILABLE
+    if isinstance(exc, Exception):
+        return CloseReason.INTERNAL_ERROR
+    # No exception, a cancellation or the response closing the body: whatever
+    # closed the subscriber, else the client went away.
+    return subscriber.close_reason or CloseReason.CLIENT_GONE
+
+
 @dataclass(frozen=True, slots=True)
 class Replay:
     start: ReplayStart
@@ -134,6 +144,7 @@ class StreamSession:
         self._attached = False
         # `stream_opened` was logged: `end` logs the matching `stream_closed`.
         self._opened = False
+        self._resume_from: str | None = None
         self._started = time.monotonic()
 
     def admit(self) -> Limit | None:
@@ -202,27 +213,26 @@ class StreamSession:
         if self._manage_expiry:
             self.schedule_expiry(principal.expires_at)
 
-    @contextlib.asynccontextmanager
-    async def subscribed(self, *, resume_from: str | None) -> AsyncIterator[Replay | None]:
-        """Hub membership for the block: attached (and `stream_opened`) on entry,
-        with the replay to send; detached, released and `stream_closed` on exit,
-        whatever ended it. The reason comes from the subscriber or the exception."""
-        reason = CloseReason.CLIENT_GONE
+    def subscribed(self, *, resume_from: str | None) -> StreamSession:
+        """Hub membership for an `async with` block: attached (and `stream_opened`)
+        on entry, which gives the replay to send; detached, released and
+        `stream_closed` on exit, whatever ended it. The reason comes from the
+        subscriber or the exception. (The session is its own context manager: no
+        generator kept alive per stream.)"""
+        self._resume_from = resume_from
+        return self
+
+    async def __aenter__(self) -> Replay | None:
         try:
-            yield await self.start(resume_from=resume_from)
-            reason = self.subscriber.close_reason or CloseReason.CLIENT_GONE
-        except UnavailableError:
-            reason = CloseReason.BROKER_UNAVAILABLE
+            return await self.start(resume_from=self._resume_from)
+        except BaseException as exc:
+            await self.end(reason=_reason_for(exc, self.subscriber))
             raise
-        except Exception:
-            reason = CloseReason.INTERNAL_ERROR
-            raise
-        except BaseException:
-            # Cancelled, or the response closed the body: the client went away.
-            reason = self.subscriber.close_reason or CloseReason.CLIENT_GONE
-            raise
-        finally:
-            await self.end(reason=reason)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        await self.end(reason=_reason_for(exc, self.subscriber))
 
     async def end(self, *, reason: CloseReason) -> None:
         cancel_all(self._timers)
