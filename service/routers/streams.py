@@ -88,6 +88,8 @@ async def _stream_body(
                 yield _frame("gap", {"oldest_id": replay.start.oldest_id})
             async for page in session.replayed(replay):
                 yield b"".join([Delivery.from_event(event).sse for event in page])
+            # Not kept for the stream's life (its history page and iterator).
+            del replay
             while True:
                 await subscriber.wait()
                 items = subscriber.drain()
