@@ -29,12 +29,14 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Static checks of the deploy files (tests/deploy also runs them, plus live ones).
 CHECKOV := $(VENV)/checkov/bin/checkov
@@ -69,6 +71,7 @@ test-latest:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench churn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -4,6 +4,8 @@
     python -m bench --full             # the targets' sizes (10,000 streams): ~15 minutes
     python -m bench --targets ours,nchan --scenarios idle,broadcast
     python -m bench --calibrate        # generator ceiling against a bare-asyncio fan-out
+    python -m bench churn              # RSS under 100,000 short connections (bench/churn.py)
+    python -m bench restart            # SIGTERM + restart with 5,000 SSE clients (bench/restart.py)
 
 Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
 """
@@ -119,6 +121,15 @@ def run_target(
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["churn"]:
+        from bench import churn
+
+        return churn.main(args[1:])
+    if args[:1] == ["restart"]:
+        from bench import restart
+
+        return restart.main(args[1:])
     ap = argparse.ArgumentParser(
         prog="python -m bench",
         description=__doc__,

@@ -187,9 +187,17 @@ def ours_available() -> tuple[bool, str]:
     return True, ""
 
 
-def start_ours(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
-    port = free_port()
-    log = workdir / "ours.log"
+def start_ours(
+    redis: Redis,
+    workdir: Path,
+    heartbeat_s: float,
+    *,
+    port: int | None = None,
+    env_overrides: dict[str, str] | None = None,
+    log_name: str = "ours.log",
+) -> Peer:
+    port = port or free_port()
+    log = workdir / log_name
     env = {
         "NOTIFY_ENV": "development",
         "NOTIFY_HOST": "127.0.0.1",
@@ -203,6 +211,7 @@ def start_ours(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         "NOTIFY_LOG_LEVEL": "warning",
         "NOTIFY_LOG_FORMAT": "json",
     }
+    env.update(env_overrides or {})
     env.update({k: v for k, v in os.environ.items() if k.startswith("BENCH_NOTIFY_")})
     env = {k.replace("BENCH_NOTIFY_", "NOTIFY_"): v for k, v in env.items()}
     notify = REPO / ".venv" / "bin" / "notify"

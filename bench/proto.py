@@ -120,9 +120,21 @@ class StreamConn(asyncio.Protocol):
             self.sink.on_closed(self)
 
     def abort(self) -> None:
+        """Close with a TCP reset (the linger-0 socket)."""
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
+
+    def close_politely(self) -> None:
+        """Close with a FIN, as a browser closing a tab does."""
+        self.closed = True
+        if self.transport is None:
+            return
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+        self.transport.close()
 
     def _headers(self, data: bytes) -> bytes | None:
         """Accumulate the response head; return the bytes after it once complete."""
@@ -257,6 +269,12 @@ class WSConn(StreamConn):
         self.in_body = False
         self.subscribe = subscribe
         self.frag = b""
+
+    def close_politely(self) -> None:
+        """A close frame (1000), then FIN."""
+        if self.transport is not None and self.in_body:
+            self.transport.write(ws_frame(struct.pack("!H", 1000), opcode=8))
+        super().close_politely()
 
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
         now = now_ns()

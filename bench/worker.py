@@ -268,6 +268,22 @@ class SubscriberWorker(Sink):
             out["ready_ns"] = [c.t_ready for c in self.conns if c is not None and c.t_ready]
         return out
 
+    def churn_close(self, polite_every: int = 2):
+        """End every stream, one in `polite_every` politely (a WebSocket close frame,
+        then FIN), the others with a TCP reset; forget them all."""
+        polite = reset = 0
+        for i, c in enumerate(self.conns):
+            if c is None or c.closed or c.transport is None:
+                continue
+            if i % polite_every == 0:
+                polite += 1
+                c.close_politely()
+            else:
+                reset += 1
+                c.abort()
+        self.close()
+        return {"polite": polite, "reset": reset}
+
     def close(self):
         for c in self.conns:
             if c is not None:

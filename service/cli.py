@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
+from service.http_protocol import HttpProtocol
 from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
 
@@ -40,6 +41,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
         # drain needs the grace window, uvicorn gets a little more to finish writing.
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 2,
+        # httptools, minus its cycle per WebSocket upgrade (service/http_protocol.py).
+        "http": HttpProtocol,
         "ws": "websockets-sansio",
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,

@@ -8,16 +8,9 @@ a jitter window → streams end → (uvicorn runs the lifespan shutdown) listene
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import random
-import signal
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
-from types import FrameType
-from typing import Any, TypedDict
 
 import structlog
 from fastapi import FastAPI
@@ -31,56 +24,20 @@ from service.services.channels import RedisKeys
 from service.services.control import handle_control
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader
-from service.services.hub import CloseReason, Hub
+from service.services.hub import Hub
 from service.services.keepalive import KeepAlive
 from service.services.limits import ConnectionLimiter
 from service.services.revocations import sweep_live_streams
 from service.services.supervisor import Supervisor
 from service.services.tickets import TicketStore
 from service.services.tokens import TokenConfig, TokenVerifier
+from service.signals import chain_exit_signals
+from service.state import AppState, LifespanState
 
 log = structlog.get_logger(__name__)
 
 # The listener must be subscribed before the process calls itself started.
 LISTENER_START_TIMEOUT_S = 10.0
-
-
-@dataclass
-class AppState:
-    """Everything a request needs from the process, created once by the lifespan."""
-
-    settings: Settings
-    keys: RedisKeys
-    broker: Broker
-    hub: Hub
-    history: HistoryReader
-    verifier: TokenVerifier
-    limiter: ConnectionLimiter
-    supervisor: Supervisor
-    keepalive: KeepAlive
-    draining: bool = False
-    _drained: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def begin_drain(self) -> None:
-        """Readiness goes 503 now; each stream gets its reconnect hint at a random
-        moment of the jitter window so clients don't all return at once."""
-        if self.draining:
-            return
-        self.draining = True
-        window = self.settings.shutdown_grace_s * self.settings.shutdown_jitter_fraction
-        loop = asyncio.get_running_loop()
-        subscribers = self.hub.subscribers
-        log.info("drain_started", streams=len(subscribers), window_s=round(window, 1))
-        for subscriber in subscribers:
-            delay = random.uniform(0, window)  # noqa: S311
-            loop.call_later(delay, subscriber.close, CloseReason.SHUTDOWN)
-
-    async def wait_streams_closed(self, timeout_s: float) -> bool:
-        return await self.hub.wait_idle(timeout_s)
-
-
-class LifespanState(TypedDict):
-    notify: AppState
 
 
 def build_state(settings: Settings) -> AppState:
@@ -96,9 +53,13 @@ def build_state(settings: Settings) -> AppState:
             pool_timeout_s=settings.redis_pool_timeout_s,
             socket_timeout_s=settings.redis_socket_timeout_s,
         )
-    hub = Hub(keys=keys, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe)
     history = HistoryReader(broker=broker, keys=keys, page_size=settings.history_page)
-    hub.backfill_reader = lambda pid, after, _timeout: history.read_all_after(pid, after)
+    hub = Hub(
+        keys=keys,
+        subscribe=broker.subscribe,
+        unsubscribe=broker.unsubscribe,
+        backfill_reader=lambda pid, after, _timeout: history.read_all_after(pid, after),
+    )
     verifier = TokenVerifier(
         TokenConfig(
             algorithms=tuple(settings.jwt_algorithms),
@@ -166,69 +127,8 @@ def _on_reconnect(state: AppState) -> Callable[[], Awaitable[None]]:
     return on_reconnect
 
 
-SignalHandler = Callable[[int, FrameType | None], Any]
 # After the last reconnect hint of a drain: time for the streams to close.
 DRAIN_MARGIN_S = 1.0
-
-
-async def _await(awaitable: Awaitable[object]) -> object:
-    return await awaitable
-
-
-def _chain_exit_signals(
-    on_exit: Callable[[], None], wait_drained: Callable[[], Awaitable[object]]
-) -> Callable[[], None]:
-    """On the first SIGTERM/SIGINT: start the drain (`on_exit`) and pass the signal
-    on to the server's own handler (uvicorn's sets `should_exit`) only once
-    `wait_drained` returns. Returns an undo function.
-
-    The lifespan shutdown only runs once every connection has ended, so draining
-    must start from the signal itself; and uvicorn's shutdown closes every
-    WebSocket with 1012 at once, which would pre-empt the staggered reconnect
-    hints. A second signal is passed on at once (a second Ctrl-C forces the exit)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    loop = asyncio.get_running_loop()
-    previous: dict[int, Any] = {}
-    signalled: list[int] = []
-    # The drain task, referenced until it is done.
-    draining: set[asyncio.Task[object]] = set()
-
-    def drain_then(original: SignalHandler, signum: int, frame: FrameType | None) -> None:
-        on_exit()
-        task: asyncio.Task[object] = loop.create_task(_await(wait_drained()), name="drain")
-
-        def done(finished: asyncio.Task[object]) -> None:
-            draining.discard(finished)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("drain_failed", exc_info=finished.exception())
-            original(signum, frame)
-
-        draining.add(task)
-        task.add_done_callback(done)
-
-    def make_handler(original: Any) -> SignalHandler:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if not callable(original):
-                loop.call_soon_threadsafe(on_exit)
-            elif signalled:
-                original(signum, frame)
-            else:
-                signalled.append(signum)
-                loop.call_soon_threadsafe(drain_then, original, signum, frame)
-
-        return handler
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        original = signal.getsignal(sig)
-        previous[sig] = original
-        signal.signal(sig, make_handler(original))
-
-    def undo() -> None:
-        for sig, original in previous.items():
-            signal.signal(sig, original)
-
-    return undo
 
 
 @contextmanager
@@ -255,7 +155,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     state = build_state(settings)
     await state.broker.start(on_message=_route_message(state), on_reconnect=_on_reconnect(state))
-    if isinstance(state.broker, RedisBroker):
+    if state.broker.has_listener:
         state.supervisor.spawn("pubsub-listener", state.broker.run_listener)
         if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
             await state.supervisor.stop(timeout_s=2)
@@ -274,7 +174,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         settings.shutdown_grace_s,
         settings.shutdown_grace_s * settings.shutdown_jitter_fraction + DRAIN_MARGIN_S,
     )
-    undo_signals = _chain_exit_signals(
+    undo_signals = chain_exit_signals(
         state.begin_drain, lambda: state.wait_streams_closed(drain_wait_s)
     )
     log.info(

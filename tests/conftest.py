@@ -12,12 +12,14 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.config import DEV_JWT_SECRET, Settings
+from service.config import Settings
 from service.main import create_app
-from service.services.principal import Role
-from service.services.tokens import mint_token
 from tests.support.app_server import RunningApp, run_app
 from tests.support.redis_server import RedisServer
+
+# Re-exported: many tests import them from here.
+from tests.support.tokens import Tokens as Tokens
+from tests.support.tokens import bearer as bearer
 
 # A callback holding the loop longer than this is a blocking call in async code.
 SLOW_CALLBACK_S = 0.5
@@ -69,49 +71,6 @@ def make_settings(redis_server: RedisServer) -> SettingsFactory:
 @pytest.fixture
 def settings(make_settings: SettingsFactory) -> Settings:
     return make_settings()
-
-
-class Tokens:
-    """Signed test tokens; `make` accepts any claim override."""
-
-    def __init__(self, secret: str = DEV_JWT_SECRET) -> None:
-        self.secret = secret
-
-    def make(
-        self,
-        sub: str = "pt_1",
-        *,
-        role: Role = Role.PATIENT,
-        scopes: tuple[str, ...] = (),
-        ttl_s: int = 3600,
-        **extra: Any,
-    ) -> str:
-        return mint_token(
-            secret=self.secret,
-            sub=sub,
-            audience="notify",
-            issuer="notify-dev",
-            role=role,
-            scopes=scopes,
-            ttl_s=ttl_s,
-            extra=extra,
-        )
-
-    def patient(self, sub: str = "pt_1", **kw: Any) -> str:
-        return self.make(sub, **kw)
-
-    def staff(self, sub: str = "st_1") -> str:
-        return self.make(sub, role=Role.STAFF)
-
-    def service(self, sub: str = "svc_1") -> str:
-        return self.make(sub, role=Role.SERVICE, scopes=("events:publish",))
-
-    def admin(self, sub: str = "adm_1") -> str:
-        return self.make(sub, role=Role.ADMIN, scopes=("revocations:write",))
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture

@@ -11,6 +11,15 @@ import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+StreamKey = tuple[int, int]
+
+
+def parse_stream_id(value: str) -> StreamKey:
+    """`"1700000000000-3"` → `(1700000000000, 3)`, comparable in stream order."""
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
 # Called by the listener for every pub/sub message: (channel, raw payload).
 MessageHandler = Callable[[str, bytes], None]
 # Called after the listener re-established its subscriptions following a loss.
@@ -43,6 +52,20 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop the listener and release every connection."""
+
+    async def run_listener(self) -> None:
+        """The listener loop of a broker whose messages come from a server; the
+        lifespan runs it under the supervisor. An in-process broker has none."""
+        raise NotImplementedError
+
+    @property
+    def has_listener(self) -> bool:
+        """Whether `run_listener` must run for messages to arrive."""
+        return type(self).run_listener is not Broker.run_listener
+
+    async def wait_listening(self, timeout_s: float) -> bool:
+        """Wait until the listener is subscribed; False after `timeout_s`."""
+        return True
 
     @property
     @abc.abstractmethod

@@ -18,9 +18,9 @@ from service.brokers.base import (
     HistoryPage,
     MessageHandler,
     ReconnectHandler,
+    parse_stream_id,
     splice_id,
 )
-from service.services.hub import parse_stream_id
 
 
 @dataclass

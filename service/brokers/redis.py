@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
 from service.brokers.base import Broker, HistoryEntry, HistoryPage, MessageHandler, ReconnectHandler
-from service.services.errors import BrokerUnavailableError
+from service.failures import BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
 

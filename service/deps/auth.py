@@ -16,11 +16,11 @@ from starlette.requests import HTTPConnection
 
 from service import metrics
 from service.deps.state import StateDep
-from service.lifespan import AppState
 from service.services.errors import ForbiddenError, UnauthorizedError, UnavailableError
 from service.services.principal import Principal, Role
 from service.services.revocations import RevocationStore
 from service.services.tickets import TicketStore
+from service.state import AppState
 
 TICKET_PARAM = "ticket"
 

@@ -1,4 +1,4 @@
-"""Tiny dependencies that read the lifespan's typed state back."""
+"""Tiny dependencies that read the lifespan's typed state (`service/state.py`) back."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException
 from starlette.requests import HTTPConnection
 
-from service.lifespan import AppState
+from service.state import AppState
 
 # Dependencies are `async def` even when they don't await: FastAPI runs a plain
 # `def` dependency in its thread pool, a thread hop per request (a sixth of the

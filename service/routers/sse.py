@@ -20,12 +20,12 @@ from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
 from service.middleware import DEFERRED_STREAM
-from service.services.keepalive import KeepAlive
+from service.services.keepalive import KeepAlive, SendWatch
 
 HEARTBEAT = b": keep-alive\n\n"
 
 
-class LeanEventSourceResponse(EventSourceResponse):
+class LeanEventSourceResponse(EventSourceResponse, SendWatch):
     """Headers, HEAD handling and framing from sse-starlette; a lighter stream loop.
 
     `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
@@ -49,22 +49,7 @@ class LeanEventSourceResponse(EventSourceResponse):
         self._content = content
         self._keepalive = keepalive
         self._on_disconnect = on_disconnect
-        self._on_heartbeat = on_heartbeat
-        self._task: asyncio.Task[object] | None = None
-        self._aborted = False
-        self.next_heartbeat = 0.0
-        self.send_started = 0.0
-
-    # --- KeptAlive ----------------------------------------------------------------
-
-    def heartbeat(self) -> None:
-        self._on_heartbeat()
-
-    def abort(self) -> None:
-        """Stuck in one send for too long: the peer stopped reading."""
-        self._aborted = True
-        if self._task is not None:
-            self._task.cancel()
+        SendWatch.__init__(self, on_heartbeat)
 
     # --- ASGI -----------------------------------------------------------------------
 
@@ -87,7 +72,7 @@ class LeanEventSourceResponse(EventSourceResponse):
         await self._stream(scope, receive, send)
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
-        self._task = asyncio.current_task()
+        self.task = asyncio.current_task()
         # Owned by this response: cancelled in `finally`, never outlives it.
         watcher = asyncio.create_task(self._watch_disconnect(receive))
         self._keepalive.add(self)
@@ -106,7 +91,7 @@ class LeanEventSourceResponse(EventSourceResponse):
                 self.next_heartbeat = now + self._keepalive.heartbeat_s
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
-            if not self._aborted:
+            if not self.aborted:
                 raise
             # Our own abort of a stalled writer: end quietly; uvicorn closes the socket.
             current = asyncio.current_task()
@@ -115,6 +100,7 @@ class LeanEventSourceResponse(EventSourceResponse):
             self._on_disconnect()
         finally:
             self._keepalive.discard(self)
+            self.release()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

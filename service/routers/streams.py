@@ -21,22 +21,21 @@ from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.errors import error_responses
-from service.lifespan import AppState
 from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
 from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
+from service.services.closing import ENDINGS, CloseReason
 from service.services.errors import UnavailableError
 from service.services.history import valid_resume_id
-from service.services.hub import CloseReason, Delivery
+from service.services.hub import Delivery
 from service.services.principal import Principal
 from service.services.streams import StreamSession, jittered_retry_ms
+from service.state import AppState
 
 router = APIRouter(prefix="/v1/patients", tags=["streams"])
 
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
-# Reasons after which reconnecting with the same credentials can succeed.
-RETRYABLE: Final = frozenset({CloseReason.TOO_SLOW, CloseReason.SHUTDOWN})
 
 PatientId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
 AppointmentId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
@@ -56,65 +55,61 @@ def retry_later_response(state: AppState, reason: str) -> Response:
 
 
 def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
-    if reason in RETRYABLE:
+    """The last frame of a stream ended for `reason` (`service/services/closing.py`)."""
+    ending = ENDINGS[reason]
+    if ending.sse_event is None:
+        return b""
+    if ending.reconnect is not None:
         return _frame(
-            "reconnect", {"reason": reason.value}, jittered_retry_ms(state.settings.sse_retry_ms)
+            "reconnect", {"reason": ending.public}, jittered_retry_ms(state.settings.sse_retry_ms)
         )
     # Expired, revoked or deleted credentials: reconnecting with them will fail.
-    return _frame("closed", {"reason": reason.value})
+    return _frame("closed", {"reason": ending.public})
 
 
 async def _stream_body(
     state: AppState, session: StreamSession, resume_from: str | None
 ) -> AsyncIterator[bytes]:
+    """An encoder over the subscription: `subscribed` owns attach, replay start,
+    detach, release and the log pair; this writes SSE frames."""
     subscriber = session.subscriber
-    end_reason = "client_gone"
     try:
-        replay = await session.start(resume_from=resume_from)
-        # First bytes only once the channel is subscribed: a client that has seen
-        # `retry:` knows every event published from now on reaches it.
-        retry = f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n"
-        if replay.fresh:
-            # An id-only block: sets the EventSource's last event id without
-            # dispatching an event, so its next reconnect resumes from here.
-            yield f"{retry}id: {replay.resume_point}\n\n".encode()
-        else:
-            yield retry.encode()
-        if replay.start.gap:
-            yield _frame("gap", {"oldest_id": replay.start.oldest_id})
-        last_id = None
-        async for page in replay.pages:
-            yield b"".join([Delivery.from_event(event).sse for event in page])
-            subscriber.delivered += len(page)
-            SSE_DELIVERIES.inc(len(page))
-            last_id = page[-1].id
-        session.mark_replayed(last_id or replay.resume_point)
-        while True:
-            await subscriber.wait()
-            items = subscriber.drain()
-            if items:
-                yield b"".join([item.sse for item in items])
-                SSE_DELIVERIES.inc(len(items))
-                subscriber.heartbeat_due = False
-            elif subscriber.heartbeat_due:
-                subscriber.heartbeat_due = False
-                # A comment: browsers ignore it, proxies and the ALB see bytes.
-                yield HEARTBEAT
-            reason = subscriber.close_reason
-            if reason is not None:
-                end_reason = reason.value
-                if reason is not CloseReason.CLIENT_GONE:
-                    yield _closing_frame(state, reason)
-                return
+        async with session.subscribed(resume_from=resume_from) as replay:
+            # First bytes only once the channel is subscribed: a client that has seen
+            # `retry:` knows every event published from now on reaches it.
+            retry = f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n"
+            if replay.fresh:
+                # An id-only block: sets the EventSource's last event id without
+                # dispatching an event, so its next reconnect resumes from here.
+                yield f"{retry}id: {replay.resume_point}\n\n".encode()
+            else:
+                yield retry.encode()
+            if replay.start.gap:
+                yield _frame("gap", {"oldest_id": replay.start.oldest_id})
+            async for page in session.replayed(replay):
+                yield b"".join([Delivery.from_event(event).sse for event in page])
+            # Not kept for the stream's life (its history page and iterator).
+            del replay
+            while True:
+                await subscriber.wait()
+                items = subscriber.drain()
+                if items:
+                    yield b"".join([item.sse for item in items])
+                    SSE_DELIVERIES.inc(len(items))
+                    subscriber.heartbeat_due = False
+                elif subscriber.heartbeat_due:
+                    subscriber.heartbeat_due = False
+                    # A comment: browsers ignore it, proxies and the ALB see bytes.
+                    yield HEARTBEAT
+                reason = subscriber.close_reason
+                if reason is not None:
+                    if reason is not CloseReason.CLIENT_GONE:
+                        yield _closing_frame(state, reason)
+                    return
     except UnavailableError:
-        end_reason = "broker_unavailable"
-        yield _frame(
-            "reconnect",
-            {"reason": "unavailable"},
-            jittered_retry_ms(state.settings.sse_retry_ms),
-        )
-    finally:
-        await session.end(reason=end_reason)
+        # History or the channel could not be read: the subscription is released
+        # already; the client retries from its last id.
+        yield _closing_frame(state, CloseReason.BROKER_UNAVAILABLE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import math
 import re
 import time
 from typing import Final
@@ -31,7 +30,6 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 from service import metrics
 from service.deps.auth import authenticate, get_stream_principal
 from service.deps.state import get_state
-from service.lifespan import AppState
 from service.schemas.ws import (
     CLIENT_MESSAGE,
     CLIENT_TYPES,
@@ -50,6 +48,7 @@ from service.schemas.ws import (
     UnsubscribeMessage,
 )
 from service.services.channels import resolve_stream_scope
+from service.services.closing import ENDINGS, CloseReason, Ending
 from service.services.commands import Command, CommandRateLimitedError, submit_command
 from service.services.connections import (
     INTERNAL,
@@ -57,7 +56,6 @@ from service.services.connections import (
     TOO_MANY_INVALID,
     UNAUTHORIZED,
     UNAVAILABLE,
-    Closing,
     WsConnection,
 )
 from service.services.errors import (
@@ -67,9 +65,10 @@ from service.services.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from service.services.hub import CloseReason
+from service.services.keepalive import SendWatch
 from service.services.principal import Principal
 from service.services.streams import jittered_retry_ms
+from service.state import AppState
 
 log = structlog.get_logger("service.ws")
 
@@ -101,17 +100,20 @@ async def _deny(websocket: WebSocket) -> None:
     )
 
 
-async def _close(websocket: WebSocket, state: AppState, closing: Closing) -> None:
-    """The reconnect hint (when retrying can succeed), then the close frame."""
+async def _close(websocket: WebSocket, state: AppState, ending: Ending) -> None:
+    """The reconnect hint (when retrying can succeed), then the close frame
+    (`service/services/closing.py` has both for every reason)."""
+    if ending.ws_code is None:
+        return
     with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, TimeoutError):
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            if closing.reconnect is not None:
+            if ending.reconnect is not None:
                 hint = ReconnectMessage(
-                    reason=closing.reconnect,
+                    reason=ending.reconnect,
                     retry_ms=jittered_retry_ms(state.settings.sse_retry_ms),
                 )
                 await websocket.send_text(hint.encode())
-            await websocket.close(code=int(closing.code), reason=closing.reason)
+            await websocket.close(code=int(ending.ws_code), reason=ending.ws_reason)
 
 
 @router.websocket("/v1/ws", name="websocket")
@@ -132,7 +134,7 @@ async def websocket_channel(websocket: WebSocket) -> None:
             return
     await websocket.accept()
     if state.draining:
-        await _close(websocket, state, Closing.for_reason(CloseReason.SHUTDOWN))
+        await _close(websocket, state, ENDINGS[CloseReason.SHUTDOWN])
         return
     reply_to: str | None = None
     if principal is None:
@@ -192,7 +194,7 @@ async def _serve(
     if conn.admit() is not None:
         await _close(websocket, state, OVER_CAPACITY)
         return
-    end_reason = "client_gone"
+    end_reason = CloseReason.CLIENT_GONE
     try:
         if state.draining:
             # The drain began between the handshake and now: it did not see us.
@@ -205,20 +207,20 @@ async def _serve(
             end_reason = closing.reason
             await _close(websocket, state, closing)
     except Exception:
-        end_reason = "internal_error"
+        end_reason = CloseReason.INTERNAL_ERROR
         log.exception("ws_failed")
         await _close(websocket, state, INTERNAL)
     finally:
         await conn.end(reason=end_reason)
 
 
-async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Closing | None:
+async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Ending | None:
     """Reader and writer side by side; the first to finish ends the other. Returns
     how to close, or None when the client is gone."""
     # A peer that stopped reading blocks the write once buffers are full; the
     # process' keep-alive ticker aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
     # the peer is treated as gone (no close frame could pass). No timer per send.
-    watch = _SendWatch()
+    watch = SendWatch()
 
     async def send(text: str) -> None:
         watch.send_started = time.monotonic()
@@ -232,7 +234,8 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
     reader = asyncio.create_task(_read(websocket, state, conn), name="ws-read")
     writer = asyncio.create_task(conn.write(send), name="ws-write")
     watch.task = writer
-    state.keepalive.add(watch)
+    # No heartbeats: uvicorn's protocol pings keep a WebSocket alive.
+    state.keepalive.add(watch, heartbeats=False)
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         if writer not in done and _requested_close(reader):
@@ -247,6 +250,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
         # Their outcome is read below; a cancellation of this task still propagates.
         await asyncio.wait((reader, writer))
         state.keepalive.discard(watch)
+        watch.release()
     first = writer if writer in done else reader
     if first is writer and watch.aborted:
         return None
@@ -256,26 +260,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Clo
         return None
 
 
-class _SendWatch:
-    """The writer of one socket, as the keep-alive ticker sees it: no heartbeat
-    (uvicorn's protocol pings do that), only the stalled-send abort."""
-
-    def __init__(self) -> None:
-        self.next_heartbeat = math.inf
-        self.send_started = 0.0
-        self.task: asyncio.Task[Closing] | None = None
-        self.aborted = False
-
-    def heartbeat(self) -> None:
-        self.next_heartbeat = math.inf
-
-    def abort(self) -> None:
-        self.aborted = True
-        if self.task is not None:
-            self.task.cancel()
-
-
-def _requested_close(reader: asyncio.Task[Closing | None]) -> bool:
+def _requested_close(reader: asyncio.Task[Ending | None]) -> bool:
     return (
         reader.done()
         and not reader.cancelled()
@@ -284,7 +269,7 @@ def _requested_close(reader: asyncio.Task[Closing | None]) -> bool:
     )
 
 
-async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Closing | None:
+async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Ending | None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
@@ -297,7 +282,7 @@ async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Cl
 
 def _reply_error(
     conn: WsConnection, code: ErrorCode, message: str, reply_to: str | None
-) -> Closing | None:
+) -> Ending | None:
     if code in _GARBAGE and conn.note_invalid():
         return TOO_MANY_INVALID
     conn.reply(ErrorMessage(code=code, message=message, reply_to=reply_to).encode())
@@ -337,8 +322,8 @@ def _invalid_frame(text: str, exc: ValidationError) -> tuple[ErrorCode, str, str
     return ErrorCode.INVALID_MESSAGE, f"invalid: {', '.join(fields[:5])}", reply_to
 
 
-async def _handle(text: str | None, state: AppState, conn: WsConnection) -> Closing | None:
-    """One client frame; a `Closing` when the connection must end."""
+async def _handle(text: str | None, state: AppState, conn: WsConnection) -> Ending | None:
+    """One client frame; a `Ending` when the connection must end."""
     if text is None:
         return _reply_error(conn, ErrorCode.INVALID_MESSAGE, "text frames only", None)
     try:

@@ -24,8 +24,7 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import structlog
 
@@ -34,26 +33,32 @@ from service.brokers.base import Broker
 from service.config import Settings
 from service.schemas.events import EventStored
 from service.schemas.ws import (
-    CloseCode,
     GapMessage,
     SubscribedMessage,
     TokenExpiringMessage,
 )
 from service.services.channels import RedisKeys, StreamScope
+from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError
 from service.services.history import HistoryReader
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker, ws_frames
+from service.services.hub import Delivery, Hub, Subscriber, Waker, ws_frames
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
-from service.services.streams import EXPIRY_WARNING_S, Replay, StreamSession
+from service.services.streams import (
+    Replay,
+    StreamSession,
+    admit,
+    cancel_all,
+    release,
+    schedule_expiry,
+)
 
 log = structlog.get_logger("service.ws")
 
 TRANSPORT: Final = "ws"
 ROUTE: Final = "/v1/ws"
 
-ReconnectReason = Literal["shutdown", "too_slow", "over_capacity", "unavailable"]
 Send = Callable[[str], Awaitable[None]]
 
 
@@ -79,40 +84,11 @@ class NotSubscribedError(DomainError):
     public_message = "no such subscription"
 
 
-@dataclass(frozen=True, slots=True)
-class Closing:
-    """How the server ends a connection: close code, short reason, and whether a
-    `reconnect` hint goes first (only when retrying can succeed)."""
-
-    code: CloseCode
-    reason: str
-    reconnect: ReconnectReason | None = None
-
-    @classmethod
-    def for_reason(cls, reason: CloseReason) -> Closing:
-        return _CLOSINGS.get(reason) or Closing(CloseCode.NORMAL, reason.value)
-
-
-_CLOSINGS: Final[dict[CloseReason, Closing]] = {
-    CloseReason.SHUTDOWN: Closing(CloseCode.GOING_AWAY, "shutdown", "shutdown"),
-    CloseReason.TOO_SLOW: Closing(CloseCode.TOO_SLOW, "too_slow", "too_slow"),
-    CloseReason.TOKEN_EXPIRED: Closing(CloseCode.TOKEN_EXPIRED, "token_expired"),
-    CloseReason.REVOKED: Closing(CloseCode.REVOKED, "revoked"),
-    CloseReason.TICKET_DELETED: Closing(CloseCode.REVOKED, "revoked"),
-}
-# When several apply, the credentials' fate wins: not one more event after it.
-_PRECEDENCE: Final = (
-    CloseReason.REVOKED,
-    CloseReason.TICKET_DELETED,
-    CloseReason.TOKEN_EXPIRED,
-    CloseReason.TOO_SLOW,
-    CloseReason.SHUTDOWN,
-)
-UNAVAILABLE: Final = Closing(CloseCode.TRY_AGAIN_LATER, "unavailable", "unavailable")
-OVER_CAPACITY: Final = Closing(CloseCode.TRY_AGAIN_LATER, "over_capacity", "over_capacity")
-UNAUTHORIZED: Final = Closing(CloseCode.UNAUTHORIZED, "unauthorized")
-TOO_MANY_INVALID: Final = Closing(CloseCode.POLICY, "too many invalid messages")
-INTERNAL: Final = Closing(CloseCode.INTERNAL, "internal error")
+OVER_CAPACITY: Final = ENDINGS[CloseReason.OVER_CAPACITY]
+UNAUTHORIZED: Final = ENDINGS[CloseReason.UNAUTHORIZED]
+UNAVAILABLE: Final = ENDINGS[CloseReason.BROKER_UNAVAILABLE]
+TOO_MANY_INVALID: Final = ENDINGS[CloseReason.POLICY]
+INTERNAL: Final = ENDINGS[CloseReason.INTERNAL_ERROR]
 
 
 class Subscription:
@@ -187,18 +163,16 @@ class WsConnection:
         self.subscriptions_opened = 0
         # A close the reader decided on (garbage): the writer sends the pending
         # replies (the errors that explain it) and then closes.
-        self._requested: Closing | None = None
+        self._requested: Ending | None = None
 
     # --- admission -----------------------------------------------------------------
 
     def admit(self) -> Limit | None:
         """Count the connection once against the limits; the limit hit when refused."""
-        refused = self._limiter.try_acquire(self.principal.sub)
+        refused = admit(self._limiter, self.principal.sub, TRANSPORT)
         if refused is not None:
-            metrics.CAPACITY_REFUSALS.labels(transport=TRANSPORT, limit=refused.value).inc()
             return refused
         self._admitted = True
-        metrics.OPEN_STREAMS.labels(transport=TRANSPORT).inc()
         self._hub.track(self.control)
         self._schedule_expiry()
         return None
@@ -214,20 +188,15 @@ class WsConnection:
         self._schedule_expiry()
 
     def _schedule_expiry(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers = []
-        expires_at = self.principal.expires_at
-        if expires_at <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        remaining = expires_at - time.time()
-        warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
-        notice = TokenExpiringMessage(expires_at=int(expires_at)).encode()
-        self._timers = [
-            loop.call_later(warn_in, self.reply, notice),
-            loop.call_later(max(0.0, remaining), self.control.close, CloseReason.TOKEN_EXPIRED),
-        ]
+        schedule_expiry(
+            self.principal.expires_at,
+            warn=self._warn_expiring,
+            close=self.control.close,
+            timers=self._timers,
+        )
+
+    def _warn_expiring(self, expires_at: int) -> None:
+        self.reply(TokenExpiringMessage(expires_at=expires_at).encode())
 
     # --- what the reader does --------------------------------------------------------
 
@@ -275,9 +244,16 @@ class WsConnection:
         self._subscriptions[sub_id] = subscription
         try:
             subscription.replay = await session.start(resume_from=since)
-        except BaseException:
+        except BaseException as exc:
             self._subscriptions.pop(sub_id, None)
-            await session.end(reason="subscribe_failed")
+            failed = (
+                CloseReason.BROKER_UNAVAILABLE
+                if isinstance(exc, UnavailableError)
+                else CloseReason.CLIENT_GONE
+                if isinstance(exc, asyncio.CancelledError)
+                else CloseReason.INTERNAL_ERROR
+            )
+            await session.end(reason=failed)
             raise
         self.subscriptions_opened += 1
         self._outbox.append(subscription)
@@ -295,18 +271,18 @@ class WsConnection:
         for one in ids:
             subscription = self._subscriptions.pop(one)
             subscription.live = False
-            await subscription.session.end(reason="unsubscribed")
+            await subscription.session.end(reason=CloseReason.UNSUBSCRIBED)
         return ids
 
     # --- the writer ------------------------------------------------------------------
 
-    def request_close(self, closing: Closing) -> None:
+    def request_close(self, closing: Ending) -> None:
         """End the connection once the replies queued so far are sent."""
         if self._requested is None:
             self._requested = closing
         self.wakeup.set()
 
-    def closing(self) -> Closing | None:
+    def closing(self) -> Ending | None:
         """Why the connection must end now, if it must."""
         if self._requested is not None:
             return self._requested
@@ -315,13 +291,13 @@ class WsConnection:
             for subscription in self._subscriptions.values()
         }
         reasons.add(self.control.close_reason)
-        for reason in _PRECEDENCE:
+        for reason in PRECEDENCE:
             if reason in reasons:
-                return Closing.for_reason(reason)
+                return ENDINGS[reason]
         other = next((r for r in reasons if r is not None), None)
-        return Closing.for_reason(other) if other is not None else None
+        return ENDINGS[other] if other is not None else None
 
-    async def write(self, send: Send) -> Closing:
+    async def write(self, send: Send) -> Ending:
         """Send everything queued, in order, until the connection must end."""
         try:
             while True:
@@ -329,7 +305,7 @@ class WsConnection:
                 self.wakeup.clear()
                 closing = self.closing()
                 if closing is not None:
-                    if closing.code == CloseCode.GOING_AWAY:
+                    if closing.reason is CloseReason.SHUTDOWN:
                         # Shutdown: what is already here is legitimate, send it.
                         await self._flush(send)
                     elif closing is self._requested:
@@ -372,9 +348,10 @@ class WsConnection:
     def _must_stop(self) -> bool:
         """Revoked or expired credentials: not one more event."""
         closing = self.closing()
-        return closing is not None and closing.code in (
-            CloseCode.REVOKED,
-            CloseCode.TOKEN_EXPIRED,
+        return closing is not None and closing.reason in (
+            CloseReason.REVOKED,
+            CloseReason.TICKET_DELETED,
+            CloseReason.TOKEN_EXPIRED,
         )
 
     def _remembers(self, subscription: Subscription) -> bool:
@@ -412,18 +389,13 @@ class WsConnection:
                     oldest_id=replay.start.oldest_id, subscription_id=subscription.id
                 ).encode()
             )
-        last_id = None
         remember = self._remembers(subscription)
-        async for page in replay.pages:
+        async for page in subscription.session.replayed(replay):
             for event in page:
                 await send(_event_frame(event))
                 if remember:
                     self.owned.remember(event.appointment_id)
             self.delivered += len(page)
-            subscription.session.subscriber.delivered += len(page)
-            metrics.DELIVERIES.labels(transport=TRANSPORT).inc(len(page))
-            last_id = page[-1].id
-        subscription.session.mark_replayed(last_id or replay.resume_point)
         subscription.replay = None
         subscription.live = True
         # Live events may have queued during the replay.
@@ -434,10 +406,8 @@ class WsConnection:
     def iter_subscriptions(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscriptions.values()))
 
-    async def end(self, *, reason: str) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers = []
+    async def end(self, *, reason: CloseReason) -> None:
+        cancel_all(self._timers)
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
         dropped = 0
@@ -448,10 +418,7 @@ class WsConnection:
             return
         self._admitted = False
         self._hub.untrack(self.control)
-        self._limiter.release(self.principal.sub)
-        metrics.OPEN_STREAMS.labels(transport=TRANSPORT).dec()
-        duration = time.monotonic() - self._started
-        metrics.STREAM_DURATION.labels(transport=TRANSPORT).observe(duration)
+        duration = release(self._limiter, self.principal.sub, TRANSPORT, self._started)
         log.info(
             "ws_closed",
             subject=self.principal.sub,
@@ -465,7 +432,7 @@ class WsConnection:
             commands=self.commands,
             acks=self.acks,
             invalid_messages=self.invalid_messages,
-            close_reason=reason,
+            close_reason=reason.value,
         )
 
 

@@ -3,12 +3,19 @@ status codes in one place, the WebSocket router to close codes."""
 
 from __future__ import annotations
 
+from service.failures import BrokerUnavailableError, DomainError, UnavailableError
 
-class DomainError(Exception):
-    """Base of every error the domain raises on purpose."""
-
-    code = "error"
-    public_message = "error"
+__all__ = [
+    "BrokerUnavailableError",
+    "DomainError",
+    "ForbiddenError",
+    "InvalidEventError",
+    "NotFoundError",
+    "OverCapacityError",
+    "PatientNotFoundError",
+    "UnauthorizedError",
+    "UnavailableError",
+]
 
 
 class UnauthorizedError(DomainError):
@@ -60,18 +67,6 @@ class EventTooLargeError(DomainError):
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(size)
         self.public_message = f"event is {size} bytes as stored, above the limit of {limit}"
-
-
-class UnavailableError(DomainError):
-    """Infrastructure, not a bug: retry later (HTTP 503 with Retry-After)."""
-
-    code = "unavailable"
-    public_message = "temporarily unavailable"
-    retry_after_s = 2
-
-
-class BrokerUnavailableError(UnavailableError):
-    code = "broker_unavailable"
 
 
 class OverCapacityError(UnavailableError):

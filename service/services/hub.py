@@ -18,39 +18,19 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from enum import StrEnum
 
 import structlog
 from pydantic import ValidationError
 
 from service import metrics
+from service.brokers.base import StreamKey as StreamKey
+from service.brokers.base import parse_stream_id as parse_stream_id
 from service.schemas.events import MAX_EVENT_BYTES, EventStored
 from service.services.channels import RedisKeys
+from service.services.closing import CloseReason as CloseReason
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)
-
-# Raw messages above this size are dropped without being parsed.
-
-StreamKey = tuple[int, int]
-
-
-def parse_stream_id(value: str) -> StreamKey:
-    """`"1700000000000-3"` → `(1700000000000, 3)`, comparable in stream order."""
-    ms, _, seq = value.partition("-")
-    return int(ms), int(seq or 0)
-
-
-class CloseReason(StrEnum):
-    """Every way a stream ends; each maps to an SSE hint and a WS code."""
-
-    TOO_SLOW = "too_slow"
-    SHUTDOWN = "shutdown"
-    TOKEN_EXPIRED = "token_expired"  # noqa: S105
-    REVOKED = "revoked"
-    TICKET_DELETED = "ticket_deleted"
-    # The client went away: nothing more is written.
-    CLIENT_GONE = "client_gone"
 
 
 class Delivery:
@@ -285,6 +265,7 @@ class Hub:
         keys: RedisKeys,
         subscribe: Callable[[str], Awaitable[None]],
         unsubscribe: Callable[[str], Awaitable[None]],
+        backfill_reader: BackfillReader | None = None,
     ) -> None:
         self._keys = keys
         self._subscribe = subscribe
@@ -294,7 +275,8 @@ class Hub:
         self._all: set[Subscriber] = set()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.backfill_reader: BackfillReader | None = None
+        # Reads what a channel missed while the listener was away (None: no history).
+        self.backfill_reader = backfill_reader
 
     # --- membership --------------------------------------------------------------
 

@@ -15,16 +15,18 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
 
 from service import metrics
+from service.brokers.base import parse_stream_id
 from service.schemas.events import EventStored
 from service.services.channels import StreamScope
+from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker, parse_stream_id
+from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal
 
@@ -38,6 +40,65 @@ EXPIRY_WARNING_S = 60.0
 def jittered_retry_ms(base_ms: int) -> int:
     """A per-connection `retry:` so that clients don't come back in lockstep."""
     return int(base_ms * random.uniform(0.5, 1.5))  # noqa: S311
+
+
+# --- the connection's half, shared by SSE streams and WebSocket connections -------
+
+
+def admit(limiter: ConnectionLimiter, subject: str, transport: str) -> Limit | None:
+    """Count one connection against the limits; the limit hit when refused."""
+    refused = limiter.try_acquire(subject)
+    if refused is not None:
+        metrics.CAPACITY_REFUSALS.labels(transport=transport, limit=refused.value).inc()
+        return refused
+    metrics.OPEN_STREAMS.labels(transport=transport).inc()
+    return None
+
+
+def release(limiter: ConnectionLimiter, subject: str, transport: str, started: float) -> float:
+    """Undo `admit`; the connection's duration in seconds."""
+    limiter.release(subject)
+    metrics.OPEN_STREAMS.labels(transport=transport).dec()
+    duration = time.monotonic() - started
+    metrics.STREAM_DURATION.labels(transport=transport).observe(duration)
+    return duration
+
+
+def schedule_expiry(
+    expires_at: float,
+    *,
+    warn: Callable[[int], object],
+    close: Callable[[CloseReason], object],
+    timers: list[asyncio.TimerHandle],
+) -> None:
+    """Replace `timers` with a `token_expiring` warning shortly before `expires_at`
+    and a close at it (none for a token without expiry). The handles hold bound
+    methods of the owner: cancelling them (`cancel_all`) releases it."""
+    cancel_all(timers)
+    if expires_at <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    remaining = expires_at - time.time()
+    warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
+    timers.append(loop.call_later(warn_in, warn, int(expires_at)))
+    timers.append(loop.call_later(max(0.0, remaining), close, CloseReason.TOKEN_EXPIRED))
+
+
+def cancel_all(timers: list[asyncio.TimerHandle]) -> None:
+    for timer in timers:
+        timer.cancel()
+    timers.clear()
+
+
+def _reason_for(exc: BaseException | None, subscriber: Subscriber) -> CloseReason:
+    """Why a subscription's block ended: its exception, else what closed it."""
+    if isinstance(exc, UnavailableError):
+        return CloseReason.BROKER_UNAVAILABLE
+    if isinstance(exc, Exception):
+        return CloseReason.INTERNAL_ERROR
+    # No exception, a cancellation or the response closing the body: whatever
+    # closed the subscriber, else the client went away.
+    return subscriber.close_reason or CloseReason.CLIENT_GONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,17 +147,16 @@ class StreamSession:
         self._timers: list[asyncio.TimerHandle] = []
         self._admitted = False
         self._attached = False
+        # `stream_opened` was logged: `end` logs the matching `stream_closed`.
+        self._opened = False
+        self._resume_from: str | None = None
         self._started = time.monotonic()
 
     def admit(self) -> Limit | None:
         """Count this stream against the limits; the limit hit when refused."""
-        refused = self._limiter.try_acquire(self.principal.sub)
-        if refused is not None:
-            metrics.CAPACITY_REFUSALS.labels(transport=self.transport, limit=refused.value).inc()
-            return refused
-        self._admitted = True
-        metrics.OPEN_STREAMS.labels(transport=self.transport).inc()
-        return None
+        refused = admit(self._limiter, self.principal.sub, self.transport)
+        self._admitted = refused is None
+        return refused
 
     async def start(self, *, resume_from: str | None) -> Replay:
         """Subscribe (confirmed), then read what history holds after `resume_from`.
@@ -113,6 +173,7 @@ class StreamSession:
         self._attached = True
         if self._manage_expiry:
             self.schedule_expiry(self.principal.expires_at)
+        self._opened = True
         log.info(
             "stream_opened",
             subject=self.principal.sub,
@@ -128,27 +189,31 @@ class StreamSession:
         )
         return Replay(start=start, pages=pages, resume_point=after_id, fresh=fresh)
 
+    async def replayed(self, replay: Replay) -> AsyncIterator[list[EventStored]]:
+        """The replay's pages, counted as delivered; afterwards the live queue skips
+        what they covered. The one replay loop of both transports."""
+        last_id = None
+        deliveries = metrics.DELIVERIES.labels(transport=self.transport)
+        async for page in replay.pages:
+            yield page
+            self.subscriber.delivered += len(page)
+            deliveries.inc(len(page))
+            last_id = page[-1].id
+        self.mark_replayed(last_id or replay.resume_point)
+
     def mark_replayed(self, last_id: str | None) -> None:
         if last_id is not None:
             self.subscriber.skip_through = parse_stream_id(last_id)
 
     def schedule_expiry(self, expires_at: float) -> None:
         """Warn with `token_expiring` shortly before `expires_at`, close at it."""
-        for timer in self._timers:
-            timer.cancel()
-        if expires_at <= 0:
-            self._timers = []
-            return
-        loop = asyncio.get_running_loop()
-        remaining = expires_at - time.time()
-        warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
-        notice = Delivery(
-            kind="token_expiring", payload=json.dumps({"expires_at": int(expires_at)})
+        schedule_expiry(
+            expires_at, warn=self._warn_expiring, close=self.subscriber.close, timers=self._timers
         )
-        self._timers = [
-            loop.call_later(warn_in, self.subscriber.put_nowait, notice),
-            loop.call_later(max(0.0, remaining), self.subscriber.close, CloseReason.TOKEN_EXPIRED),
-        ]
+
+    def _warn_expiring(self, expires_at: int) -> None:
+        notice = Delivery(kind="token_expiring", payload=json.dumps({"expires_at": expires_at}))
+        self.subscriber.put_nowait(notice)
 
     def extend(self, principal: Principal) -> None:
         """A fresh token for the same subject (WebSocket `auth`): new expiry."""
@@ -157,19 +222,47 @@ class StreamSession:
         if self._manage_expiry:
             self.schedule_expiry(principal.expires_at)
 
-    async def end(self, *, reason: str) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers = []
-        if self._attached:
-            self._attached = False
-            await self._hub.detach(self.scope.patient_id, self.subscriber)
+    def subscribed(self, *, resume_from: str | None) -> StreamSession:
+        """Hub membership for an `async with` block: attached (and `stream_opened`)
+        on entry, which gives the replay to send; detached, released and
+        `stream_closed` on exit, whatever ended it. The reason comes from the
+        subscriber or the exception. (The session is its own context manager: no
+        generator kept alive per stream.)"""
+        self._resume_from = resume_from
+        return self
+
+    async def __aenter__(self) -> Replay:
+        try:
+            return await self.start(resume_from=self._resume_from)
+        except BaseException as exc:
+            await self.end(reason=_reason_for(exc, self.subscriber))
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        await self.end(reason=_reason_for(exc, self.subscriber))
+
+    async def end(self, *, reason: CloseReason) -> None:
+        cancel_all(self._timers)
+        try:
+            if self._attached:
+                self._attached = False
+                await self._hub.detach(self.scope.patient_id, self.subscriber)
+        finally:
+            # Even when the detach failed or was cancelled: the limit and the
+            # `stream_closed` line must not depend on the broker.
+            self._release(reason)
+
+    def _release(self, reason: CloseReason) -> None:
+        duration = time.monotonic() - self._started
         if self._admitted:
+            # Only a stream admitted on its own (SSE) holds a limit; a WebSocket
+            # subscription counts with its connection.
             self._admitted = False
-            self._limiter.release(self.principal.sub)
-            metrics.OPEN_STREAMS.labels(transport=self.transport).dec()
-            duration = time.monotonic() - self._started
-            metrics.STREAM_DURATION.labels(transport=self.transport).observe(duration)
+            release(self._limiter, self.principal.sub, self.transport, self._started)
+        if self._opened:
+            self._opened = False
             log.info(
                 "stream_closed",
                 subject=self.principal.sub,
@@ -179,5 +272,5 @@ class StreamSession:
                 duration_s=round(duration, 3),
                 delivered=self.subscriber.delivered,
                 dropped=self.subscriber.dropped,
-                close_reason=reason,
+                close_reason=reason.value,
             )

@@ -15,8 +15,8 @@ from service.main import create_app
 from service.schemas.events import MAX_EVENT_BYTES
 from service.services.principal import Role
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import settings_env
+from tests.support.events import event_dict
 from tests.support.redis_server import RedisServer
 
 

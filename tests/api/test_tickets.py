@@ -15,8 +15,9 @@ import pytest
 from service.services.principal import Role
 from service.services.tickets import ticket_id
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import RunningApp, run_app
+from tests.support.events import event_dict
+from tests.support.publishing import publish_one
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_sse, opened
 
@@ -30,15 +31,6 @@ async def issue(http: httpx.AsyncClient, token: str) -> str:
     assert response.status_code == 201, response.text
     ticket: str = response.json()["ticket"]
     return ticket
-
-
-async def publish(http: httpx.AsyncClient, tokens: Tokens, patient: str, **data: Any) -> str:
-    response = await http.post(
-        "/v1/events", json=event_dict(patient, **data), headers=bearer(tokens.service())
-    )
-    assert response.status_code == 201, response.text
-    event_id: str = response.json()["id"]
-    return event_id
 
 
 async def test_issue_returns_an_opaque_ticket_bound_to_the_token(
@@ -77,12 +69,12 @@ async def test_ticket_opens_the_subjects_stream_and_survives_reconnects(
         url = f"{ME}?ticket={ticket}&patient_id=pt_2"
         async with open_sse(http, url) as first:
             await opened(first)
-            first_id = await publish(http, tokens, "pt_1")
-            await publish(http, tokens, "pt_2")
+            first_id = await publish_one(app, "pt_1")
+            await publish_one(app, "pt_2")
             (frame,) = await first.wait_events(1)
             assert frame.id == first_id
             assert frame.json()["patient_id"] == "pt_1"
-        missed = await publish(http, tokens, "pt_1")
+        missed = await publish_one(app, "pt_1")
         # EventSource reconnects to the same URL with Last-Event-ID: same ticket.
         async with open_sse(http, url, headers={"Last-Event-ID": first_id}) as second:
             await opened(second)
@@ -98,7 +90,7 @@ async def test_ticket_keeps_role_staff_may_name_a_patient(app: RunningApp, token
         staff_ticket = await issue(http, tokens.staff("st_1"))
         async with open_sse(http, f"/v1/patients/pt_9/events?ticket={staff_ticket}") as stream:
             await opened(stream)
-            event_id = await publish(http, tokens, "pt_9")
+            event_id = await publish_one(app, "pt_9")
             (frame,) = await stream.wait_events(1)
             assert frame.id == event_id
         patient_ticket = await issue(http, tokens.patient("pt_1"))
@@ -186,7 +178,7 @@ async def test_delete_ends_the_streams_opened_with_the_ticket(
             assert closed
             assert closed[-1].json() == {"reason": "ticket_deleted"}
             # Streams of another ticket or of the bearer token go on.
-            event_id = await publish(http, tokens, "pt_1")
+            event_id = await publish_one(app, "pt_1")
             for stream in (survivor, with_bearer):
                 (frame,) = await stream.wait_events(1)
                 assert frame.id == event_id

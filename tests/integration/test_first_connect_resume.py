@@ -8,8 +8,9 @@ from collections.abc import Awaitable, Callable
 
 from service.services.history import EMPTY_HISTORY_ID
 from tests.conftest import Tokens
-from tests.integration.test_resume import id_key, publish_one, stream
+from tests.integration.test_resume import id_key, stream
 from tests.support.app_server import RunningApp
+from tests.support.publishing import publish_one
 from tests.support.sse import SSEStream
 from tests.support.ws import open_ws
 

@@ -18,7 +18,8 @@ from service.services.channels import RedisKeys
 from service.services.errors import InvalidEventError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.publisher import publish
-from tests.factories import event_dict
+from tests.support.events import event_dict
+from tests.support.publishing import publish_to
 from tests.support.redis_server import RedisServer
 
 
@@ -54,18 +55,10 @@ def keys_of(broker: Broker) -> RedisKeys:
 async def publish_n(
     broker: Broker, n: int, *, maxlen: int = 1000, patient: str = "pt_1"
 ) -> list[EventStored]:
-    out = []
-    for i in range(n):
-        out.append(
-            await publish(
-                broker=broker,
-                keys=keys_of(broker),
-                event=EventCreate.model_validate(event_dict(patient, f"ap_{i % 3}")),
-                history_maxlen=maxlen,
-                history_ttl_s=600,
-            )
-        )
-    return out
+    return [
+        await publish_to(broker, keys_of(broker), patient, f"ap_{i % 3}", maxlen=maxlen)
+        for i in range(n)
+    ]
 
 
 async def replay_all(

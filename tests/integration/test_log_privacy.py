@@ -17,8 +17,8 @@ import jwt
 import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import ServiceProcess
+from tests.support.events import event_dict
 from tests.support.sse import open_sse
 from tests.support.ws import open_ws
 

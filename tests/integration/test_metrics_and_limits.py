@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.services.limits import ConnectionLimiter, Limit
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
+from tests.support.events import event_dict
 from tests.support.sse import SSEStream, open_sse, opened
 from tests.support.waiting import eventually
 

@@ -11,8 +11,8 @@ import time
 import httpx
 
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import ServiceProcess, running
+from tests.support.events import event_dict
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_sse, opened
 from tests.support.waiting import eventually

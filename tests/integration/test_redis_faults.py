@@ -10,29 +10,16 @@ import socket
 import httpx
 import redis.asyncio as aioredis
 
-from service import metrics
-from service.schemas.events import EventCreate
-from service.services.publisher import publish
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import RunningApp, run_app
+from tests.support.events import event_dict
+from tests.support.metrics import metric
+from tests.support.publishing import publish_one
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_sse
 from tests.support.waiting import eventually
 
 ME = "/v1/patients/me/events"
-
-
-async def publish_one(app: RunningApp, patient: str = "pt_1", **data: str) -> str:
-    stored = await publish(
-        broker=app.state.broker,
-        keys=app.state.keys,
-        event=EventCreate.model_validate(event_dict(patient, "ap_1", **data)),
-        history_maxlen=1000,
-        history_ttl_s=600,
-    )
-    assert stored.id is not None
-    return stored.id
 
 
 async def wait_ready(http: httpx.AsyncClient, expected: int, timeout_s: float = 20) -> None:
@@ -77,7 +64,7 @@ async def test_pubsub_connection_killed_while_publishing(
 ) -> None:
     settings = make_settings(redis_url=own_redis.url)
     admin = aioredis.Redis(host="127.0.0.1", port=own_redis.port)
-    reconnects = metrics.LISTENER_RECONNECTS._value.get()
+    reconnects = metric("notify_listener_reconnects_total")
     async with (
         run_app(settings) as app,
         httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
@@ -97,14 +84,14 @@ async def test_pubsub_connection_killed_while_publishing(
         assert [f.id for f in frames] == published
         assert not [f for f in s.events if f.event == "gap"]
     await admin.aclose()
-    assert metrics.LISTENER_RECONNECTS._value.get() >= reconnects + 2
+    assert metric("notify_listener_reconnects_total") >= reconnects + 2
 
 
 async def test_malformed_events_are_dropped_listener_survives(
     app: RunningApp, tokens: Tokens
 ) -> None:
     channel = app.state.keys.patient_channel("pt_1")
-    invalid_before = metrics.EVENTS_RECEIVED.labels(outcome="invalid")._value.get()
+    invalid_before = metric("notify_events_received_total", outcome="invalid")
     redis_client: aioredis.Redis = app.state.broker.client  # type: ignore[attr-defined]
     async with (
         httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
@@ -123,9 +110,9 @@ async def test_malformed_events_are_dropped_listener_survives(
         good = await publish_one(app)
         (frame,) = await s.wait_events(1)
         assert frame.id == good
-        assert metrics.EVENTS_RECEIVED.labels(
-            outcome="invalid"
-        )._value.get() == invalid_before + len(bad)
+        assert metric("notify_events_received_total", outcome="invalid") == invalid_before + len(
+            bad
+        )
         assert (await http.get("/health/ready")).status_code == 200
 
 
@@ -134,7 +121,7 @@ async def test_stalled_reader_is_closed_alone(
 ) -> None:
     # A short send timeout so the stalled writer gives up before the test ends.
     settings = make_settings(client_queue_max=4, send_timeout_s=2)
-    slow_before = metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get()
+    slow_before = metric("notify_slow_consumers_total", transport="sse")
     async with run_app(settings) as app:
         port = int(app.base_url.rsplit(":", 1)[1])
         # A client that sends its request and then never reads: a tiny receive
@@ -160,6 +147,6 @@ async def test_stalled_reader_is_closed_alone(
             sent = [await publish_one(app, blob=big) for _ in range(250)]
             frames = await healthy.wait_events(len(sent), timeout_s=60)
             assert [f.id for f in frames] == sent
-            assert metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get() == slow_before + 1
+            assert metric("notify_slow_consumers_total", transport="sse") == slow_before + 1
             assert not healthy.ended.is_set()
         stalled.close()

@@ -11,11 +11,9 @@ import httpx
 import pytest
 
 from service.config import Settings
-from service.schemas.events import EventCreate
-from service.services.publisher import publish
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import RunningApp, run_app
+from tests.support.publishing import publish_one
 from tests.support.sse import SSEStream, open_sse
 
 ME = "/v1/patients/me/events"
@@ -25,18 +23,6 @@ def id_key(event_id: str | None) -> tuple[int, int]:
     assert event_id is not None
     ms, seq = event_id.split("-")
     return int(ms), int(seq)
-
-
-async def publish_one(app: RunningApp, patient: str = "pt_1", appointment: str = "ap_1") -> str:
-    stored = await publish(
-        broker=app.state.broker,
-        keys=app.state.keys,
-        event=EventCreate.model_validate(event_dict(patient, appointment)),
-        history_maxlen=app.state.settings.history_maxlen,
-        history_ttl_s=app.state.settings.history_ttl_s,
-    )
-    assert stored.id is not None
-    return stored.id
 
 
 @contextlib.asynccontextmanager
@@ -122,16 +108,16 @@ async def test_old_id_beyond_trimmed_history_gets_gap_first(
 
 
 async def test_appointment_stream_resumes_filtered(app: RunningApp, tokens: Tokens) -> None:
-    start = await publish_one(app, appointment="ap_1")
+    start = await publish_one(app, appointment_id="ap_1")
     mixed = [
-        (await publish_one(app, appointment=ap), ap) for ap in ["ap_1", "ap_2", "ap_1", "ap_2"]
+        (await publish_one(app, appointment_id=ap), ap) for ap in ["ap_1", "ap_2", "ap_1", "ap_2"]
     ]
     url = "/v1/patients/me/appointments/ap_2/events"
     async with stream(app, tokens.patient("pt_1"), url, **{"Last-Event-ID": start}) as s:
         frames = await s.wait_events(2)
         assert [f.id for f in frames] == [i for i, ap in mixed if ap == "ap_2"]
-        await publish_one(app, appointment="ap_1")
-        live = await publish_one(app, appointment="ap_2")
+        await publish_one(app, appointment_id="ap_1")
+        live = await publish_one(app, appointment_id="ap_2")
         frames = await s.wait_events(3)
         assert frames[-1].id == live
         assert all(f.json()["appointment_id"] == "ap_2" for f in s.of_type())

@@ -21,8 +21,8 @@ import redis.asyncio as aioredis
 from service.config import Settings
 from service.services.tickets import ticket_id
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
+from tests.support.events import event_dict
 from tests.support.redis_server import RedisServer
 from tests.support.sse import SSEStream, open_sse, opened
 from tests.support.ws import WSClient, open_ws

@@ -8,19 +8,8 @@ import httpx
 from service.config import Settings
 from tests.conftest import Tokens, bearer
 from tests.support.app_server import RunningApp
+from tests.support.events import event
 from tests.support.sse import open_sse
-
-
-def event(
-    patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: object
-) -> dict[str, object]:
-    return {
-        "type": "appointment.rescheduled",
-        "patient_id": patient_id,
-        "appointment_id": appointment_id,
-        "occurred_at": "2026-11-27T09:30:00Z",
-        "data": {"starts_at": "2026-12-01T14:00:00Z", "ends_at": "2026-12-01T14:30:00Z", **data},
-    }
 
 
 async def test_event_reaches_own_stream_only(app: RunningApp, tokens: Tokens) -> None:

@@ -10,13 +10,12 @@ import httpx
 
 from service.brokers.redis import RedisBroker
 from service.config import Settings
-from service.schemas.events import EventCreate
 from service.services.channels import RedisKeys
-from service.services.publisher import publish
 from tests.conftest import SettingsFactory, Tokens, bearer
-from tests.factories import event_dict
 from tests.support.app_server import ServiceProcess, running
+from tests.support.events import event_dict
 from tests.support.eventsource import event_source
+from tests.support.publishing import publish_to
 from tests.support.sse import open_sse
 
 ME = "/v1/patients/me/events"
@@ -33,13 +32,7 @@ async def publish_direct(settings: Settings, patient: str = "pt_1") -> str:
         socket_timeout_s=5,
     )
     try:
-        stored = await publish(
-            broker=broker,
-            keys=keys,
-            event=EventCreate.model_validate(event_dict(patient)),
-            history_maxlen=100,
-            history_ttl_s=600,
-        )
+        stored = await publish_to(broker, keys, patient, maxlen=100)
     finally:
         await broker.stop()
     assert stored.id is not None

@@ -7,7 +7,7 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,48 +18,25 @@ from starlette.testclient import WebSocketDenialResponse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from service import metrics
 from service.config import Settings
 from service.main import create_app
 from service.schemas.commands import CommandRecord
 from service.services.hub import CloseReason
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
+from tests.support.events import event
+from tests.support.metrics import metric
+from tests.support.publishing import publish_one
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 from tests.support.ws import open_ws
 
-
-def event(
-    patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: object
-) -> dict[str, object]:
-    return {
-        "type": "appointment.rescheduled",
-        "patient_id": patient_id,
-        "appointment_id": appointment_id,
-        "occurred_at": "2026-11-27T09:30:00Z",
-        "data": {"starts_at": "2026-12-01T14:00:00Z", "ends_at": "2026-12-01T14:30:00Z", **data},
-    }
-
-
-class Publisher:
-    def __init__(self, http: httpx.AsyncClient, tokens: Tokens) -> None:
-        self.http = http
-        self.headers = bearer(tokens.service())
-
-    async def __call__(self, patient_id: str = "pt_1", appointment_id: str = "ap_1") -> str:
-        response = await self.http.post(
-            "/v1/events", json=event(patient_id, appointment_id), headers=self.headers
-        )
-        assert response.status_code == 201, response.text
-        event_id: str = response.json()["id"]
-        return event_id
+Publisher = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def publish(app: RunningApp, tokens: Tokens) -> AsyncIterator[Publisher]:
-    async with httpx.AsyncClient(base_url=app.base_url, timeout=10) as http:
-        yield Publisher(http, tokens)
+def publish(app: RunningApp) -> Publisher:
+    return functools.partial(publish_one, app)
 
 
 def ws_url(app: RunningApp) -> str:
@@ -99,15 +76,19 @@ async def test_auth_by_stream_ticket_and_ticket_deletion_closes_4003(
     app: RunningApp, tokens: Tokens, publish: Publisher
 ) -> None:
     token = tokens.patient("pt_t")
-    created = await publish.http.post("/v1/stream-tickets", headers=bearer(token))
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=10) as http:
+        created = await http.post("/v1/stream-tickets", headers=bearer(token))
     assert created.status_code == 201, created.text
     ticket = created.json()["ticket"]
-    async with open_ws(f"{ws_url(app)}?ticket={ticket}") as ws:
+    async with (
+        open_ws(f"{ws_url(app)}?ticket={ticket}") as ws,
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+    ):
         await ws.wait_type("authenticated")
         await ws.request({"type": "subscribe"}, "subscribed")
         await publish("pt_t")
         await ws.wait_events(1)
-        deleted = await publish.http.delete(f"/v1/stream-tickets/{ticket}", headers=bearer(token))
+        deleted = await http.delete(f"/v1/stream-tickets/{ticket}", headers=bearer(token))
         assert deleted.status_code == 204
         assert await ws.wait_closed() == (4003, "revoked")
     with pytest.raises(InvalidStatus) as caught:
@@ -560,7 +541,7 @@ async def _read_until_closed(conn: ClientConnection) -> tuple[list[dict[str, Any
 
 
 def _slow_consumers() -> float:
-    value: float = metrics.SLOW_CONSUMERS.labels(transport="ws")._value.get()
+    value: float = metric("notify_slow_consumers_total", transport="ws")
     return value
 
 

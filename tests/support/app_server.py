@@ -18,8 +18,8 @@ import uvicorn
 
 from service.cli import uvicorn_options
 from service.config import Settings
-from service.lifespan import AppState
 from service.main import create_app
+from service.state import AppState
 from tests.support.redis_server import free_port
 
 

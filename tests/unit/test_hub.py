@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from service import metrics
 from service.schemas.events import MAX_EVENT_BYTES, EventStored
 from service.services.channels import RedisKeys
 from service.services.hub import CloseReason, Hub, Subscriber
-from tests.factories import event_dict, event_json
+from tests.support.events import event_dict, event_json
+from tests.support.metrics import metric
 
 KEYS = RedisKeys("u:")
 
@@ -43,7 +43,7 @@ def sub(maxlen: int = 10, appointment_id: str | None = None) -> Subscriber:
 
 
 def counter(outcome: str) -> float:
-    return float(metrics.EVENTS_RECEIVED.labels(outcome=outcome)._value.get())
+    return float(metric("notify_events_received_total", outcome=outcome))
 
 
 def with_id(event_id: str, patient_id: str = "pt_1", appointment_id: str = "ap_1") -> bytes:
@@ -79,13 +79,13 @@ async def test_slow_consumer_is_closed_alone(hub: Hub) -> None:
     slow, fast = sub(maxlen=3), sub(maxlen=100)
     await hub.attach("pt_1", slow)
     await hub.attach("pt_1", fast)
-    before = metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get()
+    before = metric("notify_slow_consumers_total", transport="sse")
     for i in range(10):
         hub.on_message("u:patient:pt_1", with_id(f"1-{i}"))
     assert slow.close_reason is CloseReason.TOO_SLOW
     assert len(slow.drain()) == 3
     assert len(fast.drain()) == 10
-    assert metrics.SLOW_CONSUMERS.labels(transport="sse")._value.get() == before + 1
+    assert metric("notify_slow_consumers_total", transport="sse") == before + 1
 
 
 def event_of_size(size: int) -> bytes:

@@ -3,6 +3,8 @@ for a writer stuck in one send."""
 
 from __future__ import annotations
 
+import weakref
+
 from service.services.keepalive import KeepAlive
 
 
@@ -69,3 +71,29 @@ def test_heartbeats_stay_spread_as_the_streams_are() -> None:
     keepalive.tick(start + 20)
     assert streams[50].beats == 0
     assert sum(s.beats for s in streams) == 99
+
+
+def test_a_discarded_stream_is_released_at_once() -> None:
+    """The heap must not keep a closed stream (and all it references) alive until
+    its slot comes up, nor forever for a stream that takes no heartbeats."""
+    keepalive = KeepAlive(heartbeat_s=10, send_timeout_s=30)
+    beating, silent = Stream(), Stream()
+    keepalive.add(beating)
+    keepalive.add(silent, heartbeats=False)
+    refs = weakref.ref(beating), weakref.ref(silent)
+    keepalive.tick(beating.next_heartbeat + 1)
+    assert (beating.beats, silent.beats) == (1, 0)
+    keepalive.discard(beating)
+    keepalive.discard(silent)
+    del beating, silent
+    assert [ref() for ref in refs] == [None, None]
+
+
+def test_a_stream_without_heartbeats_is_still_watched_for_stalls() -> None:
+    keepalive = KeepAlive(heartbeat_s=10, send_timeout_s=30)
+    stalled = Stream()
+    keepalive.add(stalled, heartbeats=False)
+    stalled.send_started = 100.0
+    keepalive.tick(131)
+    assert stalled.aborted
+    assert stalled.beats == 0

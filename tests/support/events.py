@@ -1,4 +1,4 @@
-"""Event builders shared by the tests."""
+"""Event builders shared by the tests: `event()` is the one to use."""
 
 from __future__ import annotations
 
@@ -26,3 +26,8 @@ def event_dict(
 
 def event_json(patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: Any) -> str:
     return json.dumps(event_dict(patient_id, appointment_id, **data))
+
+
+def event(patient_id: str = "pt_1", appointment_id: str = "ap_1", **data: Any) -> dict[str, Any]:
+    """A valid `appointment.rescheduled` event; `data` fields are added to its data."""
+    return event_dict(patient_id, appointment_id, **data)

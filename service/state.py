@@ -1,0 +1,62 @@
+"""The process' state: what every request needs, created once by the lifespan
+(`service/lifespan.py`) and read back by tiny dependencies (`service/deps/state.py`).
+It imports no router and no lifespan, so route modules don't import the app."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from typing import TypedDict
+
+import structlog
+
+from service.brokers.base import Broker
+from service.config import Settings
+from service.services.channels import RedisKeys
+from service.services.history import HistoryReader
+from service.services.hub import CloseReason, Hub
+from service.services.keepalive import KeepAlive
+from service.services.limits import ConnectionLimiter
+from service.services.supervisor import Supervisor
+from service.services.tokens import TokenVerifier
+
+log = structlog.get_logger("service.lifespan")
+
+
+@dataclass
+class AppState:
+    """Everything a request needs from the process, created once by the lifespan."""
+
+    settings: Settings
+    keys: RedisKeys
+    broker: Broker
+    hub: Hub
+    history: HistoryReader
+    verifier: TokenVerifier
+    limiter: ConnectionLimiter
+    supervisor: Supervisor
+    keepalive: KeepAlive
+    draining: bool = False
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def begin_drain(self) -> None:
+        """Readiness goes 503 now; each stream gets its reconnect hint at a random
+        moment of the jitter window so clients don't all return at once."""
+        if self.draining:
+            return
+        self.draining = True
+        window = self.settings.shutdown_grace_s * self.settings.shutdown_jitter_fraction
+        loop = asyncio.get_running_loop()
+        subscribers = self.hub.subscribers
+        log.info("drain_started", streams=len(subscribers), window_s=round(window, 1))
+        for subscriber in subscribers:
+            delay = random.uniform(0, window)  # noqa: S311
+            loop.call_later(delay, subscriber.close, CloseReason.SHUTDOWN)
+
+    async def wait_streams_closed(self, timeout_s: float) -> bool:
+        return await self.hub.wait_idle(timeout_s)
+
+
+class LifespanState(TypedDict):
+    notify: AppState

@@ -1,0 +1,177 @@
+"""The shared lifecycle of a stream, on the memory broker (no HTTP, no Redis):
+admission, the subscription taken with `async with`, replay then live without
+duplicates, the expiry timers, and one log pair whatever ends it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import pytest
+from structlog.testing import capture_logs
+
+from service.brokers.memory import MemoryBroker
+from service.schemas.events import EventCreate
+from service.services.channels import RedisKeys, StreamScope
+from service.services.closing import CloseReason
+from service.services.errors import BrokerUnavailableError
+from service.services.history import EMPTY_HISTORY_ID, HistoryReader
+from service.services.hub import Hub
+from service.services.limits import ConnectionLimiter, Limit
+from service.services.principal import Principal, Role
+from service.services.publisher import publish
+from service.services.streams import StreamSession, cancel_all, schedule_expiry
+from tests.support.events import event_dict
+
+KEYS = RedisKeys("u:")
+WAIT_S = 10.0
+
+
+@dataclass
+class Parts:
+    broker: MemoryBroker
+    hub: Hub
+    history: HistoryReader
+    limiter: ConnectionLimiter
+
+    def session(
+        self, sub: str = "pt_1", *, expires_at: float = 0.0, queue_max: int = 10
+    ) -> StreamSession:
+        return StreamSession(
+            hub=self.hub,
+            history=self.history,
+            limiter=self.limiter,
+            principal=Principal(sub=sub, role=Role.PATIENT, expires_at=expires_at),
+            scope=StreamScope(patient_id=sub, appointment_id=None),
+            transport="sse",
+            queue_max=queue_max,
+            route="/v1/patients/me/events",
+        )
+
+    async def publish(self, patient_id: str = "pt_1") -> str:
+        stored = await publish(
+            broker=self.broker,
+            keys=KEYS,
+            event=EventCreate.model_validate(event_dict(patient_id)),
+            history_maxlen=100,
+            history_ttl_s=3600,
+        )
+        assert stored.id is not None
+        return stored.id
+
+
+async def _no_reconnect() -> None:
+    return None
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[Parts]:
+    broker = MemoryBroker(control_channel=KEYS.control)
+    history = HistoryReader(broker=broker, keys=KEYS, page_size=2)
+    hub = Hub(keys=KEYS, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe)
+    await broker.start(on_message=hub.on_message, on_reconnect=_no_reconnect)
+    yield Parts(broker, hub, history, ConnectionLimiter(max_total=10, max_per_subject=2))
+    await broker.stop()
+
+
+def pairs(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, object]]:
+    return [
+        (line["event"], line.get("close_reason"))
+        for line in logs
+        if line["event"] in ("stream_opened", "stream_closed")
+    ]
+
+
+async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts) -> None:
+    session = parts.session(queue_max=1)
+    assert session.admit() is None
+    with capture_logs() as logs:
+        async with session.subscribed(resume_from=None) as replay:
+            # A fresh stream resumes from the history head (empty here).
+            assert (replay.fresh, replay.resume_point) == (True, EMPTY_HISTORY_ID)
+            assert parts.hub.channel_names == ["u:patient:pt_1"]
+            await parts.publish()
+            await parts.publish()  # the queue holds one: too slow
+            await asyncio.wait_for(session.subscriber.wait(), WAIT_S)
+            assert session.subscriber.close_reason is CloseReason.TOO_SLOW
+    assert parts.hub.channel_names == []
+    assert parts.limiter.total == 0
+    assert pairs(logs) == [("stream_opened", None), ("stream_closed", "too_slow")]
+
+
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        (BrokerUnavailableError(), "broker_unavailable"),
+        (RuntimeError("bug"), "internal_error"),
+        (asyncio.CancelledError(), "client_gone"),
+    ],
+)
+async def test_an_exception_names_the_ending(
+    parts: Parts, raised: BaseException, reason: str
+) -> None:
+    session = parts.session()
+    assert session.admit() is None
+    with capture_logs() as logs, pytest.raises(type(raised)):
+        async with session.subscribed(resume_from=None):
+            raise raised
+    assert parts.hub.subscribers == frozenset()
+    assert parts.limiter.total == 0
+    assert pairs(logs) == [("stream_opened", None), ("stream_closed", reason)]
+
+
+async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
+    first = await parts.publish()
+    missed = [await parts.publish() for _ in range(3)]
+    session = parts.session()
+    assert session.admit() is None
+    async with session.subscribed(resume_from=first) as replay:
+        assert not replay.fresh
+        assert not replay.start.gap
+        # A live copy of the last replayed event arrives during the replay.
+        parts.hub.on_message(
+            KEYS.patient_channel("pt_1"),
+            (await parts.history.read_all_after("pt_1", missed[1]))[0][0]
+            .model_dump_json()
+            .encode(),
+        )
+        replayed = [e.id async for page in session.replayed(replay) for e in page]
+        assert replayed == missed
+        live = await parts.publish()
+        await asyncio.wait_for(session.subscriber.wait(), WAIT_S)
+        assert [d.id for d in session.subscriber.drain()] == [live]
+        assert session.subscriber.delivered == 4
+
+
+async def test_admission_counts_per_subject(parts: Parts) -> None:
+    sessions = [parts.session() for _ in range(3)]
+    assert [s.admit() for s in sessions] == [None, None, Limit.SUBJECT]
+    for session in sessions[:2]:
+        await session.end(reason=CloseReason.CLIENT_GONE)
+    assert parts.limiter.total == 0
+
+
+async def test_expiry_warns_then_closes_and_cancelling_releases() -> None:
+    warned: list[int] = []
+    closed = asyncio.Event()
+    reasons: list[CloseReason] = []
+
+    def close(reason: CloseReason) -> None:
+        reasons.append(reason)
+        closed.set()
+
+    timers: list[asyncio.TimerHandle] = []
+    expires_at = time.time() + 0.2
+    schedule_expiry(expires_at, warn=warned.append, close=close, timers=timers)
+    await asyncio.wait_for(closed.wait(), WAIT_S)
+    assert warned == [int(expires_at)]
+    assert reasons == [CloseReason.TOKEN_EXPIRED]
+    # Rescheduling replaces the timers; cancelling drops them (and their owner).
+    schedule_expiry(time.time() + 3600, warn=warned.append, close=close, timers=timers)
+    assert len(timers) == 2
+    cancel_all(timers)
+    assert timers == []
+    schedule_expiry(0.0, warn=warned.append, close=close, timers=timers)
+    assert timers == []  # a token without expiry
