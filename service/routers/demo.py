@@ -12,7 +12,7 @@ a browser's say-so.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from itertools import count
+import time
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends
@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from starlette.responses import HTMLResponse
 
 from service.deps.state import StateDep
-from service.lifespan import AppState
+from service.state import AppState
 from service.schemas.events import EventCreate, EventResponse, EventType
 from service.services.errors import NotFoundError
 from service.services.publisher import publish
@@ -38,7 +38,6 @@ SAMPLE_TYPES: Final = (
     EventType("appointment.checked_in"),
     EventType("appointment.cancelled"),
 )
-_samples = count(1)
 
 
 class DemoToken(BaseModel):
@@ -79,13 +78,14 @@ async def demo_token(state: DevState) -> DemoToken:
 @router.post("/demo/events", include_in_schema=False, status_code=201)
 async def demo_publish(state: DevState) -> EventResponse:
     """Publish a sample event for the demo patient through the one publish path."""
-    n = next(_samples)
+    # From the clock, not a per-process counter: a restarted server does not start over.
+    n = time.time_ns() // 1_000_000
     starts = (datetime.now(UTC) + timedelta(days=1)).replace(minute=0, second=0, microsecond=0)
     event = EventCreate.model_validate(
         {
-            "type": SAMPLE_TYPES[(n - 1) % len(SAMPLE_TYPES)],
+            "type": SAMPLE_TYPES[n % len(SAMPLE_TYPES)],
             "patient_id": DEMO_PATIENT,
-            "appointment_id": f"ap_demo_{n}",
+            "appointment_id": f"ap_demo_{n % 1000}",
             "occurred_at": datetime.now(UTC),
             "data": {
                 "status": "scheduled",
