@@ -11,8 +11,8 @@ a browser's say-so.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends
@@ -20,11 +20,11 @@ from pydantic import BaseModel
 from starlette.responses import HTMLResponse
 
 from service.deps.state import StateDep
-from service.state import AppState
 from service.schemas.events import EventCreate, EventResponse, EventType
 from service.services.errors import NotFoundError
 from service.services.publisher import publish
 from service.services.tokens import mint_token
+from service.state import AppState
 
 router = APIRouter(tags=["development"])
 
