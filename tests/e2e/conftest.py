@@ -3,7 +3,9 @@ shipped nginx config in front of `notify serve` processes (real SIGTERM), and a 
 of our own. Test pages come from another origin (a tiny static server on another
 port), so every request the page makes is cross-origin, as from a clinic's web app.
 
-One browser, one nginx, one Redis for the whole session. The service is a
+One browser, one nginx, one Redis for this package (package scope, not session:
+Playwright's sync API runs its own event loop in the main thread while it is
+started, and pytest-asyncio cannot run the later async tests beside it). The service is a
 `ServiceProcess` on one of two ports; nginx's upstream lists both (with
 `max_fails=0`, so a refused port is retried on the other, never taken out). A
 "restart" starts the successor on the other port, then SIGTERMs the current one:
@@ -395,13 +397,13 @@ class BrowserPage:
         )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright_driver() -> Iterator[Playwright]:
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     if not Path(CHROMIUM).exists():
         pytest.fail(
@@ -414,14 +416,14 @@ def browser(playwright_driver: Playwright) -> Iterator[Browser]:
     browser.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def allowed_site() -> Iterator[StaticSite]:
     site = StaticSite().start()
     yield site
     site.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def foreign_site() -> Iterator[StaticSite]:
     """An origin that is NOT in NOTIFY_CORS_ORIGINS (the negative control)."""
     site = StaticSite().start()
@@ -429,7 +431,7 @@ def foreign_site() -> Iterator[StaticSite]:
     site.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def e2e_redis() -> Iterator[RedisServer]:
     server = RedisServer()
     server.start()
@@ -442,7 +444,7 @@ def e2e_redis() -> Iterator[RedisServer]:
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(
     e2e_redis: RedisServer, allowed_site: StaticSite, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
