@@ -29,12 +29,13 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, CDPSession, Page, Playwright, sync_playwright
 
-from service.config import DEV_JWT_SECRET, Settings
+from service.config import Settings
 from service.services.principal import Role
-from service.services.tokens import mint_token
 from tests.deploy.conftest import Nginx
 from tests.support.app_server import ServiceProcess
+from tests.support.events import event
 from tests.support.redis_server import RedisServer, free_port
+from tests.support.tokens import Tokens
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -90,34 +91,12 @@ class StaticSite:
 def mint(
     sub: str, *, role: Role = Role.PATIENT, scopes: tuple[str, ...] = (), ttl_s: int = 600
 ) -> str:
-    return mint_token(
-        secret=DEV_JWT_SECRET,
-        sub=sub,
-        audience="notify",
-        issuer="notify-dev",
-        role=role,
-        scopes=scopes,
-        ttl_s=ttl_s,
-    )
+    """A token for the stack (the suite's one token minter, shorter-lived)."""
+    return Tokens().make(sub, role=role, scopes=scopes, ttl_s=ttl_s)
 
 
 def new_patient() -> str:
     return f"pt_e2e_{uuid.uuid4().hex[:10]}"
-
-
-def event_body(patient_id: str, appointment_id: str = "ap_1") -> dict[str, Any]:
-    starts = datetime(2026, 12, 1, 14, 0, tzinfo=UTC)
-    return {
-        "type": "appointment.rescheduled",
-        "patient_id": patient_id,
-        "appointment_id": appointment_id,
-        "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-        "data": {
-            "status": "scheduled",
-            "starts_at": starts.isoformat().replace("+00:00", "Z"),
-            "ends_at": (starts + timedelta(minutes=30)).isoformat().replace("+00:00", "Z"),
-        },
-    }
 
 
 class Stack:
@@ -207,7 +186,7 @@ class Stack:
         """Publish through the API of the running process; returns the event id."""
         response = httpx.post(
             f"{self.current.base_url}/v1/events",
-            json=event_body(patient_id, appointment_id),
+            json=event(patient_id, appointment_id),
             headers={"Authorization": f"Bearer {self.publisher}"},
             timeout=10,
         )
