@@ -8,7 +8,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -105,21 +105,31 @@ def _event_from_args(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
+def _ignore_message(channel: str, raw: bytes) -> None:
+    """`notify publish` never listens."""
+
+
+async def _ignore_reconnect(channels: Collection[str] | None, sweep: bool) -> None:
+    """`notify publish` never listens."""
+
+
 async def _publish_redis(settings: Settings, event_dict: dict[str, object]) -> dict[str, object]:
-    from service.brokers.redis import RedisBroker
+    from service.brokers.factory import build_broker
     from service.schemas.events import EventCreate
     from service.services.channels import RedisKeys
     from service.services.publisher import publish
 
     keys = RedisKeys(settings.key_prefix)
-    broker = RedisBroker(
-        url=settings.effective_redis_url,
+    broker = build_broker(
+        settings.redis_topology(),
         control_channel=keys.control,
         max_connections=2,
         pool_timeout_s=settings.redis_pool_timeout_s,
         socket_timeout_s=settings.redis_socket_timeout_s,
     )
     try:
+        # Connects and refuses a Redis of another kind than NOTIFY_REDIS_MODE.
+        await broker.start(on_message=_ignore_message, on_reconnect=_ignore_reconnect)
         stored = await publish(
             broker=broker,
             keys=keys,

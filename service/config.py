@@ -8,10 +8,13 @@ process at startup with the variable's name, never in the middle of a request.
 from __future__ import annotations
 
 from functools import lru_cache
+from urllib.parse import urlsplit
 from typing import Annotated, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.brokers.topology import Address, RedisMode, RedisTopology, parse_address
 
 # Only ever valid outside production: `model_validator` below refuses both there.
 DEV_JWT_SECRET = "dev-insecure-secret-change-me-0123456789"  # noqa: S105
@@ -37,6 +40,25 @@ class Settings(BaseSettings):
     # `None` means "not given": development falls back to the in-memory broker,
     # production refuses to start (see `_check_production`).
     redis_url: str | None = None
+    # Which Redis: one server (standalone), a primary found through Sentinels
+    # (sentinel) or Redis Cluster (cluster). The process refuses to start when
+    # the server it reaches is of another kind (service/brokers/factory.py).
+    redis_mode: RedisMode = RedisMode.STANDALONE
+    # cluster: seed nodes besides NOTIFY_REDIS_URL's host (`host:port,...`); one
+    # answering seed is enough, the rest of the cluster is discovered.
+    redis_cluster_nodes: Annotated[list[str], NoDecode] = []
+    # sentinel: the Sentinels (`host:port,...`, default port 26379) and the name
+    # of the primary they watch.
+    redis_sentinels: Annotated[list[str], NoDecode] = []
+    redis_sentinel_master: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # Authentication of the data nodes (overrides the URL's user and password),
+    # and of the Sentinels (often a different password).
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_sentinel_username: str | None = None
+    redis_sentinel_password: SecretStr | None = None
+    # TLS to the data nodes and Sentinels where no `rediss://` URL says so.
+    redis_tls: bool = False
     # Pool bound: the pub/sub listener holds one connection for the life of the
     # process, requests borrow the rest. pods x workers x this must stay under
     # Redis' `maxclients` (10000 by default).
@@ -125,7 +147,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     cors_origins: Annotated[list[str], NoDecode] = []
 
-    @field_validator("jwt_algorithms", "cors_origins", "gc_thresholds", mode="before")
+    @field_validator(
+        "jwt_algorithms",
+        "cors_origins",
+        "gc_thresholds",
+        "redis_cluster_nodes",
+        "redis_sentinels",
+        mode="before",
+    )
     @classmethod
     def _parse_csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -139,13 +168,62 @@ class Settings(BaseSettings):
             raise ValueError(f"NOTIFY_JWT_ALGORITHMS must be a subset of {sorted(allowed)}")
         return value
 
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _cluster_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_address(item, default_port=6379)
+        return value
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            parse_address(item, default_port=26379)
+        return value
+
+    @model_validator(mode="after")
+    def _check_redis_mode(self) -> Self:
+        url = self.redis_url or ""
+        if self.redis_mode is RedisMode.CLUSTER:
+            if url and not url.startswith(("redis://", "rediss://")):
+                raise ValueError(
+                    "NOTIFY_REDIS_MODE=cluster needs NOTIFY_REDIS_URL=redis:// or rediss:// "
+                    "(a seed node) or NOTIFY_REDIS_CLUSTER_NODES"
+                )
+            if not url and not self.redis_cluster_nodes:
+                raise ValueError(
+                    "NOTIFY_REDIS_MODE=cluster needs a seed node: NOTIFY_REDIS_URL "
+                    "(redis://host:port) or NOTIFY_REDIS_CLUSTER_NODES (host:port,...)"
+                )
+            if urlsplit(url).path.strip("/") not in ("", "0"):
+                raise ValueError("Redis Cluster has only database 0: drop the /N of NOTIFY_REDIS_URL")
+        elif self.redis_mode is RedisMode.SENTINEL:
+            if not self.redis_sentinels or not self.redis_sentinel_master:
+                raise ValueError(
+                    "NOTIFY_REDIS_MODE=sentinel needs NOTIFY_REDIS_SENTINELS (host:port,...) "
+                    "and NOTIFY_REDIS_SENTINEL_MASTER"
+                )
+            if url and not url.startswith(("redis://", "rediss://")):
+                raise ValueError(
+                    "with NOTIFY_REDIS_MODE=sentinel, NOTIFY_REDIS_URL may only carry the "
+                    "primary's credentials, TLS and db (redis://[user:password@]/db)"
+                )
+        elif self.redis_cluster_nodes or self.redis_sentinels:
+            raise ValueError(
+                "NOTIFY_REDIS_CLUSTER_NODES / NOTIFY_REDIS_SENTINELS are set but "
+                f"NOTIFY_REDIS_MODE={self.redis_mode.value}: set NOTIFY_REDIS_MODE=cluster or sentinel"
+            )
+        return self
+
     @model_validator(mode="after")
     def _check_production(self) -> Self:
         if self.env == "production":
-            if not self.redis_url:
-                raise ValueError("NOTIFY_REDIS_URL is required when NOTIFY_ENV=production")
-            if self.redis_url.startswith(MEMORY_URL):
-                raise ValueError("NOTIFY_REDIS_URL=memory:// is refused when NOTIFY_ENV=production")
+            if self.uses_memory_broker:
+                raise ValueError(
+                    "NOTIFY_REDIS_URL is required when NOTIFY_ENV=production "
+                    "(memory:// is refused there)"
+                )
             secret = self.jwt_secret.get_secret_value() if self.jwt_secret else None
             if secret == DEV_JWT_SECRET:
                 raise ValueError("the development NOTIFY_JWT_SECRET is refused in production")
@@ -208,7 +286,30 @@ class Settings(BaseSettings):
 
     @property
     def uses_memory_broker(self) -> bool:
-        return self.effective_redis_url == MEMORY_URL
+        return self.redis_mode is RedisMode.STANDALONE and self.effective_redis_url == MEMORY_URL
+
+    def redis_topology(self) -> RedisTopology:
+        """The Redis this process talks to (not meaningful with the memory broker)."""
+        nodes: list[Address] = []
+        if self.redis_mode is RedisMode.CLUSTER:
+            nodes = [parse_address(n, default_port=6379) for n in self.redis_cluster_nodes]
+        elif self.redis_mode is RedisMode.SENTINEL:
+            nodes = [parse_address(n, default_port=26379) for n in self.redis_sentinels]
+        return RedisTopology(
+            mode=self.redis_mode,
+            url=self.redis_url,
+            nodes=tuple(nodes),
+            sentinel_master=self.redis_sentinel_master,
+            username=self.redis_username,
+            password=self.redis_password.get_secret_value() if self.redis_password else None,
+            sentinel_username=self.redis_sentinel_username,
+            sentinel_password=(
+                self.redis_sentinel_password.get_secret_value()
+                if self.redis_sentinel_password
+                else None
+            ),
+            tls=self.redis_tls,
+        )
 
     @property
     def effective_redis_url(self) -> str:

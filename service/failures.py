@@ -22,3 +22,9 @@ class UnavailableError(DomainError):
 
 class BrokerUnavailableError(UnavailableError):
     code = "broker_unavailable"
+
+
+class BrokerTopologyError(Exception):
+    """The Redis found is not of the configured kind (a Cluster node reached in
+    standalone mode, a replica, a Sentinel): a configuration error that stops the
+    process at start-up with one line saying what to change. Never a 500 later."""

@@ -9,16 +9,17 @@ a jitter window → streams end → (uvicorn runs the lifespan shutdown) listene
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import structlog
 from fastapi import FastAPI
 
-from service.brokers.base import Broker
+from service.brokers.base import Broker, ReconnectHandler
+from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
-from service.brokers.redis import RedisBroker
 from service.config import Settings, get_settings
+from service.failures import BrokerTopologyError, BrokerUnavailableError
 from service.logging import configure_logging
 from service.services.channels import RedisKeys
 from service.services.control import handle_control
@@ -46,8 +47,8 @@ def build_state(settings: Settings) -> AppState:
     if settings.uses_memory_broker:
         broker = MemoryBroker(control_channel=keys.control)
     else:
-        broker = RedisBroker(
-            url=settings.effective_redis_url,
+        broker = build_broker(
+            settings.redis_topology(),
             control_channel=keys.control,
             max_connections=settings.redis_max_connections,
             pool_timeout_s=settings.redis_pool_timeout_s,
@@ -105,12 +106,16 @@ def _route_message(state: AppState) -> Callable[[str, bytes], None]:
     return on_message
 
 
-def _on_reconnect(state: AppState) -> Callable[[], Awaitable[None]]:
-    """After the listener was away: backfill the missed events, then close the
+def _on_reconnect(state: AppState) -> ReconnectHandler:
+    """After the listener (or one Cluster shard's connection) was away: backfill the
+    missed events, then, if control messages may have been missed too, close the
     streams whose revocation or ticket deletion was announced meanwhile."""
 
-    async def on_reconnect() -> None:
-        await state.hub.backfill()
+    async def on_reconnect(channels: Collection[str] | None, sweep: bool) -> None:
+        if channels is None or channels:
+            await state.hub.backfill(channels)
+        if not sweep:
+            return
         try:
             await sweep_live_streams(
                 hub=state.hub,
@@ -154,7 +159,20 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     settings: Settings = settings_factory()
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     state = build_state(settings)
-    await state.broker.start(on_message=_route_message(state), on_reconnect=_on_reconnect(state))
+    try:
+        await state.broker.start(
+            on_message=_route_message(state), on_reconnect=_on_reconnect(state)
+        )
+    except BrokerTopologyError as exc:
+        # One line that says what to change; the process must not serve (and say
+        # "ready") on a Redis it cannot use.
+        log.error("redis_topology_refused", reason=str(exc))
+        await state.broker.stop()
+        raise
+    except BrokerUnavailableError as exc:
+        log.error("redis_unreachable", reason=str(exc), redis=settings.redis_topology().describe())
+        await state.broker.stop()
+        raise
     if state.broker.has_listener:
         state.supervisor.spawn("pubsub-listener", state.broker.run_listener)
         if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
@@ -180,7 +198,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     log.info(
         "started",
         env=settings.env,
-        broker="memory" if settings.uses_memory_broker else "redis",
+        broker="memory" if settings.uses_memory_broker else settings.redis_mode.value,
     )
     try:
         with tuned_gc(settings):

@@ -48,6 +48,11 @@ LISTENER_UP = Gauge(
     "1 while the pub/sub listener is connected (the minimum over live workers).",
     multiprocess_mode="livemin",
 )
+REDIS_SHARDS_DOWN = Gauge(
+    "notify_redis_shards_down",
+    "Redis Cluster shard primaries that did not answer the last readiness check.",
+    multiprocess_mode="livemax",
+)
 REDIS_ERRORS = Counter(
     "notify_redis_errors_total", "Redis commands that failed, by operation.", ["operation"]
 )

@@ -1,14 +1,16 @@
 """The broker interface: pub/sub with one listener per process, history streams,
 and the few key/value operations tickets and revocations need.
 
-Two implementations: `RedisBroker` (production, any number of processes) and
+Implementations: `RedisBroker` (one primary: standalone or found through
+Sentinel), `ClusterBroker` (Redis Cluster, sharded pub/sub), both for production
+with any number of processes, built by `service/brokers/factory.py`; and
 `MemoryBroker` (one process: `make run` and unit tests of the hub).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 StreamKey = tuple[int, int]
@@ -22,8 +24,10 @@ def parse_stream_id(value: str) -> StreamKey:
 
 # Called by the listener for every pub/sub message: (channel, raw payload).
 MessageHandler = Callable[[str, bytes], None]
-# Called after the listener re-established its subscriptions following a loss.
-ReconnectHandler = Callable[[], Awaitable[None]]
+# Called after the listener re-established subscriptions following a loss:
+# (channels to backfill from history, None for every active one; whether control
+# messages may have been missed, so live streams must be re-checked).
+ReconnectHandler = Callable[[Collection[str] | None, bool], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +44,9 @@ class HistoryPage:
     entries: list[HistoryEntry]
     exists: bool
     first_id: str | None
+    # The newest entry's id: a resume id newer than it was lost (a failover that
+    # dropped writes not yet replicated), which is a gap, not "nothing new".
+    last_id: str | None = None
 
 
 class Broker(abc.ABC):
@@ -76,6 +83,11 @@ class Broker(abc.ABC):
     async def ping(self) -> None:
         """Raise `BrokerUnavailableError` unless the broker answers."""
 
+    async def shards_down(self, timeout_s: float) -> tuple[int, int]:
+        """(shards not answering, shards): only Cluster has more than one; the
+        others answer `ping` as a whole."""
+        return 0, 1
+
     @abc.abstractmethod
     async def subscribe(self, channel: str) -> None:
         """Subscribe the process to `channel`; returns once the server confirmed it."""
@@ -93,7 +105,8 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish_raw(self, channel: str, payload: str) -> int:
-        """A plain PUBLISH (control messages, tests); returns the receiver count."""
+        """A plain PUBLISH (control messages, tests; in Cluster a patient channel
+        gets SPUBLISH); returns the receiver count."""
 
     @abc.abstractmethod
     async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:

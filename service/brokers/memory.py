@@ -114,7 +114,8 @@ class MemoryBroker(Broker):
         after = parse_stream_id(after_id)
         entries = [e for e in stream.entries if parse_stream_id(e.id) > after][:count]
         first = stream.entries[0].id if stream.entries else None
-        return HistoryPage(entries=entries, exists=True, first_id=first)
+        last = stream.entries[-1].id if stream.entries else None
+        return HistoryPage(entries=entries, exists=True, first_id=first, last_id=last)
 
     async def read_head(self, history_key: str) -> str | None:
         stream = self._live_stream(history_key)

@@ -1,22 +1,27 @@
-"""Redis broker: one bounded pool and exactly one pub/sub connection per process.
+"""Redis brokers: one bounded pool and exactly one pub/sub connection per process
+(standalone and Sentinel; Cluster has one per shard primary in use, see
+`service/brokers/cluster.py`).
 
 The listener owns the pub/sub connection. It subscribes every active channel on
 connect, reads in a loop, and on any connection error closes it, waits with capped
 exponential backoff and starts over (resubscribing everything, then asking the
 hub to backfill what was missed). While it is away `listener_up` is False and the
-readiness probe says 503.
+readiness probe says 503. With Sentinel, every (re)connect asks the Sentinels
+where the primary is, so the listener follows a failover by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Collection
 from typing import Any, Final
 
 import structlog
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
@@ -24,23 +29,31 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
 from service.brokers.base import Broker, HistoryEntry, HistoryPage, MessageHandler, ReconnectHandler
-from service.failures import BrokerUnavailableError
+from service.brokers.topology import RedisMode, RedisTopology
+from service.failures import BrokerTopologyError, BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
 
-# One atomic step: append to the patient's history (trimmed, with a TTL), then
-# publish the event with its new id on the live channel. `p` links each entry to
-# the previous one so a reader can tell a trimmed or lost history from a complete one.
-# KEYS[1] history stream; ARGV: event JSON, MAXLEN, TTL seconds, live channel.
-PUBLISH_SCRIPT: Final = """
+
+def publish_script(command: str) -> str:
+    """One atomic step: append to the patient's history (trimmed, with a TTL), then
+    publish the event with its new id on the live channel (`PUBLISH`, or `SPUBLISH`
+    in Cluster: the channel shares the history's slot by its hash tag, so the script
+    touches one shard). `p` links each entry to the previous one so a reader can
+    tell a trimmed or lost history from a complete one.
+    KEYS[1] history stream; ARGV: event JSON, MAXLEN, TTL seconds, live channel."""
+    return f"""
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local prev = ''
 if #last > 0 then prev = last[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'p', prev)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], '{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
+redis.call('{command}', ARGV[4], '{{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
 return id
 """
+
+
+PUBLISH_SCRIPT: Final = publish_script("PUBLISH")
 
 # Errors that mean "Redis is unreachable or too slow", as opposed to a bug.
 UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
@@ -53,47 +66,159 @@ BACKOFF_MAX_S: Final = 5.0
 SUBSCRIBE_CONFIRM_S: Final = 3.0
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisBroker(Broker):
+def backoff_delay(attempt: int) -> float:
+    return float(min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**attempt) * random.uniform(0.5, 1))  # noqa: S311
+
+
+def command_retry() -> Retry:
+    """from_url() brings no retries: one quick retry rides over a blip, more would
+    only delay the 503 a client can act on."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1)
+
+
+def no_retry() -> Retry:
+    """For pub/sub connections: a silent reconnect inside redis-py would resubscribe
+    but hide the gap, and the listener must see every loss to backfill from history."""
+    return Retry(NoBackoff(), retries=0)
+
+
+async def server_kind(client: Any) -> tuple[str, str]:
+    """(`redis_mode`, `role`) of the server `client` talks to: "standalone",
+    "cluster" or "sentinel"; "master" or "slave"."""
+    server = await client.info("server")
+    mode = str(server.get("redis_mode", "standalone"))
+    if mode == "sentinel":
+        return mode, "sentinel"
+    replication = await client.info("replication")
+    return mode, str(replication.get("role", "master"))
+
+
+def mismatch(configured: RedisMode, where: str, found_mode: str, role: str) -> str | None:
+    """The one line that says why this Redis cannot serve `configured`, or None."""
+    advice = {
+        "cluster": "set NOTIFY_REDIS_MODE=cluster",
+        "sentinel": "point NOTIFY_REDIS_SENTINELS at it and set NOTIFY_REDIS_MODE=sentinel",
+        "standalone": "set NOTIFY_REDIS_MODE=standalone",
+    }
+    if found_mode != configured.value:
+        kind = {"cluster": "a Redis Cluster node", "sentinel": "a Sentinel"}.get(
+            found_mode, "a standalone Redis"
+        )
+        return (
+            f"NOTIFY_REDIS_MODE={configured.value} but {where} is {kind}: "
+            f"{advice.get(found_mode, 'check NOTIFY_REDIS_URL')}"
+        )
+    if configured is not RedisMode.CLUSTER and role != "master":
+        return (
+            f"{where} is a read-only replica: point NOTIFY_REDIS_URL at the primary "
+            "(or use NOTIFY_REDIS_MODE=sentinel)"
+        )
+    return None
+
+
+class RedisCommands(Broker):
+    """The commands every Redis topology runs the same way, on `self.client` (a
+    `Redis`, or a `RedisCluster` that routes each key to its shard)."""
+
+    client: Any
+    publish_command = "PUBLISH"
+
+    def _register_publish_script(self) -> None:
+        self._publish = self.client.register_script(publish_script(self.publish_command))
+
+    async def _call(self, operation: str, coro: Any) -> Any:
+        try:
+            return await coro
+        except UNAVAILABLE as exc:
+            metrics.REDIS_ERRORS.labels(operation=operation).inc()
+            raise BrokerUnavailableError(operation) from exc
+
+    async def ping(self) -> None:
+        await self._call("ping", self.client.ping())
+
+    async def publish_event(
+        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
+    ) -> str:
+        result = await self._call(
+            "publish",
+            self._publish(keys=[history_key], args=[event_json, maxlen, ttl_s, channel]),
+        )
+        return text(result)
+
+    async def publish_raw(self, channel: str, payload: str) -> int:
+        return int(await self._call("publish", self.client.publish(channel, payload)))
+
+    async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
+        # One key, so one slot: a pipeline that Cluster sends to a single shard.
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.xrange(history_key, min=f"({after_id}", max="+", count=count)
+            pipe.exists(history_key)
+            pipe.xrange(history_key, min="-", max="+", count=1)
+            pipe.xrevrange(history_key, max="+", min="-", count=1)
+            entries, exists, first, last = await self._call("history", pipe.execute())
+        return HistoryPage(
+            entries=[
+                HistoryEntry(
+                    id=text(entry_id),
+                    prev=text(fields.get(b"p", b"")),
+                    payload=text(fields[b"e"]),
+                )
+                for entry_id, fields in entries
+            ],
+            exists=bool(exists),
+            first_id=text(first[0][0]) if first else None,
+            last_id=text(last[0][0]) if last else None,
+        )
+
+    async def read_head(self, history_key: str) -> str | None:
+        newest = await self._call("history", self.client.xrevrange(history_key, count=1))
+        return text(newest[0][0]) if newest else None
+
+    async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
+        await self._call("set", self.client.set(key, value, ex=ttl_s))
+
+    async def get_values(self, *keys: str) -> list[str | None]:
+        values = await self._call("get", self.client.mget(keys))
+        return [None if v is None else text(v) for v in values]
+
+    async def delete_value(self, key: str) -> bool:
+        return bool(await self._call("delete", self.client.delete(key)))
+
+    async def append_stream(self, key: str, fields: dict[str, str], *, maxlen: int) -> str:
+        entry_id = await self._call(
+            "xadd", self.client.xadd(key, fields, maxlen=maxlen, approximate=True)
+        )
+        return text(entry_id)
+
+
+class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits up to `timeout` for a free connection
+    (then a 503) instead of raising at once, like the standalone pool."""
+
+
+class RedisBroker(RedisCommands):
+    """One Redis primary: a server of its own (standalone) or the one Sentinels
+    point at (sentinel). One pub/sub connection per process."""
+
     def __init__(
         self,
         *,
-        url: str,
+        client: Redis,
+        pubsub_client: Redis,
         control_channel: str,
-        max_connections: int,
-        pool_timeout_s: float,
-        socket_timeout_s: float,
+        mode: RedisMode,
+        where: str,
     ) -> None:
-        self._pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=pool_timeout_s,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            # A silent half-open socket is found by a PING every 10 s of idleness.
-            health_check_interval=10,
-            # from_url() brings no retries: one quick retry rides over a blip,
-            # more would only delay the 503 a client can act on.
-            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1),
-        )
-        self.client: Redis = Redis(connection_pool=self._pool)
-        # The one pub/sub connection has a pool of its own, without retries: a
-        # silent reconnect inside redis-py would resubscribe but hide the gap, and
-        # the listener must see every loss to backfill from history.
-        self._pubsub_pool = ConnectionPool.from_url(
-            url,
-            max_connections=1,
-            socket_timeout=socket_timeout_s,
-            socket_connect_timeout=socket_timeout_s,
-            health_check_interval=10,
-            retry=Retry(NoBackoff(), retries=0),
-        )
-        self._pubsub_client: Redis = Redis(connection_pool=self._pubsub_pool)
+        self.client = client
+        self._pubsub_client = pubsub_client
+        self._mode = mode
+        self._where = where
         self._control = control_channel
-        self._publish = self.client.register_script(PUBLISH_SCRIPT)
+        self._register_publish_script()
         self._channels: set[str] = set()
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._pubsub: PubSub | None = None
@@ -103,17 +228,132 @@ class RedisBroker(Broker):
         self._on_reconnect: ReconnectHandler | None = None
         self._ready = asyncio.Event()
 
+    @classmethod
+    def standalone(
+        cls,
+        *,
+        url: str,
+        control_channel: str,
+        max_connections: int,
+        pool_timeout_s: float,
+        socket_timeout_s: float,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> RedisBroker:
+        auth: dict[str, Any] = {}
+        if username:
+            auth["username"] = username
+        if password:
+            auth["password"] = password
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=pool_timeout_s,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            # A silent half-open socket is found by a PING every 10 s of idleness.
+            health_check_interval=10,
+            retry=command_retry(),
+            **auth,
+        )
+        # The one pub/sub connection has a pool of its own, without retries.
+        pubsub_pool = ConnectionPool.from_url(
+            url,
+            max_connections=1,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            health_check_interval=10,
+            retry=no_retry(),
+            **auth,
+        )
+        return cls(
+            client=Redis(connection_pool=pool),
+            pubsub_client=Redis(connection_pool=pubsub_pool),
+            control_channel=control_channel,
+            mode=RedisMode.STANDALONE,
+            where=RedisTopology(mode=RedisMode.STANDALONE, url=url).describe().split(" ", 1)[1],
+        )
+
+    @classmethod
+    def sentinel(
+        cls,
+        topology: RedisTopology,
+        *,
+        control_channel: str,
+        max_connections: int,
+        pool_timeout_s: float,
+        socket_timeout_s: float,
+    ) -> RedisBroker:
+        assert topology.sentinel_master is not None
+        username, password = topology.credentials()
+        db = 0
+        if topology.url:
+            path = topology.url.split("/", 3)[3] if topology.url.count("/") >= 3 else ""
+            db = int(path) if path.isdigit() else 0
+        sentinel_kwargs: dict[str, Any] = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_timeout_s,
+        }
+        if topology.sentinel_username:
+            sentinel_kwargs["username"] = topology.sentinel_username
+        if topology.sentinel_password:
+            sentinel_kwargs["password"] = topology.sentinel_password
+        if topology.uses_tls:
+            sentinel_kwargs["ssl"] = True
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(topology.nodes),
+            sentinel_kwargs=sentinel_kwargs,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            username=username,
+            password=password,
+            db=db,
+            ssl=topology.uses_tls,
+        )
+        client: Redis = sentinel.master_for(
+            topology.sentinel_master,
+            connection_pool_class=BlockingSentinelPool,
+            max_connections=max_connections,
+            timeout=pool_timeout_s,
+            health_check_interval=10,
+            retry=command_retry(),
+            # A demoted primary answers writes with READONLY: redis-py then
+            # disconnects and asks the Sentinels again.
+            check_connection=True,
+        )
+        pubsub_client: Redis = sentinel.master_for(
+            topology.sentinel_master,
+            max_connections=1,
+            health_check_interval=10,
+            retry=no_retry(),
+            check_connection=True,
+        )
+        return cls(
+            client=client,
+            pubsub_client=pubsub_client,
+            control_channel=control_channel,
+            mode=RedisMode.SENTINEL,
+            where=topology.describe(),
+        )
+
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
         self._on_message = on_message
         self._on_reconnect = on_reconnect
         try:
-            await self.client.ping()
+            found_mode, role = await server_kind(self.client)
         except (*UNAVAILABLE, RedisError) as exc:
             raise BrokerUnavailableError(
-                f"Redis did not answer PING: {type(exc).__name__}"
+                f"Redis ({self._where}) did not answer: {type(exc).__name__}"
             ) from exc
+        # Through Sentinels we reach the primary itself: its kind is standalone.
+        expected = RedisMode.STANDALONE if self._mode is RedisMode.SENTINEL else self._mode
+        problem = mismatch(expected, self._where, found_mode, role)
+        if problem is not None:
+            if self._mode is RedisMode.SENTINEL:
+                problem = f"NOTIFY_REDIS_MODE=sentinel: the primary of {self._where}: {problem}"
+            raise BrokerTopologyError(problem)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -121,9 +361,9 @@ class RedisBroker(Broker):
             if not future.done():
                 future.cancel()
         await self.client.aclose()
-        await self._pool.disconnect()
+        await self.client.connection_pool.disconnect()
         await self._pubsub_client.aclose()
-        await self._pubsub_pool.disconnect()
+        await self._pubsub_client.connection_pool.disconnect()
 
     @property
     def listener_up(self) -> bool:
@@ -152,14 +392,14 @@ class RedisBroker(Broker):
                     metrics.LISTENER_RECONNECTS.inc()
                     log.info("listener_reconnected", channels=len(self._channels))
                     if self._on_reconnect is not None:
-                        await self._on_reconnect()
+                        await self._on_reconnect(None, True)
                 connected_before = True
                 attempt = 0
                 await self._read_forever(pubsub)
             except UNAVAILABLE as exc:
                 if self._stopping:
                     break
-                delay = min(BACKOFF_MAX_S, BACKOFF_MIN_S * 2**attempt) * random.uniform(0.5, 1)  # noqa: S311
+                delay = backoff_delay(attempt)
                 attempt += 1
                 log.warning(
                     "listener_disconnected", error=type(exc).__name__, retry_in_s=round(delay, 2)
@@ -168,34 +408,17 @@ class RedisBroker(Broker):
                 await asyncio.sleep(delay)
             finally:
                 self._mark_down()
-                await self._close_pubsub(pubsub)
+                await close_pubsub(pubsub)
 
     def _mark_down(self) -> None:
         self._up = False
         self._pubsub = None
         metrics.LISTENER_UP.set(0)
 
-    async def _close_pubsub(self, pubsub: PubSub) -> None:
-        try:
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
-        except (*UNAVAILABLE, RedisError):
-            log.debug("pubsub_close_failed")
-
     async def _subscribe_all(self, pubsub: PubSub) -> None:
         channels = [self._control, *sorted(self._channels)]
         await pubsub.subscribe(*channels)
-        # Consume the confirmations so that every channel is live before "up".
-        waiting = set(channels)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + SUBSCRIBE_CONFIRM_S
-        while waiting:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise RedisTimeoutError("subscribe not confirmed")
-            message = await pubsub.get_message(timeout=remaining)
-            if message is not None:
-                self._handle(message)
-                waiting.discard(_text(message.get("channel", b"")))
+        await confirm(pubsub, channels, "subscribe", self._handle)
 
     async def _read_forever(self, pubsub: PubSub) -> None:
         while not self._stopping:
@@ -205,7 +428,7 @@ class RedisBroker(Broker):
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
-        channel = _text(message.get("channel", b""))
+        channel = text(message.get("channel", b""))
         if kind == "message":
             data = message["data"]
             if self._on_message is not None:
@@ -231,12 +454,7 @@ class RedisBroker(Broker):
             except UNAVAILABLE:
                 self._pending.pop(channel, None)
                 return
-        try:
-            await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_CONFIRM_S)
-        except (TimeoutError, asyncio.CancelledError):
-            if self._stopping:
-                raise
-            self._pending.pop(channel, None)
+        await wait_confirmed(future, self._pending, channel, stopping=lambda: self._stopping)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
@@ -247,66 +465,46 @@ class RedisBroker(Broker):
             except UNAVAILABLE:
                 log.debug("unsubscribe_failed")
 
-    # --- commands ----------------------------------------------------------------
 
-    async def _call(self, operation: str, coro: Any) -> Any:
-        try:
-            return await coro
-        except UNAVAILABLE as exc:
-            metrics.REDIS_ERRORS.labels(operation=operation).inc()
-            raise BrokerUnavailableError(operation) from exc
+async def close_pubsub(pubsub: PubSub) -> None:
+    try:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+    except (*UNAVAILABLE, RedisError):
+        log.debug("pubsub_close_failed")
 
-    async def ping(self) -> None:
-        await self._call("ping", self.client.ping())
 
-    async def publish_event(
-        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
-    ) -> str:
-        result = await self._call(
-            "publish",
-            self._publish(keys=[history_key], args=[event_json, maxlen, ttl_s, channel]),
-        )
-        return _text(result)
+async def confirm(
+    pubsub: PubSub,
+    channels: Collection[str],
+    kind: str,
+    handle: Any,
+) -> None:
+    """Consume confirmations (`kind`: "subscribe" or "ssubscribe") until every
+    channel is live, handing every message to `handle` on the way."""
+    waiting = set(channels)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SUBSCRIBE_CONFIRM_S
+    while waiting:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise RedisTimeoutError(f"{kind} not confirmed")
+        message = await pubsub.get_message(timeout=remaining)
+        if message is not None:
+            handle(message)
+            if message.get("type") == kind:
+                waiting.discard(text(message.get("channel", b"")))
 
-    async def publish_raw(self, channel: str, payload: str) -> int:
-        return int(await self._call("publish", self.client.publish(channel, payload)))
 
-    async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
-        async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xrange(history_key, min=f"({after_id}", max="+", count=count)
-            pipe.exists(history_key)
-            pipe.xrange(history_key, min="-", max="+", count=1)
-            entries, exists, first = await self._call("history", pipe.execute())
-        return HistoryPage(
-            entries=[
-                HistoryEntry(
-                    id=_text(entry_id),
-                    prev=_text(fields.get(b"p", b"")),
-                    payload=_text(fields[b"e"]),
-                )
-                for entry_id, fields in entries
-            ],
-            exists=bool(exists),
-            first_id=_text(first[0][0]) if first else None,
-        )
-
-    async def read_head(self, history_key: str) -> str | None:
-        newest = await self._call("history", self.client.xrevrange(history_key, count=1))
-        return _text(newest[0][0]) if newest else None
-
-    async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
-        await self._call("set", self.client.set(key, value, ex=ttl_s))
-
-    async def get_values(self, *keys: str) -> list[str | None]:
-        values = await self._call("get", self.client.mget(keys))
-        return [None if v is None else _text(v) for v in values]
-
-    async def delete_value(self, key: str) -> bool:
-        return bool(await self._call("delete", self.client.delete(key)))
-
-    async def append_stream(self, key: str, fields: dict[str, str], *, maxlen: int) -> str:
-        entry_id = await self._call(
-            "xadd",
-            self.client.xadd(key, fields, maxlen=maxlen, approximate=True),  # type: ignore[arg-type]
-        )
-        return _text(entry_id)
+async def wait_confirmed(
+    future: asyncio.Future[None],
+    pending: dict[str, asyncio.Future[None]],
+    channel: str,
+    *,
+    stopping: Any,
+) -> None:
+    try:
+        await asyncio.wait_for(asyncio.shield(future), SUBSCRIBE_CONFIRM_S)
+    except (TimeoutError, asyncio.CancelledError):
+        if stopping():
+            raise
+        pending.pop(channel, None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Literal
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -28,21 +29,29 @@ async def live() -> LiveResponse:
     "/health/ready", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}
 )
 async def ready(state: StateDep) -> JSONResponse:
-    """Redis answers PING in time, the listener is subscribed, not draining, not saturated."""
+    """Redis answers PING in time, the listener is subscribed, not draining, not
+    saturated. In Cluster, some shards down is "degraded" but still 200."""
+    timeout_s = state.settings.redis_health_timeout_s
     broker_ok = True
     try:
-        await asyncio.wait_for(state.broker.ping(), state.settings.redis_health_timeout_s)
+        await asyncio.wait_for(state.broker.ping(), timeout_s)
     except (UnavailableError, TimeoutError):
         broker_ok = False
+    shards_down, shards = await state.broker.shards_down(timeout_s)
     listener_up = state.broker.listener_up and state.supervisor.healthy
     saturated = state.limiter.saturated
     is_ready = broker_ok and listener_up and not state.draining and not saturated
+    status: Literal["ready", "degraded", "not_ready"] = "ready" if is_ready else "not_ready"
+    if is_ready and shards_down:
+        status = "degraded"
     body = ReadyResponse(
-        status="ready" if is_ready else "not_ready",
+        status=status,
         broker="ok" if broker_ok else "unreachable",
         listener="up" if listener_up else "down",
         draining=state.draining,
         saturated=saturated,
+        redis_shards=shards,
+        redis_shards_down=shards_down,
     )
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
 

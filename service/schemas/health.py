@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 class LiveResponse(BaseModel):
@@ -12,8 +12,13 @@ class LiveResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    status: Literal["ready", "not_ready"]
+    # "degraded": ready (200), but some Redis Cluster shards do not answer: only
+    # their patients wait (every pod sees the same shards, so taking pods out of
+    # the load balancer would not help them and would cut off everybody else).
+    status: Literal["ready", "degraded", "not_ready"]
     broker: Literal["ok", "unreachable"]
     listener: Literal["up", "down"]
     draining: bool
     saturated: bool
+    redis_shards: int = Field(default=1, description="Shard primaries (1 outside Cluster).")
+    redis_shards_down: int = 0

@@ -14,15 +14,22 @@ from service.services.principal import Principal, Role
 
 @dataclass(frozen=True, slots=True)
 class RedisKeys:
-    """Every Redis key and channel the service uses, under one prefix."""
+    """Every Redis key and channel the service uses, under one prefix.
+
+    The patient id is a hash tag (literal braces) in both per-patient names, in
+    every Redis mode: a patient's live channel and history stream then share one
+    Cluster slot, so the publish script (XADD + EXPIRE + SPUBLISH) runs on one
+    shard, and one key scheme serves standalone, Sentinel and Cluster alike (a
+    deployment can move between them). Patient ids never contain braces
+    (`OPAQUE_ID_PATTERN`)."""
 
     prefix: str
 
     def patient_channel(self, patient_id: str) -> str:
-        return f"{self.prefix}patient:{patient_id}"
+        return f"{self.prefix}patient:{{{patient_id}}}"
 
     def history(self, patient_id: str) -> str:
-        return f"{self.prefix}history:{patient_id}"
+        return f"{self.prefix}history:{{{patient_id}}}"
 
     @property
     def control(self) -> str:
@@ -42,8 +49,10 @@ class RedisKeys:
         return f"{self.prefix}revoked:sub:{sub}"
 
     def patient_from_channel(self, channel: str) -> str | None:
-        head = f"{self.prefix}patient:"
-        return channel[len(head) :] if channel.startswith(head) else None
+        head = f"{self.prefix}patient:{{"
+        if channel.startswith(head) and channel.endswith("}"):
+            return channel[len(head) : -1] or None
+        return None
 
 
 @dataclass(frozen=True, slots=True)

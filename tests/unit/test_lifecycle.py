@@ -91,7 +91,7 @@ async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts
         async with session.subscribed(resume_from=None) as replay:
             # A fresh stream resumes from the history head (empty here).
             assert (replay.fresh, replay.resume_point) == (True, EMPTY_HISTORY_ID)
-            assert parts.hub.channel_names == ["u:patient:pt_1"]
+            assert parts.hub.channel_names == ["u:patient:{pt_1}"]
             await parts.publish()
             await parts.publish()  # the queue holds one: too slow
             await asyncio.wait_for(session.subscriber.wait(), WAIT_S)

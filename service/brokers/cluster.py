@@ -1,0 +1,551 @@
+"""Redis Cluster: commands routed by slot, sharded pub/sub per shard primary.
+
+- Commands go through redis-py's `RedisCluster`, which routes each key to its
+  slot's primary and follows `MOVED`/`ASK`. Every per-patient key carries the
+  patient id as hash tag, so the publish script (XADD + EXPIRE + SPUBLISH) runs on
+  one shard.
+- Live events: `SSUBSCRIBE` to each patient's shard channel on the primary that
+  owns its slot, over **one connection per shard primary in use** (not per
+  client). A shard connection is opened when the first channel of that shard is
+  wanted and closed when its last one goes.
+- Control (revocations, ticket deletion): classic `SUBSCRIBE` on one node. A
+  classic `PUBLISH` in Cluster is propagated to every node over the cluster bus,
+  so every process hears it wherever its connection is.
+
+redis-py's own `ClusterPubSub` is not used: it reconnects and re-subscribes by
+itself after a slot migration or failover, in background tasks, and never says
+so, which hides exactly the gap that must be backfilled from history; and its
+`get_sharded_message` polls the per-node connections one after the other, each
+with the full timeout. Here every shard connection has its own reader task and
+every loss is seen:
+
+- the connection drops (primary killed): the slot map is refreshed; channels
+  whose slot has a new owner move there; each shard that (re)subscribes
+  backfills its channels from history;
+- the server pushes `sunsubscribe` (the slot migrated, or a `CLUSTER FAILOVER`
+  demoted the primary): the same, for that channel;
+- a shard stays unreachable (no replica to promote): only its patients wait;
+  readiness stays 200 but reports the shard down (taking every pod out of the
+  load balancer would not bring the shard back and would cut off everybody else).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
+
+from service import metrics
+from service.brokers.base import MessageHandler, ReconnectHandler
+from service.brokers.redis import (
+    LISTENER_POLL_S,
+    UNAVAILABLE,
+    RedisCommands,
+    backoff_delay,
+    close_pubsub,
+    command_retry,
+    confirm,
+    mismatch,
+    no_retry,
+    server_kind,
+    text,
+    wait_confirmed,
+)
+from service.brokers.topology import RedisMode, RedisTopology
+from service.failures import BrokerTopologyError, BrokerUnavailableError
+
+log = structlog.get_logger(__name__)
+
+# Errors of a shard connection after which the slot map is refreshed: the node
+# is gone, or it answered MOVED / CLUSTERDOWN for a slot it no longer serves.
+SHARD_ERRORS = (*UNAVAILABLE, ResponseError, SlotNotCoveredError)
+
+
+@dataclass(eq=False)
+class _Shard:
+    """One shard primary's sharded pub/sub connection and the channels on it."""
+
+    name: str
+    host: str
+    port: int
+    channels: set[str] = field(default_factory=set)
+    pubsub: PubSub | None = None
+    client: Redis | None = None
+    task: asyncio.Task[None] | None = None
+    # Channels to backfill once their SSUBSCRIBE is confirmed: new on this
+    # shard (first connect, moved here) or subscribed again after a loss.
+    backfill: set[str] = field(default_factory=set)
+    pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+
+    @property
+    def up(self) -> bool:
+        return self.pubsub is not None
+
+
+class ClusterBroker(RedisCommands):
+    publish_command = "SPUBLISH"
+
+    def __init__(
+        self,
+        topology: RedisTopology,
+        *,
+        control_channel: str,
+        max_connections: int,
+        pool_timeout_s: float,
+        socket_timeout_s: float,
+    ) -> None:
+        username, password = topology.credentials()
+        self._where = topology.describe()
+        self._seeds = topology.seed_addresses()
+        self._node_options: dict[str, Any] = {
+            "username": username,
+            "password": password,
+            "ssl": topology.uses_tls,
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": socket_timeout_s,
+            "health_check_interval": 10,
+        }
+        self.client = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in self._seeds],
+            # Serve the shards that answer while one is down (the server side
+            # needs `cluster-require-full-coverage no` for the same).
+            require_full_coverage=False,
+            # Per node; past it a request gets a 503 at once (redis-py's cluster
+            # pools do not wait, unlike the standalone pool's NOTIFY_REDIS_POOL_TIMEOUT_S).
+            max_connections=max_connections,
+            retry=command_retry(),
+            **self._node_options,
+        )
+        self._control = control_channel
+        self._register_publish_script()
+        self._channels: set[str] = set()
+        self._shards: dict[str, _Shard] = {}
+        self._owner: dict[str, _Shard] = {}
+        self._control_pubsub: PubSub | None = None
+        self._control_client: Redis | None = None
+        self._control_node: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listening = False
+        self._refresh_lock = asyncio.Lock()
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._last_health: tuple[float, tuple[int, int]] | None = None
+        self._on_message: MessageHandler | None = None
+        self._on_reconnect: ReconnectHandler | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        await self._check_seed()
+        try:
+            await self.client.initialize()
+        except RedisClusterException as exc:
+            raise BrokerTopologyError(
+                f"NOTIFY_REDIS_MODE=cluster but {self._where} gave no usable slot map: {exc}"
+            ) from exc
+        except (*UNAVAILABLE, RedisError) as exc:
+            raise BrokerUnavailableError(
+                f"Redis Cluster ({self._where}) did not answer: {type(exc).__name__}"
+            ) from exc
+
+    async def _check_seed(self) -> None:
+        """The first seed that answers must be a Cluster node of Redis 7+ (sharded
+        pub/sub); anything else is refused with one line."""
+        last: BaseException | None = None
+        for host, port in self._seeds:
+            node = Redis(host=host, port=port, retry=no_retry(), **self._node_options)
+            try:
+                found_mode, role = await server_kind(node)
+                info = await node.info("server")
+            except (*UNAVAILABLE, RedisError) as exc:
+                last = exc
+                continue
+            finally:
+                await node.aclose()
+            problem = mismatch(RedisMode.CLUSTER, f"{host}:{port}", found_mode, role)
+            if problem is not None:
+                raise BrokerTopologyError(problem)
+            version = str(info.get("redis_version", "0"))
+            if int(version.split(".")[0]) < 7:
+                raise BrokerTopologyError(
+                    f"{host}:{port} runs Redis {version}: sharded pub/sub needs Redis 7.0 or newer"
+                )
+            return
+        raise BrokerUnavailableError(
+            f"no seed node of {self._where} answered: {type(last).__name__}"
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._stopped.set()
+        for shard in self._shards.values():
+            for future in shard.pending.values():
+                if not future.done():
+                    future.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    @property
+    def listener_up(self) -> bool:
+        return self._control_pubsub is not None
+
+    async def wait_listening(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def run_listener(self) -> None:
+        """Runs the control connection and every shard connection; each has its
+        own task that reconnects by itself. A task that fails unexpectedly ends
+        this one (the supervisor restarts it, and every shard backfills)."""
+        self._failure = None
+        restarted = self._listening
+        self._listening = True
+        for shard in list(self._shards.values()):
+            if restarted:
+                shard.backfill |= shard.channels
+            self._ensure_task(shard)
+        self._spawn(self._run_control(sweep_first=restarted), "control")
+        try:
+            await self._stopped.wait()
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._failure is not None and not self._stopping:
+            raise self._failure
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(
+            coro, name=f"cluster-{name}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or self._stopping:
+            return
+        exc = task.exception()
+        if exc is not None:
+            # Wake run_listener, which re-raises for the supervisor to log and restart.
+            self._failure = exc
+            self._stopped.set()
+
+    def _ensure_task(self, shard: _Shard) -> None:
+        if self._listening and (shard.task is None or shard.task.done()) and shard.channels:
+            shard.task = self._spawn(self._run_shard(shard), shard.name)
+
+    # --- control channel ---------------------------------------------------------
+
+    def _control_candidates(self) -> list[tuple[str, int]]:
+        """Seeds first (so each process' control connection is where its
+        configuration points), then every primary known."""
+        found = list(self._seeds)
+        for node in self.client.get_primaries():
+            if (node.host, node.port) not in found:
+                found.append((node.host, int(node.port)))
+        return found
+
+    async def _run_control(self, *, sweep_first: bool) -> None:
+        attempt = 0
+        connected_before = sweep_first
+        while not self._stopping:
+            candidates = self._control_candidates()
+            host, port = candidates[attempt % len(candidates)]
+            client = Redis(host=host, port=port, retry=no_retry(), **self._node_options)
+            pubsub = client.pubsub()
+            try:
+                await pubsub.subscribe(self._control)
+                await confirm(pubsub, [self._control], "subscribe", self._handle_control)
+                self._control_pubsub, self._control_client = pubsub, client
+                self._control_node = f"{host}:{port}"
+                self._ready.set()
+                metrics.LISTENER_UP.set(1)
+                if connected_before:
+                    metrics.LISTENER_RECONNECTS.inc()
+                    log.info("listener_reconnected", channels=len(self._channels))
+                    if self._on_reconnect is not None:
+                        await self._on_reconnect((), True)
+                connected_before = True
+                attempt = 0
+                while not self._stopping:
+                    message = await pubsub.get_message(timeout=LISTENER_POLL_S)
+                    if message is not None:
+                        self._handle_control(message)
+            except UNAVAILABLE as exc:
+                if self._stopping:
+                    break
+                self._control_pubsub = None
+                metrics.LISTENER_UP.set(0)
+                delay = backoff_delay(attempt // max(1, len(candidates)))
+                attempt += 1
+                log.warning(
+                    "listener_disconnected", error=type(exc).__name__, retry_in_s=round(delay, 2)
+                )
+                await asyncio.sleep(delay)
+            finally:
+                self._control_pubsub = None
+                metrics.LISTENER_UP.set(0)
+                await close_pubsub(pubsub)
+                await client.aclose()
+
+    def _handle_control(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "message" and self._on_message is not None:
+            data = message["data"]
+            channel = text(message.get("channel", b""))
+            self._on_message(channel, data if isinstance(data, bytes) else str(data).encode())
+
+    # --- shard connections ---------------------------------------------------------
+
+    def _owner_name(self, channel: str) -> tuple[str, str, int] | None:
+        """(name, host, port) of the primary that owns `channel`'s slot, or None
+        while the slot is not covered (mid-failover)."""
+        try:
+            node = self.client.nodes_manager.get_node_from_slot(self.client.keyslot(channel))
+        except SlotNotCoveredError:
+            return None
+        return node.name, node.host, int(node.port)
+
+    def _place(self, channel: str) -> _Shard | None:
+        """Put `channel` on its owner's shard connection (created if needed)."""
+        owner = self._owner_name(channel)
+        current = self._owner.get(channel)
+        if owner is None:
+            return current
+        name, host, port = owner
+        if current is not None and current.name == name:
+            return current
+        if current is not None:
+            current.channels.discard(channel)
+            current.backfill.discard(channel)
+            self._unsubscribe_on(current, channel)
+        shard = self._shards.get(name)
+        if shard is None:
+            shard = self._shards[name] = _Shard(name=name, host=host, port=port)
+        shard.channels.add(channel)
+        # A channel new on a connection may have missed events: backfill it
+        # once that connection confirms it.
+        shard.backfill.add(channel)
+        self._owner[channel] = shard
+        self._ensure_task(shard)
+        return shard
+
+    def _unsubscribe_on(self, shard: _Shard, channel: str) -> None:
+        pubsub = shard.pubsub
+        if pubsub is not None and not self._stopping:
+            self._spawn(_quietly(pubsub.sunsubscribe(channel)), f"{shard.name}-sunsubscribe")
+
+    async def _run_shard(self, shard: _Shard) -> None:
+        attempt = 0
+        # Checked again after every `finally`: a channel placed here while the
+        # connection was closing keeps the loop (and the connection) going.
+        while not self._stopping and shard.channels:
+            client = Redis(host=shard.host, port=shard.port, retry=no_retry(), **self._node_options)
+            pubsub = client.pubsub()
+            try:
+                # SSUBSCRIBE of several channels must stay within one slot.
+                by_slot: dict[int, list[str]] = {}
+                for channel in sorted(shard.channels):
+                    by_slot.setdefault(self.client.keyslot(channel), []).append(channel)
+                wanted = sorted(shard.channels)
+                for channels in by_slot.values():
+                    await pubsub.ssubscribe(*channels)
+                await confirm(pubsub, wanted, "ssubscribe", lambda m: None)
+                shard.pubsub, shard.client = pubsub, client
+                attempt = 0
+                await self._backfill_confirmed(shard, wanted)
+                await self._read_shard(shard, pubsub)
+            except SHARD_ERRORS as exc:
+                if self._stopping:
+                    break
+                shard.pubsub = None
+                shard.backfill |= shard.channels
+                delay = backoff_delay(attempt)
+                attempt += 1
+                log.warning(
+                    "shard_listener_disconnected",
+                    shard=shard.name,
+                    error=type(exc).__name__,
+                    channels=len(shard.channels),
+                    retry_in_s=round(delay, 2),
+                )
+                await self._refresh_slots()
+                if shard.channels:
+                    await asyncio.sleep(delay)
+            finally:
+                shard.pubsub = None
+                for future in shard.pending.values():
+                    if not future.done():
+                        future.cancel()
+                shard.pending.clear()
+                await close_pubsub(pubsub)
+                await client.aclose()
+        if self._shards.get(shard.name) is shard and not shard.channels:
+            del self._shards[shard.name]
+
+    async def _read_shard(self, shard: _Shard, pubsub: PubSub) -> None:
+        while not self._stopping and shard.channels:
+            message = await pubsub.get_message(timeout=LISTENER_POLL_S)
+            if message is None:
+                continue
+            kind = message.get("type")
+            channel = text(message.get("channel", b""))
+            if kind == "smessage":
+                if self._on_message is not None and channel in shard.channels:
+                    data = message["data"]
+                    self._on_message(
+                        channel, data if isinstance(data, bytes) else str(data).encode()
+                    )
+            elif kind == "ssubscribe":
+                future = shard.pending.pop(channel, None)
+                if future is not None and not future.done():
+                    future.set_result(None)
+                await self._backfill_confirmed(shard, [channel])
+            elif kind == "sunsubscribe" and channel in shard.channels:
+                # Not asked for: the server dropped us because the slot moved
+                # (migration, or a failover demoted this primary).
+                log.info("shard_channel_moved", shard=shard.name)
+                shard.backfill.add(channel)
+                await self._refresh_slots()
+                if self._owner.get(channel) is shard:
+                    # Still ours by the refreshed map: subscribe again here.
+                    await pubsub.ssubscribe(channel)
+
+    async def _backfill_confirmed(self, shard: _Shard, channels: list[str]) -> None:
+        todo = [c for c in channels if c in shard.backfill]
+        if not todo:
+            return
+        shard.backfill.difference_update(todo)
+        if self._on_reconnect is not None:
+            metrics.LISTENER_RECONNECTS.inc()
+            await self._on_reconnect(todo, False)
+
+    async def _refresh_slots(self) -> None:
+        """Re-read the slot map and move every channel whose slot has a new owner."""
+        if self._refresh_lock.locked():
+            async with self._refresh_lock:
+                return
+        async with self._refresh_lock:
+            try:
+                await self.client.nodes_manager.initialize()
+            except (*UNAVAILABLE, RedisError) as exc:
+                log.warning("cluster_slots_refresh_failed", error=type(exc).__name__)
+                return
+            for channel in list(self._channels):
+                self._place(channel)
+
+    # --- subscriptions -----------------------------------------------------------
+
+    async def subscribe(self, channel: str) -> None:
+        self._channels.add(channel)
+        shard = self._place(channel)
+        if shard is None:
+            # Slot not covered right now: the next slot-map refresh places it.
+            return
+        pubsub = shard.pubsub
+        if pubsub is None:
+            # Connecting: its first SSUBSCRIBE covers the channel, then backfills.
+            return
+        # Subscribed on a live connection before any replay: no backfill needed.
+        shard.backfill.discard(channel)
+        future = shard.pending.get(channel)
+        if future is None:
+            future = shard.pending[channel] = asyncio.get_running_loop().create_future()
+            try:
+                await pubsub.ssubscribe(channel)
+            except SHARD_ERRORS:
+                shard.pending.pop(channel, None)
+                shard.backfill.add(channel)
+                return
+        await wait_confirmed(future, shard.pending, channel, stopping=lambda: self._stopping)
+
+    async def unsubscribe(self, channel: str) -> None:
+        self._channels.discard(channel)
+        shard = self._owner.pop(channel, None)
+        if shard is None:
+            return
+        shard.channels.discard(channel)
+        shard.backfill.discard(channel)
+        pubsub = shard.pubsub
+        if pubsub is not None:
+            try:
+                await pubsub.sunsubscribe(channel)
+            except SHARD_ERRORS:
+                log.debug("sunsubscribe_failed")
+
+    # --- commands that differ in Cluster -------------------------------------------
+
+    async def publish_raw(self, channel: str, payload: str) -> int:
+        if channel == self._control:
+            # Classic PUBLISH reaches every node's subscribers over the cluster bus.
+            return int(await self._call("publish", self.client.publish(channel, payload)))
+        return int(await self._call("publish", self.client.spublish(channel, payload)))
+
+    async def get_values(self, *keys: str) -> list[str | None]:
+        # Keys of several slots: one MGET per slot, pipelined.
+        values = await self._call("get", self.client.mget_nonatomic(list(keys)))
+        return [None if v is None else text(v) for v in values]
+
+    async def shards_down(self, timeout_s: float) -> tuple[int, int]:
+        """Pings every shard primary (at most once a second: readiness asks
+        right after `ping`, which asks this)."""
+        loop = asyncio.get_running_loop()
+        if self._last_health is not None and loop.time() - self._last_health[0] < 1.0:
+            return self._last_health[1]
+        primaries = self.client.get_primaries()
+
+        async def answers(node: ClusterNode) -> bool:
+            try:
+                await asyncio.wait_for(
+                    self.client.execute_command("PING", target_nodes=node), timeout_s
+                )
+            except (*UNAVAILABLE, RedisError):
+                return False
+            return True
+
+        results = await asyncio.gather(*(answers(node) for node in primaries))
+        down = sum(not ok for ok in results)
+        metrics.REDIS_SHARDS_DOWN.set(down)
+        self._last_health = (loop.time(), (down, len(primaries)))
+        return down, len(primaries)
+
+    async def ping(self) -> None:
+        down, total = await self.shards_down(timeout_s=self._node_options["socket_timeout"])
+        if total == 0 or down == total:
+            raise BrokerUnavailableError("ping")
+
+    # --- introspection (notify doctor, tests) --------------------------------------
+
+    @property
+    def shard_connections(self) -> dict[str, int]:
+        """Shard primary → channels subscribed on its connection (up ones only)."""
+        return {s.name: len(s.channels) for s in self._shards.values() if s.up}
+
+    @property
+    def control_node(self) -> str | None:
+        return self._control_node if self.listener_up else None
+
+
+async def _quietly(coro: Any) -> None:
+    try:
+        await coro
+    except SHARD_ERRORS:
+        log.debug("sunsubscribe_failed")
