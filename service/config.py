@@ -8,8 +8,8 @@ process at startup with the variable's name, never in the middle of a request.
 from __future__ import annotations
 
 from functools import lru_cache
-from urllib.parse import urlsplit
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -197,7 +197,9 @@ class Settings(BaseSettings):
                     "(redis://host:port) or NOTIFY_REDIS_CLUSTER_NODES (host:port,...)"
                 )
             if urlsplit(url).path.strip("/") not in ("", "0"):
-                raise ValueError("Redis Cluster has only database 0: drop the /N of NOTIFY_REDIS_URL")
+                raise ValueError(
+                    "Redis Cluster has only database 0: drop the /N of NOTIFY_REDIS_URL"
+                )
         elif self.redis_mode is RedisMode.SENTINEL:
             if not self.redis_sentinels or not self.redis_sentinel_master:
                 raise ValueError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from service.config import Settings
 from service.main import create_app
 from tests.support.app_server import RunningApp, run_app
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import LocalCluster
 
 # Re-exported: many tests import them from here.
 from tests.support.tokens import Tokens as Tokens
@@ -34,6 +36,42 @@ def redis_server() -> Iterator[RedisServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """One Redis Cluster for the session (3 primaries, a replica each); tests
+    isolate themselves by key prefix. Fault tests start clusters of their own."""
+    cluster = LocalCluster()
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+# Behaviour tests (tests/api, tests/integration) run against both; fault tests
+# that stop their own standalone server (`own_redis`) and tests marked
+# `standalone_only` run against standalone only.
+TOPOLOGIES = ("standalone", "cluster")
+BEHAVIOUR_DIRS = ("api", "integration")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "redis_topology" not in metafunc.fixturenames:
+        return
+    path = Path(str(metafunc.definition.path))
+    in_behaviour = any(part in BEHAVIOUR_DIRS for part in path.parts[-3:-1])
+    if (
+        in_behaviour
+        and "own_redis" not in metafunc.fixturenames
+        and metafunc.definition.get_closest_marker("standalone_only") is None
+    ):
+        metafunc.parametrize("redis_topology", TOPOLOGIES, indirect=True)
+
+
+@pytest.fixture
+def redis_topology(request: pytest.FixtureRequest) -> str:
+    """"standalone" or "cluster": the Redis this test's settings point at."""
+    return str(getattr(request, "param", "standalone"))
+
+
 @pytest.fixture
 def own_redis() -> Iterator[RedisServer]:
     """A server of the test's own, free to be stopped, killed and restarted."""
@@ -47,13 +85,23 @@ SettingsFactory = Callable[..., Settings]
 
 
 @pytest.fixture
-def make_settings(redis_server: RedisServer) -> SettingsFactory:
+def make_settings(request: pytest.FixtureRequest, redis_topology: str) -> SettingsFactory:
     prefix = f"t{uuid.uuid4().hex[:10]}:"
+    target: dict[str, Any]
+    if redis_topology == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        target = {"redis_url": cluster.url, "redis_mode": "cluster"}
+    else:
+        server: RedisServer = request.getfixturevalue("redis_server")
+        target = {"redis_url": server.url}
 
     def factory(**overrides: Any) -> Settings:
+        if "redis_url" in overrides and "redis_mode" not in overrides:
+            # A test pointing at a server of its own (own_redis) means standalone.
+            target.pop("redis_mode", None)
         values: dict[str, Any] = {
             "env": "test",
-            "redis_url": redis_server.url,
+            **target,
             "key_prefix": prefix,
             "heartbeat_s": 1.0,
             "shutdown_grace_s": 3.0,

@@ -92,7 +92,9 @@ class RedisTopology:
         """One line for logs and `notify doctor`: kind and addresses, never secrets."""
         if self.mode is RedisMode.STANDALONE:
             parts = urlsplit(self.url or "")
-            where = parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+            where = (
+                parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+            )
             return f"standalone {where}"
         hosts = ",".join(f"{h}:{p}" for h, p in self.seed_addresses())
         if self.mode is RedisMode.SENTINEL:

@@ -17,11 +17,12 @@ from service.services.principal import Role
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import settings_env
 from tests.support.events import event_dict
+from tests.support.raw_redis import sync_client
 from tests.support.redis_server import RedisServer
 
 
 def test_publish_returns_stored_event(
-    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+    client: TestClient, tokens: Tokens, settings: Settings
 ) -> None:
     response = client.post(
         "/v1/events", json=event_dict(extra_field="kept"), headers=bearer(tokens.service())
@@ -31,10 +32,10 @@ def test_publish_returns_stored_event(
     assert body["id"]
     assert body["published_at"]
     assert body["data"]["extra_field"] == "kept"
-    with redis_server.client() as r:
-        entries = r.xrange(f"{settings.key_prefix}history:pt_1")
+    with sync_client(settings) as r:
+        entries = r.xrange(f"{settings.key_prefix}history:{{pt_1}}")
         assert [e[0].decode() for e in entries] == [body["id"]]
-        assert 0 < r.ttl(f"{settings.key_prefix}history:pt_1") <= settings.history_ttl_s
+        assert 0 < r.ttl(f"{settings.key_prefix}history:{{pt_1}}") <= settings.history_ttl_s
 
 
 @pytest.mark.parametrize(
@@ -87,14 +88,14 @@ def test_wrong_shape_is_422(client: TestClient, tokens: Tokens, mutate: object) 
 
 
 def test_an_integer_timestamp_is_422_and_nothing_is_stored(
-    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+    client: TestClient, tokens: Tokens, settings: Settings
 ) -> None:
     response = client.post(
         "/v1/events", json=event_dict(starts_at=0), headers=bearer(tokens.service())
     )
     assert response.status_code == 422
     assert "RFC 3339" in response.text
-    assert not history_exists(redis_server, settings)
+    assert not history_exists(settings)
 
 
 def test_offsets_other_than_z_are_kept(client: TestClient, tokens: Tokens) -> None:
@@ -123,40 +124,40 @@ def post_body(client: TestClient, tokens: Tokens, content: object) -> Any:
     )
 
 
-def history_exists(redis_server: RedisServer, settings: Settings) -> bool:
-    with redis_server.client() as r:
-        return bool(r.exists(f"{settings.key_prefix}history:pt_1"))
+def history_exists(settings: Settings) -> bool:
+    with sync_client(settings) as r:
+        return bool(r.exists(f"{settings.key_prefix}history:{{pt_1}}"))
 
 
 @pytest.mark.parametrize("size", [100_000, 2_000_000, MAX_EVENT_BYTES + 1])
 def test_an_event_above_the_size_limit_is_413_before_it_is_stored(
-    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings, size: int
+    client: TestClient, tokens: Tokens, settings: Settings, size: int
 ) -> None:
     response = post_body(client, tokens, padded_event(size))
     assert response.status_code == 413
     assert str(MAX_EVENT_BYTES) in response.json()["detail"]
-    assert not history_exists(redis_server, settings)
+    assert not history_exists(settings)
 
 
 def test_a_chunked_body_above_the_limit_is_413(
-    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+    client: TestClient, tokens: Tokens, settings: Settings
 ) -> None:
     body = padded_event(100_000)
     chunks = (body[i : i + 8192] for i in range(0, len(body), 8192))  # no Content-Length
     response = post_body(client, tokens, chunks)
     assert response.status_code == 413
-    assert not history_exists(redis_server, settings)
+    assert not history_exists(settings)
 
 
 def test_an_event_that_fits_the_body_but_not_the_stored_form_is_413(
-    client: TestClient, tokens: Tokens, redis_server: RedisServer, settings: Settings
+    client: TestClient, tokens: Tokens, settings: Settings
 ) -> None:
     # The body passes the request limit; `published_at` and the `id` would push
     # the stored event past it, where the hub and replay would drop it.
     response = post_body(client, tokens, padded_event(MAX_EVENT_BYTES - 10))
     assert response.status_code == 413
     assert response.json()["code"] == "event_too_large"
-    assert not history_exists(redis_server, settings)
+    assert not history_exists(settings)
 
 
 def test_a_large_event_under_the_limit_is_stored(client: TestClient, tokens: Tokens) -> None:
@@ -196,7 +197,7 @@ def test_redis_down_is_503_with_retry_after(
 
 
 def test_cli_library_and_http_store_the_same_shape(
-    client: TestClient, tokens: Tokens, settings: Settings, redis_server: RedisServer
+    client: TestClient, tokens: Tokens, settings: Settings
 ) -> None:
     http_event = client.post(
         "/v1/events", json=event_dict(appointment_id="ap_http"), headers=bearer(tokens.service())
@@ -217,7 +218,7 @@ def test_cli_library_and_http_store_the_same_shape(
     )
     cli_event = json.loads(result.stdout)
     assert set(cli_event) == set(http_event)
-    with redis_server.client() as r:
-        stored = [json.loads(f[b"e"]) for _, f in r.xrange(f"{settings.key_prefix}history:pt_1")]
+    with sync_client(settings) as r:
+        stored = [json.loads(f[b"e"]) for _, f in r.xrange(f"{settings.key_prefix}history:{{pt_1}}")]
     assert [e["appointment_id"] for e in stored] == ["ap_http", "ap_cli"]
     assert set(stored[0]) == set(stored[1])

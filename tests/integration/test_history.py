@@ -12,7 +12,8 @@ import pytest
 from service import metrics
 from service.brokers.base import Broker
 from service.brokers.memory import MemoryBroker
-from service.brokers.redis import RedisBroker
+from service.brokers.factory import build_broker
+from service.brokers.topology import RedisMode, RedisTopology
 from service.schemas.events import MAX_EVENT_BYTES, EventCreate, EventStored
 from service.services.channels import RedisKeys
 from service.services.errors import InvalidEventError
@@ -21,17 +22,22 @@ from service.services.publisher import publish
 from tests.support.events import event_dict
 from tests.support.publishing import publish_to
 from tests.support.redis_server import RedisServer
+from tests.support.redis_topologies import LocalCluster
 
 
-@pytest.fixture(params=["redis", "memory"])
-async def broker(
-    request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[Broker]:
+@pytest.fixture(params=["redis", "cluster", "memory"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     keys = RedisKeys(f"h{uuid.uuid4().hex[:8]}:")
     b: Broker
-    if request.param == "redis":
-        b = RedisBroker(
-            url=redis_server.url,
+    if request.param in ("redis", "cluster"):
+        if request.param == "cluster":
+            cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+            topology = RedisTopology(mode=RedisMode.CLUSTER, url=cluster.url)
+        else:
+            server: RedisServer = request.getfixturevalue("redis_server")
+            topology = RedisTopology(mode=RedisMode.STANDALONE, url=server.url)
+        b = build_broker(
+            topology,
             control_channel=keys.control,
             max_connections=4,
             pool_timeout_s=2,
@@ -124,6 +130,19 @@ async def test_up_to_date_client_has_no_gap(broker: Broker) -> None:
     reader = HistoryReader(broker=broker, keys=keys_of(broker), page_size=10)
     gap, ids = await replay_all(reader, stored[-1].id or "")
     assert not gap
+    assert ids == []
+
+
+async def test_an_id_newer_than_the_history_is_a_gap(broker: Broker) -> None:
+    """What a failover that lost unreplicated writes leaves: the client holds an id
+    the history no longer has, and whatever followed it may be lost too."""
+    stored = await publish_n(broker, 2)
+    last = stored[-1].id or ""
+    ms, _, seq = last.partition("-")
+    lost = f"{int(ms) + 5}-{seq}"
+    reader = HistoryReader(broker=broker, keys=keys_of(broker), page_size=10)
+    gap, ids = await replay_all(reader, lost)
+    assert gap
     assert ids == []
 
 

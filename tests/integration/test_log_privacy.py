@@ -14,11 +14,11 @@ from typing import Any
 
 import httpx
 import jwt
-import redis.asyncio as aioredis
 
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import ServiceProcess
 from tests.support.events import event_dict
+from tests.support.raw_redis import async_client, raw_publish
 from tests.support.sse import open_sse
 from tests.support.ws import open_ws
 
@@ -85,10 +85,10 @@ async def test_no_token_ticket_or_payload_is_logged(
                 unknown = {**body, "type": f"appointment.{marker}"}
                 refused = await http.post("/v1/events", json=unknown, headers=bearer(service_token))
                 assert refused.status_code == 422
-                redis = aioredis.from_url(settings.effective_redis_url)
+                raw = json.dumps({**body, "patient_id": "pt_1", "extra": marker})
+                await raw_publish(settings, "pt_1", raw)
+                redis = async_client(settings)
                 try:
-                    raw = json.dumps({**body, "patient_id": "pt_1", "extra": marker})
-                    await redis.publish(f"{settings.key_prefix}patient:pt_1", raw)
                     await redis.publish(f"{settings.key_prefix}control", f'{{"junk": "{marker}"}}')
                 finally:
                     await redis.aclose()

@@ -23,6 +23,7 @@ from service.services.tickets import ticket_id
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.events import event_dict
+from tests.support.raw_redis import async_client
 from tests.support.redis_server import RedisServer
 from tests.support.sse import SSEStream, open_sse, opened
 from tests.support.ws import WSClient, open_ws
@@ -212,7 +213,7 @@ async def test_identity_provider_revokes_through_redis_directly(
     """What docs/auth.md tells an identity provider to do, done with a bare client."""
     by_jti, by_sub = tokens.patient("pt_1"), tokens.patient("pt_3")
     prefix = settings.key_prefix
-    redis = aioredis.from_url(settings.effective_redis_url)
+    redis = async_client(settings)
     try:
         async with (
             httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,

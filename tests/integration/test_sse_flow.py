@@ -9,6 +9,7 @@ from service.config import Settings
 from tests.conftest import Tokens, bearer
 from tests.support.app_server import RunningApp
 from tests.support.events import event
+from tests.support.raw_redis import raw_publish
 from tests.support.sse import open_sse
 
 
@@ -51,8 +52,7 @@ async def test_raw_publish_is_delivered_without_id(
         ) as stream,
     ):
         await stream.wait_for(lambda s: bool(s.frames), what="retry frame")
-        redis = app.state.broker.client  # type: ignore[attr-defined]
-        await redis.publish(f"{settings.key_prefix}patient:pt_raw", json.dumps(event("pt_raw")))
+        await raw_publish(settings, "pt_raw", json.dumps(event("pt_raw")))
         (frame,) = await stream.wait_events(1)
         assert frame.id is None
         assert frame.json()["appointment_id"] == "ap_1"

@@ -8,7 +8,7 @@ import asyncio
 
 import httpx
 
-from service.brokers.redis import RedisBroker
+from service.brokers.factory import build_broker
 from service.config import Settings
 from service.services.channels import RedisKeys
 from tests.conftest import SettingsFactory, Tokens, bearer
@@ -24,8 +24,8 @@ ME = "/v1/patients/me/events"
 async def publish_direct(settings: Settings, patient: str = "pt_1") -> str:
     """Publish through Redis while no service process is up (as `notify publish` does)."""
     keys = RedisKeys(settings.key_prefix)
-    broker = RedisBroker(
-        url=settings.effective_redis_url,
+    broker = build_broker(
+        settings.redis_topology(),
         control_channel=keys.control,
         max_connections=2,
         pool_timeout_s=2,

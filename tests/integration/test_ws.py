@@ -27,6 +27,7 @@ from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.events import event
 from tests.support.metrics import metric
 from tests.support.publishing import publish_one
+from tests.support.raw_redis import raw_publish
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 from tests.support.ws import open_ws
@@ -360,10 +361,7 @@ async def test_command_on_an_appointment_seen_live_is_accepted(
     channel is proof enough."""
     async with open_ws(ws_url(app), token=tokens.patient("pt_raw")) as ws:
         await ws.request({"type": "subscribe"}, "subscribed")
-        redis = app.state.broker.client  # type: ignore[attr-defined]
-        await redis.publish(
-            f"{settings.key_prefix}patient:pt_raw", json.dumps(event("pt_raw", "ap_live"))
-        )
+        await raw_publish(settings, "pt_raw", json.dumps(event("pt_raw", "ap_live")))
         await ws.wait_events(1)
         await ws.request(
             {
@@ -488,8 +486,6 @@ async def test_stalled_reader_is_closed_4008_and_others_are_unaffected(
 ) -> None:
     settings = make_settings(client_queue_max=4)
     async with run_app(settings) as app:
-        redis = app.state.broker.client  # type: ignore[attr-defined]
-        channel = f"{settings.key_prefix}patient:pt_slow"
         # The stalled client reads nothing: websockets stops reading the socket once
         # its queue is full, then the kernel buffers fill, then uvicorn's.
         stalled = await connect(
@@ -513,11 +509,11 @@ async def test_stalled_reader_is_closed_4008_and_others_are_unaffected(
                 deadline = time.monotonic() + 30
                 while not _slow_closed(app):
                     assert time.monotonic() < deadline, "the stalled reader was never closed"
-                    await redis.publish(channel, big)
+                    await raw_publish(settings, "pt_slow", big)
                     published += 1
                     # The healthy client keeps up while the other one stalls.
                     await healthy.wait_events(published, timeout_s=10)
-                await redis.publish(channel, big)
+                await raw_publish(settings, "pt_slow", big)
                 await healthy.wait_events(published + 1, timeout_s=10)
             # Reading again, the stalled client gets what was buffered, the hint, 4008.
             frames, code = await _read_until_closed(stalled)

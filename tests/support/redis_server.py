@@ -3,6 +3,7 @@ stop, kill and restart them. Never the machine's own Redis on 6379."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -62,6 +63,25 @@ def wait_until(predicate: object, timeout_s: float, message: str, interval_s: fl
     raise AssertionError(f"timed out after {timeout_s}s: {message}")
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A free port P whose cluster bus port P + 10000 is free too (Redis refuses
+    P > 55535 with cluster mode on)."""
+    for _ in range(200):
+        port = random.randint(20_000, 55_535)  # noqa: S311
+        if _port_free(port) and _port_free(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class RedisServer:
     """One redis-server process without persistence on a fixed free port."""
 
@@ -101,12 +121,20 @@ class RedisServer:
                 "no",
                 "--loglevel",
                 "warning",
+                "--logfile",
+                str(Path(self.dir) / "server.log"),
                 *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(self.ping, 10, f"redis-server on port {self.port} did not start")
+        try:
+            wait_until(self.ping, 10, f"redis-server on port {self.port} did not start")
+        except AssertionError as exc:
+            self.stop(kill=True)
+            log = Path(self.dir) / "server.log"
+            tail = log.read_text()[-2000:] if log.exists() else "(no log)"
+            raise AssertionError(f"{exc}; its log ends with:\n{tail}") from None
 
     def ping(self) -> bool:
         try:

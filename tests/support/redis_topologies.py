@@ -17,7 +17,13 @@ from pathlib import Path
 import redis
 from redis.crc import key_slot
 
-from tests.support.redis_server import RedisServer, find_cli_binary, free_port, wait_until
+from tests.support.redis_server import (
+    RedisServer,
+    find_cli_binary,
+    free_cluster_port,
+    free_port,
+    wait_until,
+)
 
 # Short node timeout: a killed primary is failed over in a few seconds.
 NODE_TIMEOUT_MS = 1500
@@ -66,7 +72,7 @@ class LocalCluster:
         self.replicas = replicas
         self.nodes: list[RedisServer] = []
         for _ in range(primaries * (1 + replicas)):
-            port = free_port()
+            port = free_cluster_port()
             self.nodes.append(
                 RedisServer(
                     port,
@@ -202,9 +208,7 @@ class LocalCluster:
                 keys = s.execute_command("CLUSTER GETKEYSINSLOT", slot, 100)
                 if not keys:
                     break
-                s.execute_command(
-                    "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
-                )
+                s.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
                 if callable(between_keys):
                     between_keys()
             t.execute_command("CLUSTER SETSLOT", slot, "NODE", target_id)
@@ -223,9 +227,7 @@ class LocalCluster:
         """`CLUSTER FAILOVER` on `replica`: it and its primary swap roles."""
         with replica.client() as client:
             client.execute_command("CLUSTER FAILOVER")
-        wait_until(
-            lambda: self._role(replica) == "master", 15, f"{replica.port} did not take over"
-        )
+        wait_until(lambda: self._role(replica) == "master", 15, f"{replica.port} did not take over")
         self.wait_healthy()
 
     def kill(self, node: RedisServer) -> None:
@@ -272,9 +274,7 @@ class LocalSentinel:
     def start(self) -> None:
         self.primary.start()
         self.replica.start()
-        wait_until(
-            lambda: _link_up(self.replica), 20, "the replica did not sync with the primary"
-        )
+        wait_until(lambda: _link_up(self.replica), 20, "the replica did not sync with the primary")
         binary = self.primary.binary
         for port in self.sentinel_ports:
             conf = Path(self.primary.dir) / f"sentinel-{port}.conf"
@@ -324,15 +324,18 @@ class LocalSentinel:
         """Kill the current primary; returns the server that should take over."""
         port = self.master_port()
         dead, survivor = (
-            (self.primary, self.replica) if port == self.primary.port else (self.replica, self.primary)
+            (self.primary, self.replica)
+            if port == self.primary.port
+            else (self.replica, self.primary)
         )
         dead.stop(kill=True)
         return survivor
 
     def wait_failover(self, survivor: RedisServer, timeout_s: float = 30) -> None:
         wait_until(
-            lambda: self.master_port() == survivor.port
-            and LocalCluster._role(survivor) == "master",
+            lambda: (
+                self.master_port() == survivor.port and LocalCluster._role(survivor) == "master"
+            ),
             timeout_s,
             f"the Sentinels did not promote {survivor.port}",
         )
@@ -349,7 +352,6 @@ class LocalSentinel:
 def _link_up(replica: RedisServer) -> bool:
     try:
         with replica.client() as client:
-            return client.info("replication").get("master_link_status") == "up"
+            return bool(client.info("replication").get("master_link_status") == "up")
     except redis.RedisError:
         return False
-

@@ -30,7 +30,7 @@ KEYS = RedisKeys("u:")
 async def broker() -> AsyncIterator[MemoryBroker]:
     memory = MemoryBroker(control_channel=KEYS.control)
 
-    async def reconnect() -> None:
+    async def reconnect(_channels: object, _sweep: bool) -> None:
         return None
 
     await memory.start(on_message=lambda _c, _r: None, on_reconnect=reconnect)

@@ -34,7 +34,7 @@ async def broker() -> MemoryBroker:
     return memory
 
 
-async def _reconnected() -> None:
+async def _reconnected(_channels: object, _sweep: bool) -> None:
     return None
 
 

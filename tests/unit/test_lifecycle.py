@@ -62,7 +62,7 @@ class Parts:
         return stored.id
 
 
-async def _no_reconnect() -> None:
+async def _no_reconnect(_channels: object, _sweep: bool) -> None:
     return None
 
 

@@ -1,0 +1,47 @@
+"""Bare redis-py clients, made the way a clinic's backend or an identity provider
+would make them, for tests that talk to Redis without the service's code: raw
+publishes (`PUBLISH`, or `SPUBLISH` in Cluster, as the README tells publishers)
+and key inspection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from service.brokers.topology import RedisMode
+from service.config import Settings
+from service.services.channels import RedisKeys
+
+
+def is_cluster(settings: Settings) -> bool:
+    return settings.redis_mode is RedisMode.CLUSTER
+
+
+def async_client(settings: Settings) -> Any:
+    """`redis.asyncio.Redis`, or `RedisCluster` for a cluster (both close with aclose)."""
+    url = settings.effective_redis_url
+    if is_cluster(settings):
+        return aioredis.RedisCluster.from_url(url)
+    return aioredis.from_url(url)
+
+
+def sync_client(settings: Settings) -> Any:
+    url = settings.effective_redis_url
+    if is_cluster(settings):
+        return redis.RedisCluster.from_url(url)
+    return redis.Redis.from_url(url)
+
+
+async def raw_publish(settings: Settings, patient_id: str, payload: str | bytes) -> int:
+    """Publish `payload` on the patient's live channel as a backend would: no
+    history entry, no id."""
+    channel = RedisKeys(settings.key_prefix).patient_channel(patient_id)
+    client = async_client(settings)
+    try:
+        if is_cluster(settings):
+            return int(await client.spublish(channel, payload))
+        return int(await client.publish(channel, payload))
+    finally:
+        await client.aclose()
