@@ -1,4 +1,5 @@
-"""`notify serve | publish | token`: run the service, publish an event, mint a dev token."""
+"""`notify serve | publish | token | doctor`: run the service, publish an event, mint a
+dev token, check the configured Redis topology."""
 
 from __future__ import annotations
 
@@ -170,6 +171,7 @@ def _publish_http(settings: Settings, event_dict: dict[str, object], url: str) -
 
 
 def _publish(settings: Settings, args: argparse.Namespace) -> int:
+    from service.failures import BrokerTopologyError
     from service.services.errors import DomainError
 
     event_dict = _event_from_args(args)
@@ -185,8 +187,24 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     except DomainError as exc:
         print(f"not published: {exc.public_message}", file=sys.stderr)
         return 1
+    except BrokerTopologyError as exc:
+        print(f"not published: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(stored))
     return 0
+
+
+def _doctor(settings: Settings) -> int:
+    """Which topology the settings reach and whether every node answers; exit 1
+    on any problem (usable as an init container or a deploy check)."""
+    if settings.uses_memory_broker:
+        print("configured: memory:// (one process, development only): no Redis to check")
+        return 0
+    from service.brokers.doctor import diagnose
+
+    report = asyncio.run(diagnose(settings.redis_topology()))
+    print(report.render())
+    return 0 if report.ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--role", default="patient", choices=[r.value for r in Role])
     token.add_argument("--scope", default="", help='space-separated, e.g. "events:publish"')
     token.add_argument("--ttl-s", type=int, default=3600)
+
+    commands.add_parser(
+        "doctor", help="which Redis topology NOTIFY_REDIS_* reach, and whether every node answers"
+    )
 
     pub = commands.add_parser("publish", help="publish an event (history + live)")
     pub.add_argument("--json", help="the whole event as JSON (overrides the other flags)")
@@ -228,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "token":
         return _token(settings, args)
+    if args.command == "doctor":
+        return _doctor(settings)
     if not args.json and not (args.patient_id and args.appointment_id):
         print("publish needs --json or --patient-id and --appointment-id", file=sys.stderr)
         return 2

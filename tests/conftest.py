@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from pathlib import Path
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,7 +48,7 @@ def redis_cluster() -> Iterator[LocalCluster]:
 
 # Behaviour tests (tests/api, tests/integration) run against both; fault tests
 # that stop their own standalone server (`own_redis`) and tests marked
-# `standalone_only` run against standalone only.
+# `own_topology` run against standalone only.
 TOPOLOGIES = ("standalone", "cluster")
 BEHAVIOUR_DIRS = ("api", "integration")
 
@@ -61,14 +61,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if (
         in_behaviour
         and "own_redis" not in metafunc.fixturenames
-        and metafunc.definition.get_closest_marker("standalone_only") is None
+        and metafunc.definition.get_closest_marker("own_topology") is None
     ):
         metafunc.parametrize("redis_topology", TOPOLOGIES, indirect=True)
 
 
 @pytest.fixture
 def redis_topology(request: pytest.FixtureRequest) -> str:
-    """"standalone" or "cluster": the Redis this test's settings point at."""
+    """ "standalone" or "cluster": the Redis this test's settings point at."""
     return str(getattr(request, "param", "standalone"))
 
 
@@ -96,12 +96,13 @@ def make_settings(request: pytest.FixtureRequest, redis_topology: str) -> Settin
         target = {"redis_url": server.url}
 
     def factory(**overrides: Any) -> Settings:
+        base = dict(target)
         if "redis_url" in overrides and "redis_mode" not in overrides:
             # A test pointing at a server of its own (own_redis) means standalone.
-            target.pop("redis_mode", None)
+            base.pop("redis_mode", None)
         values: dict[str, Any] = {
             "env": "test",
-            **target,
+            **base,
             "key_prefix": prefix,
             "heartbeat_s": 1.0,
             "shutdown_grace_s": 3.0,

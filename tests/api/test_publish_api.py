@@ -219,6 +219,8 @@ def test_cli_library_and_http_store_the_same_shape(
     cli_event = json.loads(result.stdout)
     assert set(cli_event) == set(http_event)
     with sync_client(settings) as r:
-        stored = [json.loads(f[b"e"]) for _, f in r.xrange(f"{settings.key_prefix}history:{{pt_1}}")]
+        stored = [
+            json.loads(f[b"e"]) for _, f in r.xrange(f"{settings.key_prefix}history:{{pt_1}}")
+        ]
     assert [e["appointment_id"] for e in stored] == ["ap_http", "ap_cli"]
     assert set(stored[0]) == set(stored[1])

@@ -52,7 +52,8 @@ async def test_issue_returns_an_opaque_ticket_bound_to_the_token(
 
     # Redis holds the ticket's hash only, and none of the token.
     redis = app.state.broker.client  # type: ignore[attr-defined]
-    names = [k.decode() for k in await redis.keys(f"{app.state.keys.prefix}ticket:*")]
+    # SCAN, which visits every shard in Cluster (KEYS asks one node).
+    names = [k.decode() async for k in redis.scan_iter(match=f"{app.state.keys.prefix}ticket:*")]
     assert names == [app.state.keys.ticket(ticket_id(ticket))]
     stored = (await redis.get(names[0])).decode()
     assert ticket not in stored

@@ -11,8 +11,8 @@ import pytest
 
 from service import metrics
 from service.brokers.base import Broker
-from service.brokers.memory import MemoryBroker
 from service.brokers.factory import build_broker
+from service.brokers.memory import MemoryBroker
 from service.brokers.topology import RedisMode, RedisTopology
 from service.schemas.events import MAX_EVENT_BYTES, EventCreate, EventStored
 from service.services.channels import RedisKeys

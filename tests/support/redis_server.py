@@ -76,7 +76,7 @@ def free_cluster_port() -> int:
     """A free port P whose cluster bus port P + 10000 is free too (Redis refuses
     P > 55535 with cluster mode on)."""
     for _ in range(200):
-        port = random.randint(20_000, 55_535)  # noqa: S311
+        port = random.randint(20_000, 55_535)
         if _port_free(port) and _port_free(port + 10_000):
             return port
     raise RuntimeError("no free port pair for a cluster node")

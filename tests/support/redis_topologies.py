@@ -155,7 +155,7 @@ class LocalCluster:
         for node in self.running_nodes():
             try:
                 with node.client() as client:
-                    text = client.execute_command("CLUSTER NODES")
+                    text = client.execute_command("CLUSTER", "NODES")
             except redis.RedisError:
                 continue
             return parse_cluster_nodes(text.decode() if isinstance(text, bytes) else text)
