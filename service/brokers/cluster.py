@@ -334,9 +334,11 @@ class ClusterBroker(RedisCommands):
         if current is not None and current.name == name:
             return current
         if current is not None:
+            # No SUNSUBSCRIBE on the old connection: a node that lost the slot
+            # has already dropped the channel (and pushed `sunsubscribe`), a
+            # dead one has no connection left. Its stray messages are ignored.
             current.channels.discard(channel)
             current.backfill.discard(channel)
-            self._unsubscribe_on(current, channel)
         shard = self._shards.get(name)
         if shard is None:
             shard = self._shards[name] = _Shard(name=name, host=host, port=port)
@@ -347,11 +349,6 @@ class ClusterBroker(RedisCommands):
         self._owner[channel] = shard
         self._ensure_task(shard)
         return shard
-
-    def _unsubscribe_on(self, shard: _Shard, channel: str) -> None:
-        pubsub = shard.pubsub
-        if pubsub is not None and not self._stopping:
-            self._spawn(_quietly(pubsub.sunsubscribe(channel)), f"{shard.name}-sunsubscribe")
 
     async def _run_shard(self, shard: _Shard) -> None:
         attempt = 0
@@ -542,10 +539,3 @@ class ClusterBroker(RedisCommands):
     @property
     def control_node(self) -> str | None:
         return self._control_node if self.listener_up else None
-
-
-async def _quietly(coro: Any) -> None:
-    try:
-        await coro
-    except SHARD_ERRORS:
-        log.debug("sunsubscribe_failed")

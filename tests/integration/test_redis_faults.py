@@ -15,6 +15,7 @@ from tests.support.app_server import RunningApp, run_app
 from tests.support.events import event_dict
 from tests.support.metrics import metric
 from tests.support.publishing import publish_one
+from tests.support.raw_redis import raw_publish
 from tests.support.redis_server import RedisServer
 from tests.support.sse import open_sse
 from tests.support.waiting import eventually
@@ -90,9 +91,7 @@ async def test_pubsub_connection_killed_while_publishing(
 async def test_malformed_events_are_dropped_listener_survives(
     app: RunningApp, tokens: Tokens
 ) -> None:
-    channel = app.state.keys.patient_channel("pt_1")
     invalid_before = metric("notify_events_received_total", outcome="invalid")
-    redis_client: aioredis.Redis = app.state.broker.client  # type: ignore[attr-defined]
     async with (
         httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
         open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
@@ -106,7 +105,7 @@ async def test_malformed_events_are_dropped_listener_survives(
             json.dumps(event_dict("pt_2")).encode(),
         ]
         for raw in bad:
-            await redis_client.publish(channel, raw)
+            await raw_publish(app.state.settings, "pt_1", raw)
         good = await publish_one(app)
         (frame,) = await s.wait_events(1)
         assert frame.id == good
