@@ -212,8 +212,10 @@ class RedisBroker(RedisCommands):
         control_channel: str,
         mode: RedisMode,
         where: str,
+        sentinel: Sentinel | None = None,
     ) -> None:
         self.client = client
+        self._sentinel = sentinel
         self._pubsub_client = pubsub_client
         self._mode = mode
         self._where = where
@@ -334,6 +336,7 @@ class RedisBroker(RedisCommands):
             control_channel=control_channel,
             mode=RedisMode.SENTINEL,
             where=topology.describe(),
+            sentinel=sentinel,
         )
 
     # --- lifecycle -------------------------------------------------------------
@@ -364,6 +367,9 @@ class RedisBroker(RedisCommands):
         await self.client.connection_pool.disconnect()
         await self._pubsub_client.aclose()
         await self._pubsub_client.connection_pool.disconnect()
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
 
     @property
     def listener_up(self) -> bool:
