@@ -296,7 +296,7 @@ async def test_subscribe_since_older_than_history_sends_gap_first(
     ids = [await publish("pt_g", f"ap_{n}") for n in range(4)]
     # History was trimmed past the client's last id (exactly, for the test).
     redis = app.state.broker.client  # type: ignore[attr-defined]
-    await redis.xtrim(f"{settings.key_prefix}history:pt_g", maxlen=2, approximate=False)
+    await redis.xtrim(f"{settings.key_prefix}history:{{pt_g}}", maxlen=2, approximate=False)
     async with open_ws(ws_url(app), token=tokens.patient("pt_g")) as ws:
         await ws.request({"type": "subscribe", "since": ids[0]}, "subscribed")
         gap = await ws.wait_type("gap")
@@ -705,7 +705,7 @@ async def test_readme_python_client_example_runs(
     # The same client, minus any proxy configured in the environment.
     namespace["connect"] = functools.partial(connect, proxy=None)
     run = asyncio.create_task(namespace["main"](ws_url(app), tokens.patient("pt_doc")))
-    channel = f"{settings.key_prefix}patient:pt_doc"
+    channel = f"{settings.key_prefix}patient:{{pt_doc}}"
     await _wait(lambda: channel in app.state.hub.channel_names or run.done(), "subscription")
     await publish("pt_doc", "ap_doc")
     command_id = await asyncio.wait_for(run, 10)
