@@ -365,9 +365,18 @@ class ClusterBroker(RedisCommands):
                 wanted = sorted(shard.channels)
                 for channels in by_slot.values():
                     await pubsub.ssubscribe(*channels)
+                # Messages before every confirmation are dropped: each of these
+                # channels is backfilled from history right after.
                 await confirm(pubsub, wanted, "ssubscribe", lambda m: None)
                 shard.pubsub, shard.client = pubsub, client
+                if attempt:
+                    metrics.LISTENER_RECONNECTS.inc()
                 attempt = 0
+                # Placed here while this connection was being set up (subscribe()
+                # saw no connection yet): subscribed now, backfilled on confirmation.
+                for channel in sorted(shard.channels - set(wanted)):
+                    shard.backfill.add(channel)
+                    await pubsub.ssubscribe(channel)
                 await self._backfill_confirmed(shard, wanted)
                 await self._read_shard(shard, pubsub)
             except SHARD_ERRORS as exc:
@@ -432,7 +441,6 @@ class ClusterBroker(RedisCommands):
             return
         shard.backfill.difference_update(todo)
         if self._on_reconnect is not None:
-            metrics.LISTENER_RECONNECTS.inc()
             await self._on_reconnect(todo, False)
 
     async def _refresh_slots(self) -> None:

@@ -425,6 +425,12 @@ class RedisBroker(RedisCommands):
         channels = [self._control, *sorted(self._channels)]
         await pubsub.subscribe(*channels)
         await confirm(pubsub, channels, "subscribe", self._handle)
+        # Subscribed meanwhile: `subscribe()` saw no connection and left them to
+        # this (re)connect, whose backfill follows.
+        late = sorted(self._channels - set(channels))
+        if late:
+            await pubsub.subscribe(*late)
+            await confirm(pubsub, late, "subscribe", self._handle)
 
     async def _read_forever(self, pubsub: PubSub) -> None:
         while not self._stopping:
