@@ -138,6 +138,7 @@ class ClusterBroker(RedisCommands):
         self._ready = asyncio.Event()
         self._failure: BaseException | None = None
         self._last_health: tuple[float, tuple[int, int]] | None = None
+        self._probes: dict[str, Redis] = {}
         self._on_message: MessageHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
 
@@ -196,6 +197,9 @@ class ClusterBroker(RedisCommands):
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for probe in self._probes.values():
+            await probe.aclose()
+        self._probes.clear()
         await self.client.aclose()
 
     @property
@@ -518,15 +522,32 @@ class ClusterBroker(RedisCommands):
         primaries = self.client.get_primaries()
 
         async def answers(node: ClusterNode) -> bool:
-            try:
-                await asyncio.wait_for(
-                    self.client.execute_command("PING", target_nodes=node), timeout_s
+            # A client of its own per primary, without retries: the cluster
+            # client's error handling (retry, slot-map reload) would turn one dead
+            # node into a readiness timeout for the whole process.
+            client = self._probes.get(node.name)
+            if client is None:
+                client = self._probes[node.name] = Redis(
+                    host=node.host,
+                    port=int(node.port),
+                    retry=no_retry(),
+                    single_connection_client=True,
+                    **{
+                        **self._node_options,
+                        "socket_timeout": timeout_s,
+                        "socket_connect_timeout": timeout_s,
+                    },
                 )
+            try:
+                await asyncio.wait_for(client.ping(), timeout_s)
             except (*UNAVAILABLE, RedisError):
                 return False
             return True
 
         results = await asyncio.gather(*(answers(node) for node in primaries))
+        current = {node.name for node in primaries}
+        for name in [n for n in self._probes if n not in current]:
+            await self._probes.pop(name).aclose()
         down = sum(not ok for ok in results)
         metrics.REDIS_SHARDS_DOWN.set(down)
         self._last_health = (loop.time(), (down, len(primaries)))

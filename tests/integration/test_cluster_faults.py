@@ -191,7 +191,7 @@ async def test_one_shard_down_affects_only_its_patients(
                 ready = await http.get("/health/ready")
                 return ready.status_code == 200 and ready.json()["status"] == "degraded"
 
-            await eventually(degraded, timeout_s=10, what="readiness 200, degraded")
+            await eventually(degraded, timeout_s=20, what="readiness 200, degraded")
             body = (await http.get("/health/ready")).json()
             assert (body["redis_shards"], body["redis_shards_down"]) == (3, 1)
             assert (await http.get("/health/live")).status_code == 200
