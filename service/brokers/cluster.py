@@ -206,13 +206,6 @@ class ClusterBroker(RedisCommands):
     def listener_up(self) -> bool:
         return self._control_pubsub is not None
 
-    async def wait_listening(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
-
     async def run_listener(self) -> None:
         """Runs the control connection and every shard connection; each has its
         own task that reconnects by itself. A task that fails unexpectedly ends

@@ -126,6 +126,15 @@ class RedisCommands(Broker):
 
     client: Any
     publish_command = "PUBLISH"
+    # Set once the listener (Cluster: the control connection) is subscribed.
+    _ready: asyncio.Event
+
+    async def wait_listening(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def _register_publish_script(self) -> None:
         self._publish = self.client.register_script(publish_script(self.publish_command))
@@ -374,13 +383,6 @@ class RedisBroker(RedisCommands):
     @property
     def listener_up(self) -> bool:
         return self._up
-
-    async def wait_listening(self, timeout_s: float) -> bool:
-        try:
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
-        except TimeoutError:
-            return False
-        return True
 
     async def run_listener(self) -> None:
         """The listener loop; the lifespan runs it under a supervisor."""
