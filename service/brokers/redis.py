@@ -23,7 +23,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
-from service.brokers.base import Broker, HistoryEntry, HistoryPage, MessageHandler, ReconnectHandler
+from service.brokers.base import (
+    Broker,
+    HistoryEntry,
+    HistoryPage,
+    HistoryRead,
+    MessageHandler,
+    ReconnectHandler,
+)
 from service.failures import BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
@@ -55,6 +62,22 @@ SUBSCRIBE_CONFIRM_S: Final = 3.0
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _history_page(entries: Any, exists: Any, first: Any) -> HistoryPage:
+    """A `HistoryPage` from the replies of XRANGE (after), EXISTS, XRANGE (first)."""
+    return HistoryPage(
+        entries=[
+            HistoryEntry(
+                id=_text(entry_id),
+                prev=_text(fields.get(b"p", b"")),
+                payload=_text(fields[b"e"]),
+            )
+            for entry_id, fields in entries
+        ],
+        exists=bool(exists),
+        first_id=_text(first[0][0]) if first else None,
+    )
 
 
 class RedisBroker(Broker):
@@ -238,6 +261,43 @@ class RedisBroker(Broker):
                 raise
             self._pending.pop(channel, None)
 
+    async def subscribe_many(self, channels: list[str]) -> None:
+        """One `SUBSCRIBE` for every channel not yet pending, one confirmation
+        wait for all of them (issue 15: the hub's new channels of one iteration)."""
+        if len(channels) == 1:
+            await self.subscribe(channels[0])
+            return
+        self._channels.update(channels)
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[None]] = {}
+        new: list[str] = []
+        for channel in channels:
+            future = self._pending.get(channel)
+            if future is None:
+                future = self._pending[channel] = loop.create_future()
+                new.append(channel)
+            futures[channel] = future
+        if new:
+            try:
+                await pubsub.subscribe(*new)
+            except UNAVAILABLE:
+                for channel in new:
+                    self._pending.pop(channel, None)
+                return
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(*futures.values())), SUBSCRIBE_CONFIRM_S
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            if self._stopping:
+                raise
+            for channel, future in futures.items():
+                if self._pending.get(channel) is future and not future.done():
+                    self._pending.pop(channel, None)
+
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
         pubsub = self._pubsub
@@ -289,6 +349,28 @@ class RedisBroker(Broker):
             exists=bool(exists),
             first_id=_text(first[0][0]) if first else None,
         )
+
+    async def read_histories(self, requests: list[HistoryRead]) -> list[HistoryPage]:
+        """Every request's three reads in one pipeline (issue 15)."""
+        if not requests:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for r in requests:
+                pipe.xrange(r.history_key, min=f"({r.after_id}", max="+", count=r.count)
+                pipe.exists(r.history_key)
+                pipe.xrange(r.history_key, min="-", max="+", count=1)
+            replies = await self._call("history", pipe.execute())
+        return [_history_page(*replies[i : i + 3]) for i in range(0, len(replies), 3)]
+
+    async def read_heads(self, history_keys: list[str]) -> list[str | None]:
+        """Every key's newest id in one pipeline (issue 15)."""
+        if not history_keys:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in history_keys:
+                pipe.xrevrange(key, count=1)
+            replies = await self._call("history", pipe.execute())
+        return [_text(newest[0][0]) if newest else None for newest in replies]
 
     async def read_head(self, history_key: str) -> str | None:
         newest = await self._call("history", self.client.xrevrange(history_key, count=1))
