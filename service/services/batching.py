@@ -21,6 +21,8 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Generic, TypeVar
 
+from service import metrics
+
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -38,14 +40,16 @@ class TickBatcher(Generic[K, V]):
     while waiting does not cancel the batch: the others still get their answers.
     """
 
-    __slots__ = ("_max_batch", "_pending", "_run_many", "_tasks", "largest_batch")
+    __slots__ = ("_max_batch", "_observe", "_pending", "_run_many", "_tasks", "largest_batch")
 
     def __init__(
         self,
         run_many: Callable[[list[K]], Awaitable[Sequence[V]]],
         *,
+        operation: str,
         max_batch: int = MAX_BATCH,
     ) -> None:
+        self._observe = metrics.REDIS_BATCH_SIZE.labels(operation=operation).observe
         self._run_many = run_many
         self._max_batch = max_batch
         self._pending: list[tuple[K, asyncio.Future[V]]] = []
@@ -70,7 +74,9 @@ class TickBatcher(Generic[K, V]):
         self.largest_batch = max(self.largest_batch, min(len(batch), self._max_batch))
         loop = asyncio.get_running_loop()
         for start in range(0, len(batch), self._max_batch):
-            task = loop.create_task(self._run(batch[start : start + self._max_batch]))
+            chunk = batch[start : start + self._max_batch]
+            self._observe(len(chunk))
+            task = loop.create_task(self._run(chunk))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -107,7 +113,9 @@ class KeyReader:
 
     def __init__(self, get_values: Callable[..., Awaitable[list[str | None]]]) -> None:
         self._get_values = get_values
-        self._batcher: TickBatcher[tuple[str, ...], list[str | None]] = TickBatcher(self._mget)
+        self._batcher: TickBatcher[tuple[str, ...], list[str | None]] = TickBatcher(
+            self._mget, operation="mget"
+        )
 
     @property
     def largest_batch(self) -> int:

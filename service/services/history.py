@@ -41,8 +41,12 @@ class HistoryReader:
         self._page_size = page_size
         # The heads and pages read by every connection of one loop iteration go to
         # Redis as one pipeline (a reconnect storm reads thousands at once).
-        self._heads: TickBatcher[str, str | None] = TickBatcher(broker.read_heads)
-        self._pages: TickBatcher[HistoryRead, HistoryPage] = TickBatcher(broker.read_histories)
+        self._heads: TickBatcher[str, str | None] = TickBatcher(
+            broker.read_heads, operation="history_head"
+        )
+        self._pages: TickBatcher[HistoryRead, HistoryPage] = TickBatcher(
+            broker.read_histories, operation="history_page"
+        )
 
     async def _read(self, key: str, *, after_id: str) -> HistoryPage:
         return await self._pages.get(

@@ -32,6 +32,7 @@ from service.services.closing import CloseReason as CloseReason
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)
+SUBSCRIBE_BATCH = metrics.REDIS_BATCH_SIZE.labels(operation="subscribe")
 
 
 class Delivery:
@@ -297,6 +298,7 @@ class Hub:
         self._idle.set()
         self._to_subscribe: list[tuple[str, _Channel]] = []
         self._subscribing: set[asyncio.Task[None]] = set()
+        self._subscriber: asyncio.Task[None] | None = None
         # Reads what a channel missed while the listener was away (None: no history).
         self.backfill_reader = backfill_reader
 
@@ -311,7 +313,7 @@ class Hub:
         if channel is None:
             channel = self._channels[name] = _Channel(patient_id)
             channel.subscribed = asyncio.get_running_loop().create_future()
-            if not self._to_subscribe:
+            if not self._to_subscribe and self._subscriber is None:
                 asyncio.get_running_loop().call_soon(self._start_subscribing)
             self._to_subscribe.append((name, channel))
         channel.subscribers.add(subscriber)
@@ -331,22 +333,36 @@ class Hub:
                 self._spawn(self._drop_if_empty(name, channel))
             raise
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         # Owned by the hub: short broker calls whose outcome the waiting attaches
         # receive through their futures; tracked so that none is collected early.
         task = asyncio.get_running_loop().create_task(coro)
         self._subscribing.add(task)
         task.add_done_callback(self._subscribing.discard)
+        return task
 
     def _start_subscribing(self) -> None:
-        batch, self._to_subscribe = self._to_subscribe, []
-        self._spawn(self._subscribe_batch(batch))
+        if self._subscriber is None and self._to_subscribe:
+            self._subscriber = self._spawn(self._subscribe_pending())
+
+    async def _subscribe_pending(self) -> None:
+        """One subscribing task at a time, and each batch is formed when the
+        previous one is confirmed: everything that became new meanwhile goes in
+        one call (a batch per loop iteration, each waiting for the lock, would
+        serialise thousands of round trips in a storm)."""
+        try:
+            while self._to_subscribe:
+                batch, self._to_subscribe = self._to_subscribe, []
+                await self._subscribe_batch(batch)
+        finally:
+            self._subscriber = None
 
     async def _subscribe_batch(self, batch: list[tuple[str, _Channel]]) -> None:
         async with self._lock:
             # A channel whose subscribers all left before it was subscribed was
             # dropped (and "unsubscribed") by `detach` already: skip it.
             live = [(n, c) for n, c in batch if self._channels.get(n) is c]
+            SUBSCRIBE_BATCH.observe(len(live))
             try:
                 if len(live) == 1 or (live and self._subscribe_many is None):
                     for name, _ in live:

@@ -5,7 +5,7 @@ without the lean layer, and status, body and headers must agree."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
@@ -31,7 +31,9 @@ def routed(settings: Settings) -> Iterator[TestClient]:
     app = create_app(settings)
     # The middleware stack is built on first use: without the lean layer, every
     # request goes through FastAPI's routing and dependencies.
-    app.user_middleware = [m for m in app.user_middleware if m.cls is not LeanStreamRoutes]
+    app.user_middleware = [
+        m for m in app.user_middleware if cast(object, m.cls) is not LeanStreamRoutes
+    ]
     with TestClient(app) as client:
         yield client
 

@@ -65,7 +65,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
         await release.wait()
         return [i * 2 for i in items]
 
-    batcher: TickBatcher[int, int] = TickBatcher(slow)
+    batcher: TickBatcher[int, int] = TickBatcher(slow, operation="test")
     first = asyncio.create_task(batcher.get(1))
     second = asyncio.create_task(batcher.get(2))
     await asyncio.sleep(0)
@@ -83,7 +83,7 @@ async def test_batches_are_bounded() -> None:
         sizes.append(len(items))
         return items
 
-    batcher: TickBatcher[int, int] = TickBatcher(run, max_batch=3)
+    batcher: TickBatcher[int, int] = TickBatcher(run, operation="test", max_batch=3)
     assert await asyncio.gather(*(batcher.get(i) for i in range(7))) == list(range(7))
     assert sorted(sizes) == [1, 3, 3]
 
