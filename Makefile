@@ -71,6 +71,7 @@ test-latest:
 
 bench: $(STAMP)
 	$(BIN)/python -m bench --quick
+	$(BIN)/python -m bench targets
 	$(BIN)/python -m bench churn
 
 clean:

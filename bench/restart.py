@@ -223,9 +223,10 @@ def ready(port: int) -> bool:
         return False
 
 
-def start(redis: peers.Redis, workdir: Path, port: int, name: str) -> peers.Peer:
+def start(redis: peers.Redis, workdir: Path, port: int, name: str, workers: int = 1) -> peers.Peer:
+    env = {**SERVICE_ENV, "NOTIFY_WORKERS": str(workers)}
     peer = peers.start_ours(
-        redis, workdir, heartbeat_s=15, port=port, env_overrides=SERVICE_ENV, log_name=name
+        redis, workdir, heartbeat_s=15, port=port, env_overrides=env, log_name=name
     )
     deadline = time.monotonic() + 30
     while not ready(port):
@@ -235,9 +236,11 @@ def start(redis: peers.Redis, workdir: Path, port: int, name: str) -> peers.Peer
     return peer
 
 
-async def run_variant(variant: str, clients_n: int, redis: peers.Redis, workdir: Path) -> dict:
+async def run_variant(
+    variant: str, clients_n: int, redis: peers.Redis, workdir: Path, workers: int = 1
+) -> dict:
     port = peers.free_port()
-    peer = start(redis, workdir, port, f"ours-{variant}-1.log")
+    peer = start(redis, workdir, port, f"ours-{variant}-w{workers}-1.log", workers)
     prefix = f"pt_{variant[:1]}{int(time.time()) % 100000}_"
     patients = [f"{prefix}{i}" for i in range(clients_n)]
     clients = [Client(p, mint_token(peers.JWT_SECRET, p), port) for p in patients]
@@ -263,7 +266,9 @@ async def run_variant(variant: str, clients_n: int, redis: peers.Redis, workdir:
         down_s = time.monotonic() - sigterm_at
         missed = dict(zip(patients, await publish_one_each(redis.url, patients), strict=True))
         log(f"restart/{variant}: down after {down_s:.1f} s; published {len(missed)} while down")
-        peer = await asyncio.to_thread(start, redis, workdir, port, f"ours-{variant}-2.log")
+        peer = await asyncio.to_thread(
+            start, redis, workdir, port, f"ours-{variant}-w{workers}-2.log", workers
+        )
         ready_at = time.monotonic()
 
         def caught_up() -> int:
@@ -280,6 +285,7 @@ async def run_variant(variant: str, clients_n: int, redis: peers.Redis, workdir:
         extra = sum(1 for c in clients if len(set(c.received)) - before[c.patient] > 1)
         return {
             "variant": variant,
+            "workers": workers,
             "clients": clients_n,
             "connect_s": round(connected_s, 2),
             "down_s": round(down_s, 2),

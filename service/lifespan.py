@@ -59,6 +59,8 @@ def build_state(settings: Settings) -> AppState:
         keys=keys,
         subscribe=broker.subscribe,
         unsubscribe=broker.unsubscribe,
+        # Issue 15: the channels new in one loop iteration in one SUBSCRIBE.
+        subscribe_many=broker.subscribe_many,
         backfill_reader=lambda pid, after, _timeout: history.read_all_after(pid, after),
     )
     verifier = TokenVerifier(

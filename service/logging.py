@@ -96,7 +96,14 @@ def configure_logging(*, fmt: Literal["console", "json"], level: str, stream: An
     shared.append(redact)
 
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # The level first: a line below it costs one `isEnabledFor`, not the whole
+        # chain (timestamps, redaction regexes) before the handler drops it (in a
+        # storm at NOTIFY_LOG_LEVEL=warning that chain was 9 % of the CPU).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         # Not cached: a later configure() (tests) must take effect.

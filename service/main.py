@@ -10,6 +10,7 @@ from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.middleware import RequestBodyLimitMiddleware, RequestContextMiddleware
 from service.routers import client, demo, events, health, revocations, streams, tickets, ws
+from service.routers.lean_streams import LeanStreamRoutes, stream_routes
 from service.schemas.events import MAX_EVENT_BYTES
 
 
@@ -38,6 +39,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws.router)
     app.include_router(client.router)
     app.include_router(demo.router)
+    # The SSE routes' opens without FastAPI's routing and dependency solving (the
+    # same functions, answers and OpenAPI document: service/routers/lean_streams.py).
+    app.add_middleware(LeanStreamRoutes, routes=stream_routes(streams.router.routes))
     # Every JSON body this API takes is at most one event (DESIGN.md, "Events").
     app.add_middleware(RequestBodyLimitMiddleware, max_bytes=MAX_EVENT_BYTES)
     app.add_middleware(RequestContextMiddleware)

@@ -70,3 +70,10 @@ STREAM_DURATION = Histogram(
     ["transport"],
     buckets=(1, 10, 60, 300, 900, 1800, 3600, 4 * 3600, 12 * 3600),
 )
+REDIS_BATCH_SIZE = Histogram(
+    "notify_redis_batch_size",
+    "Requests carried by one coalesced Redis call (revocation/ticket MGET, history "
+    "heads and pages, SUBSCRIBE), by operation.",
+    ["operation"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)

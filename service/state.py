@@ -13,6 +13,7 @@ import structlog
 
 from service.brokers.base import Broker
 from service.config import Settings
+from service.services.batching import KeyReader
 from service.services.channels import RedisKeys
 from service.services.history import HistoryReader
 from service.services.hub import CloseReason, Hub
@@ -39,6 +40,11 @@ class AppState:
     keepalive: KeepAlive
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
+    # Ticket and revocation reads of one loop iteration share one MGET (issue 15).
+    key_reader: KeyReader = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.key_reader = KeyReader(self.broker.get_values)
 
     def begin_drain(self) -> None:
         """Readiness goes 503 now; each stream gets its reconnect hint at a random

@@ -40,6 +40,15 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRead:
+    """One `read_history` call, for `read_histories`."""
+
+    history_key: str
+    after_id: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class HistoryPage:
     entries: list[HistoryEntry]
     exists: bool
@@ -92,6 +101,13 @@ class Broker(abc.ABC):
     async def subscribe(self, channel: str) -> None:
         """Subscribe the process to `channel`; returns once the server confirmed it."""
 
+    async def subscribe_many(self, channels: list[str]) -> None:
+        """Subscribe every channel of `channels`; returns once each is confirmed.
+        (Issue 15: the hub subscribes all channels new in one loop iteration at
+        once; a broker may send them as one command with one confirmation wait.)"""
+        for channel in channels:
+            await self.subscribe(channel)
+
     @abc.abstractmethod
     async def unsubscribe(self, channel: str) -> None:
         """Drop the process' subscription to `channel`."""
@@ -115,6 +131,18 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     async def read_head(self, history_key: str) -> str | None:
         """The id of the newest entry of the history stream, or None when empty."""
+
+    async def read_histories(self, requests: list[HistoryRead]) -> list[HistoryPage]:
+        """`read_history` for each request, in order (one round trip where the
+        broker can: the history reads of one loop iteration, issue 15)."""
+        return [
+            await self.read_history(r.history_key, after_id=r.after_id, count=r.count)
+            for r in requests
+        ]
+
+    async def read_heads(self, history_keys: list[str]) -> list[str | None]:
+        """`read_head` for each key, in order (one round trip where it can)."""
+        return [await self.read_head(key) for key in history_keys]
 
     @abc.abstractmethod
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:

@@ -479,6 +479,11 @@ class ClusterBroker(RedisCommands):
                 return
         await wait_confirmed(future, shard.pending, channel, stopping=lambda: self._stopping)
 
+    async def subscribe_many(self, channels: list[str]) -> None:
+        """Channels of several shards: each SSUBSCRIBE goes to its own shard's
+        connection, all at once, each confirmed there."""
+        await asyncio.gather(*(self.subscribe(channel) for channel in channels))
+
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)
         shard = self._owner.pop(channel, None)

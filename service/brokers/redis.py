@@ -28,7 +28,14 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
-from service.brokers.base import Broker, HistoryEntry, HistoryPage, MessageHandler, ReconnectHandler
+from service.brokers.base import (
+    Broker,
+    HistoryEntry,
+    HistoryPage,
+    HistoryRead,
+    MessageHandler,
+    ReconnectHandler,
+)
 from service.brokers.topology import RedisMode, RedisTopology
 from service.failures import BrokerTopologyError, BrokerUnavailableError
 
@@ -120,6 +127,32 @@ def mismatch(configured: RedisMode, where: str, found_mode: str, role: str) -> s
     return None
 
 
+def queue_history_reads(pipe: Any, history_key: str, after_id: str, count: int) -> None:
+    """The four reads of one history page: entries after `after_id`, whether the
+    stream exists, its first and its newest id."""
+    pipe.xrange(history_key, min=f"({after_id}", max="+", count=count)
+    pipe.exists(history_key)
+    pipe.xrange(history_key, min="-", max="+", count=1)
+    pipe.xrevrange(history_key, max="+", min="-", count=1)
+
+
+def history_page(entries: Any, exists: Any, first: Any, last: Any) -> HistoryPage:
+    """A `HistoryPage` from the replies of `queue_history_reads`."""
+    return HistoryPage(
+        entries=[
+            HistoryEntry(
+                id=text(entry_id),
+                prev=text(fields.get(b"p", b"")),
+                payload=text(fields[b"e"]),
+            )
+            for entry_id, fields in entries
+        ],
+        exists=bool(exists),
+        first_id=text(first[0][0]) if first else None,
+        last_id=text(last[0][0]) if last else None,
+    )
+
+
 class RedisCommands(Broker):
     """The commands every Redis topology runs the same way, on `self.client` (a
     `Redis`, or a `RedisCluster` that routes each key to its shard)."""
@@ -164,28 +197,32 @@ class RedisCommands(Broker):
     async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
         # One key, so one slot: a pipeline that Cluster sends to a single shard.
         async with self.client.pipeline(transaction=False) as pipe:
-            pipe.xrange(history_key, min=f"({after_id}", max="+", count=count)
-            pipe.exists(history_key)
-            pipe.xrange(history_key, min="-", max="+", count=1)
-            pipe.xrevrange(history_key, max="+", min="-", count=1)
-            entries, exists, first, last = await self._call("history", pipe.execute())
-        return HistoryPage(
-            entries=[
-                HistoryEntry(
-                    id=text(entry_id),
-                    prev=text(fields.get(b"p", b"")),
-                    payload=text(fields[b"e"]),
-                )
-                for entry_id, fields in entries
-            ],
-            exists=bool(exists),
-            first_id=text(first[0][0]) if first else None,
-            last_id=text(last[0][0]) if last else None,
-        )
+            queue_history_reads(pipe, history_key, after_id, count)
+            return history_page(*await self._call("history", pipe.execute()))
 
     async def read_head(self, history_key: str) -> str | None:
         newest = await self._call("history", self.client.xrevrange(history_key, count=1))
         return text(newest[0][0]) if newest else None
+
+    async def read_histories(self, requests: list[HistoryRead]) -> list[HistoryPage]:
+        """Every request's reads in one pipeline (issue 15: one loop tick's)."""
+        if not requests:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for r in requests:
+                queue_history_reads(pipe, r.history_key, r.after_id, r.count)
+            replies = await self._call("history", pipe.execute())
+        return [history_page(*replies[i : i + 4]) for i in range(0, len(replies), 4)]
+
+    async def read_heads(self, history_keys: list[str]) -> list[str | None]:
+        """Every key's newest id in one pipeline (issue 15)."""
+        if not history_keys:
+            return []
+        async with self.client.pipeline(transaction=False) as pipe:
+            for key in history_keys:
+                pipe.xrevrange(key, count=1)
+            replies = await self._call("history", pipe.execute())
+        return [text(newest[0][0]) if newest else None for newest in replies]
 
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
         await self._call("set", self.client.set(key, value, ex=ttl_s))
@@ -469,6 +506,43 @@ class RedisBroker(RedisCommands):
                 self._pending.pop(channel, None)
                 return
         await wait_confirmed(future, self._pending, channel, stopping=lambda: self._stopping)
+
+    async def subscribe_many(self, channels: list[str]) -> None:
+        """One `SUBSCRIBE` for every channel not yet pending, one confirmation
+        wait for all of them (issue 15: the hub's new channels of one iteration)."""
+        if len(channels) == 1:
+            await self.subscribe(channels[0])
+            return
+        self._channels.update(channels)
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        loop = asyncio.get_running_loop()
+        futures: dict[str, asyncio.Future[None]] = {}
+        new: list[str] = []
+        for channel in channels:
+            future = self._pending.get(channel)
+            if future is None:
+                future = self._pending[channel] = loop.create_future()
+                new.append(channel)
+            futures[channel] = future
+        if new:
+            try:
+                await pubsub.subscribe(*new)
+            except UNAVAILABLE:
+                for channel in new:
+                    self._pending.pop(channel, None)
+                return
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.gather(*futures.values())), SUBSCRIBE_CONFIRM_S
+            )
+        except (TimeoutError, asyncio.CancelledError):
+            if self._stopping:
+                raise
+            for channel, future in futures.items():
+                if self._pending.get(channel) is future and not future.done():
+                    self._pending.pop(channel, None)
 
     async def unsubscribe(self, channel: str) -> None:
         self._channels.discard(channel)

@@ -26,11 +26,11 @@ TICKET_PARAM = "ticket"
 
 
 def ticket_store(state: AppState) -> TicketStore:
-    return TicketStore(broker=state.broker, keys=state.keys)
+    return TicketStore(broker=state.broker, keys=state.keys, reader=state.key_reader)
 
 
 def revocation_store(state: AppState) -> RevocationStore:
-    return RevocationStore(broker=state.broker, keys=state.keys)
+    return RevocationStore(broker=state.broker, keys=state.keys, reader=state.key_reader)
 
 
 def _refused(exc: UnauthorizedError) -> UnauthorizedError:

@@ -15,8 +15,9 @@ import structlog
 from pydantic import ValidationError
 
 from service import metrics
-from service.brokers.base import Broker, parse_stream_id, splice_id
+from service.brokers.base import Broker, HistoryPage, HistoryRead, parse_stream_id, splice_id
 from service.schemas.events import MAX_EVENT_BYTES, EventStored, is_stream_id
+from service.services.batching import TickBatcher
 from service.services.channels import RedisKeys
 
 log = structlog.get_logger(__name__)
@@ -38,13 +39,26 @@ class HistoryReader:
         self._broker = broker
         self._keys = keys
         self._page_size = page_size
+        # The heads and pages read by every connection of one loop iteration go to
+        # Redis as one pipeline (a reconnect storm reads thousands at once).
+        self._heads: TickBatcher[str, str | None] = TickBatcher(
+            broker.read_heads, operation="history_head"
+        )
+        self._pages: TickBatcher[HistoryRead, HistoryPage] = TickBatcher(
+            broker.read_histories, operation="history_page"
+        )
+
+    async def _read(self, key: str, *, after_id: str) -> HistoryPage:
+        return await self._pages.get(
+            HistoryRead(history_key=key, after_id=after_id, count=self._page_size)
+        )
 
     async def replay(
         self, patient_id: str, *, after_id: str, appointment_id: str | None = None
     ) -> tuple[ReplayStart, AsyncIterator[list[EventStored]]]:
         """Whether there is a gap after `after_id`, and the events after it, in pages."""
         key = self._keys.history(patient_id)
-        page = await self._broker.read_history(key, after_id=after_id, count=self._page_size)
+        page = await self._read(key, after_id=after_id)
         from_empty = after_id == EMPTY_HISTORY_ID
         if not page.exists:
             # Expired or lost (a Redis restart) since the client's id; still empty
@@ -77,16 +91,14 @@ class HistoryReader:
                     yield events
                 if len(current.entries) < self._page_size:
                     return
-                current = await self._broker.read_history(
-                    key, after_id=current.entries[-1].id, count=self._page_size
-                )
+                current = await self._read(key, after_id=current.entries[-1].id)
 
         return start, pages()
 
     async def head(self, patient_id: str) -> str:
         """Where a client that has received nothing resumes from: the id of the
         newest history entry, or `EMPTY_HISTORY_ID`."""
-        newest = await self._broker.read_head(self._keys.history(patient_id))
+        newest = await self._heads.get(self._keys.history(patient_id))
         return newest or EMPTY_HISTORY_ID
 
     async def read_all_after(

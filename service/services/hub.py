@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -31,6 +32,7 @@ from service.services.closing import CloseReason as CloseReason
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)
+SUBSCRIBE_BATCH = metrics.REDIS_BATCH_SIZE.labels(operation="subscribe")
 
 
 class Delivery:
@@ -244,7 +246,15 @@ BackfillReader = Callable[[str, str, float], Awaitable[tuple[list[EventStored], 
 
 
 class _Channel:
-    __slots__ = ("backfilling", "last_key", "patient_id", "pending", "since_ms", "subscribers")
+    __slots__ = (
+        "backfilling",
+        "last_key",
+        "patient_id",
+        "pending",
+        "since_ms",
+        "subscribed",
+        "subscribers",
+    )
 
     def __init__(self, patient_id: str) -> None:
         self.patient_id = patient_id
@@ -254,10 +264,19 @@ class _Channel:
         self.since_ms = int(time.time() * 1000)
         self.backfilling = False
         self.pending: list[bytes] = []
+        # Resolved once the broker confirmed the subscription (None: confirmed, or
+        # nobody waits any more); every attach of the channel waits on it.
+        self.subscribed: asyncio.Future[None] | None = None
 
 
 class Hub:
-    """Channel → subscribers, reference-counted against the broker's subscriptions."""
+    """Channel → subscribers, reference-counted against the broker's subscriptions.
+
+    The first attach of a channel does not subscribe it alone: every channel that
+    became new during one loop iteration is subscribed with one broker call (one
+    `SUBSCRIBE` carrying them all, one confirmation wait), and each attach returns
+    once its own channel is confirmed. The lock is held only while the broker call
+    runs, so a detach's unsubscribe never overtakes the subscribe it undoes."""
 
     def __init__(
         self,
@@ -266,15 +285,20 @@ class Hub:
         subscribe: Callable[[str], Awaitable[None]],
         unsubscribe: Callable[[str], Awaitable[None]],
         backfill_reader: BackfillReader | None = None,
+        subscribe_many: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         self._keys = keys
         self._subscribe = subscribe
+        self._subscribe_many = subscribe_many
         self._unsubscribe = unsubscribe
         self._channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()
         self._all: set[Subscriber] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._to_subscribe: list[tuple[str, _Channel]] = []
+        self._subscribing: set[asyncio.Task[None]] = set()
+        self._subscriber: asyncio.Task[None] | None = None
         # Reads what a channel missed while the listener was away (None: no history).
         self.backfill_reader = backfill_reader
 
@@ -282,25 +306,107 @@ class Hub:
 
     async def attach(self, patient_id: str, subscriber: Subscriber) -> None:
         """Add `subscriber`; the first one of a patient subscribes the channel and
-        returns only once the broker confirmed it (so a replay can follow safely)."""
+        returns only once the broker confirmed it (so a replay can follow safely);
+        later ones joining before the confirmation wait for it too."""
         name = self._keys.patient_channel(patient_id)
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = _Channel(patient_id)
+            channel.subscribed = asyncio.get_running_loop().create_future()
+            if not self._to_subscribe and self._subscriber is None:
+                asyncio.get_running_loop().call_soon(self._start_subscribing)
+            self._to_subscribe.append((name, channel))
+        channel.subscribers.add(subscriber)
+        self._all.add(subscriber)
+        self._idle.clear()
+        waiting = channel.subscribed
+        if waiting is None:
+            return
+        try:
+            # Shielded: one caller going away must not cancel the others' wait.
+            await asyncio.shield(waiting)
+        except BaseException:
+            channel.subscribers.discard(subscriber)
+            self._forget(subscriber)
+            if not channel.subscribers and channel.subscribed is None:
+                # Settled already, so the batch will not look at it again.
+                self._spawn(self._drop_if_empty(name, channel))
+            raise
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        # Owned by the hub: short broker calls whose outcome the waiting attaches
+        # receive through their futures; tracked so that none is collected early.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._subscribing.add(task)
+        task.add_done_callback(self._subscribing.discard)
+        return task
+
+    def _start_subscribing(self) -> None:
+        if self._subscriber is None and self._to_subscribe:
+            self._subscriber = self._spawn(self._subscribe_pending())
+
+    async def _subscribe_pending(self) -> None:
+        """One subscribing task at a time, and each batch is formed when the
+        previous one is confirmed: everything that became new meanwhile goes in
+        one call (a batch per loop iteration, each waiting for the lock, would
+        serialise thousands of round trips in a storm)."""
+        try:
+            while self._to_subscribe:
+                batch, self._to_subscribe = self._to_subscribe, []
+                await self._subscribe_batch(batch)
+        finally:
+            self._subscriber = None
+
+    async def _subscribe_batch(self, batch: list[tuple[str, _Channel]]) -> None:
         async with self._lock:
-            channel = self._channels.get(name)
-            first = channel is None
-            if channel is None:
-                channel = self._channels[name] = _Channel(patient_id)
-            channel.subscribers.add(subscriber)
-            self._all.add(subscriber)
-            self._idle.clear()
-            if first:
-                try:
-                    await self._subscribe(name)
-                except BaseException:
-                    channel.subscribers.discard(subscriber)
-                    self._forget(subscriber)
-                    if not channel.subscribers:
+            # A channel whose subscribers all left before it was subscribed was
+            # dropped (and "unsubscribed") by `detach` already: skip it.
+            live = [(n, c) for n, c in batch if self._channels.get(n) is c]
+            SUBSCRIBE_BATCH.observe(len(live))
+            try:
+                if len(live) == 1 or (live and self._subscribe_many is None):
+                    for name, _ in live:
+                        await self._subscribe(name)
+                elif live:
+                    assert self._subscribe_many is not None
+                    await self._subscribe_many([name for name, _ in live])
+            except BaseException as exc:
+                for name, channel in batch:
+                    # Not subscribed: every attach waiting on it fails and leaves.
+                    if self._channels.get(name) is channel:
                         del self._channels[name]
+                    self._settle(channel, exc)
+                if isinstance(exc, asyncio.CancelledError):
                     raise
+                return
+            for name, channel in live:
+                self._settle(channel, None)
+                if not channel.subscribers:
+                    # Its only attaches were cancelled while it was being subscribed.
+                    del self._channels[name]
+                    await self._unsubscribe(name)
+        for _, channel in batch:
+            self._settle(channel, None)
+
+    async def _drop_if_empty(self, name: str, channel: _Channel) -> None:
+        async with self._lock:
+            if not channel.subscribers and self._channels.get(name) is channel:
+                del self._channels[name]
+                await self._unsubscribe(name)
+
+    @staticmethod
+    def _settle(channel: _Channel, exc: BaseException | None) -> None:
+        future, channel.subscribed = channel.subscribed, None
+        if future is None or future.done():
+            return
+        if exc is None:
+            future.set_result(None)
+        elif isinstance(exc, asyncio.CancelledError):
+            future.cancel()
+        else:
+            future.set_exception(exc)
+            # Retrieved here: a channel whose attaches all left has no reader.
+            future.exception()
 
     async def detach(self, patient_id: str, subscriber: Subscriber) -> None:
         """Remove `subscriber`; the last one of a patient unsubscribes the channel."""

@@ -27,6 +27,7 @@ from typing import Final
 import structlog
 
 from service.brokers.base import Broker
+from service.services.batching import KeyReader
 from service.services.channels import RedisKeys
 from service.services.control import announce_revocation, revokes_issued_at
 from service.services.errors import DomainError, UnauthorizedError
@@ -71,9 +72,12 @@ def _revoked_at(value: str) -> float | None:
 
 
 class RevocationStore:
-    def __init__(self, *, broker: Broker, keys: RedisKeys) -> None:
+    def __init__(self, *, broker: Broker, keys: RedisKeys, reader: KeyReader | None = None) -> None:
         self._broker = broker
         self._keys = keys
+        # Reads for connection checks: the process' coalescing reader when given
+        # (one MGET per loop iteration for every connection checked in it).
+        self._get_values = reader.get_values if reader is not None else broker.get_values
 
     async def revoke(
         self,
@@ -111,7 +115,9 @@ class RevocationStore:
         keys = [self._keys.revoked_sub(principal.sub)]
         if principal.jti is not None:
             keys.append(self._keys.revoked_jti(principal.jti))
-        values = await self._broker.get_values(*keys)
+        # Read from Redis on every check, never from a local copy: a revocation
+        # written by any process is seen by the next connection of every process.
+        values = await self._get_values(*keys)
         return _revokes(principal, values[0], values[1] if len(values) > 1 else None)
 
     async def ensure_not_revoked(self, principal: Principal) -> None:

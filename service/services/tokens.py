@@ -14,6 +14,7 @@ of an RSA key is refused before any cryptography runs.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -96,6 +97,9 @@ class TokenConfig:
     jwks_url: str | None = None
     # How long fetched JWKS keys are trusted before a refresh is due.
     jwks_cache_s: float = 300.0
+    # Verified tokens remembered (by hash) so that a reconnect skips the signature
+    # check; 0 turns the cache off. About 0.3 KB each.
+    claims_cache_size: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +142,9 @@ class JwksKeySet:
         self._keys: dict[str | None, _JwksKey] = {}
         self._lock = asyncio.Lock()
         self._generation = 0
+        # Changes whenever the set of keys changes: claims verified with a key
+        # that may since have been withdrawn are verified again.
+        self.keys_version = 0
         self.fetched_at: float | None = None
         self.last_fetch_failed = False
         self._retry_at = float("-inf")
@@ -168,6 +175,8 @@ class JwksKeySet:
             finally:
                 self._generation += 1
             changed = set(keys) != set(self._keys)
+            if keys != self._keys:
+                self.keys_version += 1
             self._keys = keys
             self.fetched_at = self._clock()
             self.last_fetch_failed = False
@@ -242,6 +251,58 @@ def _parse_jwks(document: Any) -> dict[str | None, _JwksKey]:
     return keys
 
 
+class VerifiedClaimsCache:
+    """Principals of tokens that passed verification, keyed by the token's SHA-256.
+
+    Only what `jwt.decode` would answer again is remembered: a token is verified
+    in full the first time (signature, `aud`, `iss`, required claims, `nbf`), and
+    its entry ends at the token's own `exp` (no leeway; after it the token goes
+    through full verification, which applies the leeway). Bounded: the oldest
+    entry goes first. It replaces the signature check only, never the revocation
+    or ticket check, which still read Redis for every connection. With a JWKS, a
+    change of the key set empties it (a withdrawn key stops verifying at once).
+    """
+
+    __slots__ = ("_clock", "_entries", "_max", "_version")
+
+    def __init__(self, max_entries: int, *, clock: Callable[[], float] = time.time) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._entries: dict[bytes, Principal] = {}
+        self._version = 0
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, key: bytes, *, version: int = 0) -> Principal | None:
+        if version != self._version:
+            self._entries.clear()
+            self._version = version
+            return None
+        principal = self._entries.get(key)
+        if principal is None:
+            return None
+        if self._clock() >= principal.expires_at:
+            del self._entries[key]
+            return None
+        return principal
+
+    def put(self, key: bytes, principal: Principal, *, version: int = 0) -> None:
+        if self._max <= 0 or principal.expires_at <= self._clock():
+            return
+        if version != self._version:
+            # Verified with a key set that has changed since: not remembered.
+            return
+        if len(self._entries) >= self._max:
+            # Dicts keep insertion order: the first key is the oldest entry.
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = principal
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class TokenVerifier:
     """Verifies bearer tokens with an HMAC secret, a PEM public key or a JWKS."""
 
@@ -256,6 +317,7 @@ class TokenVerifier:
         if jwks is None and config.jwks_url:
             jwks = JwksKeySet(config.jwks_url, cache_s=config.jwks_cache_s)
         self.jwks = jwks
+        self.cache = VerifiedClaimsCache(config.claims_cache_size)
 
     async def _key_for(self, token: str) -> tuple[str, Any]:
         header = jwt.get_unverified_header(token)
@@ -281,11 +343,19 @@ class TokenVerifier:
             raise UnauthorizedError("malformed")
         if len(token.partition(".")[0]) > MAX_HEADER_SEGMENT:
             raise UnauthorizedError("malformed")
+        cache_key = VerifiedClaimsCache.key(token)
+        version = self.jwks.keys_version if self.jwks is not None else 0
+        cached = self.cache.get(cache_key, version=version)
+        if cached is not None:
+            return cached
         try:
             alg, key = await self._key_for(token)
         except jwt.InvalidTokenError as exc:
             raise UnauthorizedError("invalid") from exc
-        return self._decode(token, alg, key)
+        principal = self._decode(token, alg, key)
+        # The version read before the key: a refresh meanwhile empties the cache.
+        self.cache.put(cache_key, principal, version=version)
+        return principal
 
     def _decode(self, token: str, alg: str, key: Any) -> Principal:
         try:

@@ -1,0 +1,100 @@
+"""The SSE routes' lean path (`service/routers/lean_streams.py`) answers exactly as
+the FastAPI routes it bypasses: the same app is asked the same questions with and
+without the lean layer, and status, body and headers must agree."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, cast
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.main import create_app
+from service.routers.lean_streams import LeanStreamRoutes
+from tests.conftest import Tokens, bearer
+
+ME = "/v1/patients/me/events"
+# Headers whose value differs per request by design.
+PER_REQUEST = {"x-request-id", "date"}
+
+
+@pytest.fixture
+def lean(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def routed(settings: Settings) -> Iterator[TestClient]:
+    app = create_app(settings)
+    # The middleware stack is built on first use: without the lean layer, every
+    # request goes through FastAPI's routing and dependencies.
+    app.user_middleware = [
+        m for m in app.user_middleware if cast(object, m.cls) is not LeanStreamRoutes
+    ]
+    with TestClient(app) as client:
+        yield client
+
+
+def answer(client: TestClient, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    with client.stream("GET", url, headers=headers) as response:
+        first = next(response.iter_bytes(), b"")
+        head = {k: v for k, v in response.headers.items() if k not in PER_REQUEST}
+        if response.status_code == 200:
+            # The jittered `retry:` differs per connection; what follows must not.
+            body: Any = first.split(b"\n", 1)[1] if first.startswith(b"retry:") else first
+        else:
+            body = first or response.read()
+        return {"status": response.status_code, "headers": head, "body": body}
+
+
+def cases(tokens: Tokens) -> list[tuple[str, dict[str, str]]]:
+    patient, staff = bearer(tokens.patient("pt_1")), bearer(tokens.staff())
+    return [
+        (ME, {}),
+        (ME, {"Authorization": "Bearer garbage"}),
+        (ME, bearer(tokens.make("pt_1", ttl_s=-120))),
+        (f"{ME}?ticket=x", patient),  # ticket and bearer: ambiguous
+        (f"{ME}?ticket=x&ticket=y", {}),
+        (f"{ME}?ticket={'a' * 43}", {}),
+        (ME, bearer(tokens.service())),  # /me is not for a service: 403
+        ("/v1/patients/pt_2/events", patient),  # another patient: 404
+        ("/v1/patients/pt_2/events", bearer(tokens.service())),
+        ("/v1/patients/pt_2/events", staff),
+        ("/v1/patients/bad%20id/events", staff),  # FastAPI's 422
+        ("/v1/patients/me/appointments/ap_1/events", patient),
+        ("/v1/patients/me/appointments/ap%2F1/events", patient),
+        (f"{ME}?last_event_id={'1' * 65}", patient),  # FastAPI's 422
+        (f"{ME}?last_event_id=not-an-id", patient),
+        (ME, {**patient, "Last-Event-ID": "1-0"}),
+        (ME, patient),
+    ]
+
+
+def test_the_lean_path_answers_as_the_routed_one(
+    lean: TestClient, routed: TestClient, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    taken: list[str] = []
+    original = LeanStreamRoutes._open
+
+    async def spy(*args: Any) -> Any:
+        taken.append("lean")
+        return await original(*args)
+
+    monkeypatch.setattr(LeanStreamRoutes, "_open", staticmethod(spy))
+    for url, headers in cases(tokens):
+        assert answer(lean, url, headers) == answer(routed, url, headers), url
+    # It did answer (all but the three that FastAPI's validation refuses).
+    assert len(taken) == len(cases(tokens)) - 3
+
+
+def test_openapi_still_documents_the_stream_routes(lean: TestClient) -> None:
+    paths = lean.get("/openapi.json").json()["paths"]
+    for path in (
+        "/v1/patients/me/events",
+        "/v1/patients/me/appointments/{appointment_id}/events",
+        "/v1/patients/{patient_id}/events",
+    ):
+        assert "get" in paths[path]
