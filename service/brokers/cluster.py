@@ -42,7 +42,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
 
 from service import metrics
-from service.brokers.base import MessageHandler, ReconnectHandler
+from service.brokers.base import HistoryPage, MessageHandler, ReconnectHandler
 from service.brokers.redis import (
     LISTENER_POLL_S,
     UNAVAILABLE,
@@ -51,6 +51,7 @@ from service.brokers.redis import (
     close_pubsub,
     command_retry,
     confirm,
+    history_page,
     mismatch,
     no_retry,
     server_kind,
@@ -368,6 +369,11 @@ class ClusterBroker(RedisCommands):
                 await confirm(pubsub, wanted, "ssubscribe", lambda m: None)
                 shard.pubsub, shard.client = pubsub, client
                 attempt = 0
+                # Channels placed on this shard while the SSUBSCRIBEs above were
+                # under way found no connection yet (`subscribe` returned at
+                # once): subscribe them now (their confirmation, read below,
+                # backfills them); channels dropped meanwhile are let go.
+                await self._catch_up(shard, pubsub, set(wanted))
                 await self._backfill_confirmed(shard, wanted)
                 await self._read_shard(shard, pubsub)
             except SHARD_ERRORS as exc:
@@ -397,6 +403,16 @@ class ClusterBroker(RedisCommands):
                 await client.aclose()
         if self._shards.get(shard.name) is shard and not shard.channels:
             del self._shards[shard.name]
+
+    async def _catch_up(self, shard: _Shard, pubsub: PubSub, sent: set[str]) -> None:
+        late: dict[int, list[str]] = {}
+        for channel in sorted(shard.channels - sent):
+            late.setdefault(self.client.keyslot(channel), []).append(channel)
+        for channels in late.values():
+            await pubsub.ssubscribe(*channels)
+        gone = sorted(sent - shard.channels)
+        if gone:
+            await pubsub.sunsubscribe(*gone)
 
     async def _read_shard(self, shard: _Shard, pubsub: PubSub) -> None:
         while not self._stopping and shard.channels:
@@ -496,10 +512,35 @@ class ClusterBroker(RedisCommands):
             return int(await self._call("publish", self.client.publish(channel, payload)))
         return int(await self._call("publish", self.client.spublish(channel, payload)))
 
+    # No cluster pipelines (mget_nonatomic, pipeline()): in redis-py 8.1 a
+    # ClusterPipeline that meets a ConnectionError (MaxConnectionsError included:
+    # a burst over NOTIFY_REDIS_MAX_CONNECTIONS) closes the WHOLE client before
+    # retrying, which cuts the connections other requests are using (they fail
+    # with AttributeError, 500s). Plain commands, concurrently, instead.
+
+    async def _gather(self, operation: str, *coros: Any) -> list[Any]:
+        results = await asyncio.gather(*coros, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                # Raised through `_call`, so it maps as any command's error.
+                await self._call(operation, _raise(result))
+        return list(results)
+
     async def get_values(self, *keys: str) -> list[str | None]:
-        # Keys of several slots: one MGET per slot, pipelined.
-        values = await self._call("get", self.client.mget_nonatomic(list(keys)))
+        # Keys of several slots: one GET each, concurrently.
+        values = await self._gather("get", *(self.client.get(key) for key in keys))
         return [None if v is None else text(v) for v in values]
+
+    async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
+        # One after the other: one pool connection at a time, as the pipeline used.
+        c = self.client
+        entries = await self._call(
+            "history", c.xrange(history_key, min=f"({after_id}", count=count)
+        )
+        exists = await self._call("history", c.exists(history_key))
+        first = await self._call("history", c.xrange(history_key, min="-", max="+", count=1))
+        last = await self._call("history", c.xrevrange(history_key, max="+", min="-", count=1))
+        return history_page(entries, exists, first, last)
 
     async def shards_down(self, timeout_s: float) -> tuple[int, int]:
         """Pings every shard primary (at most once a second: readiness asks
@@ -539,3 +580,7 @@ class ClusterBroker(RedisCommands):
     @property
     def control_node(self) -> str | None:
         return self._control_node if self.listener_up else None
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc

@@ -160,19 +160,7 @@ class RedisCommands(Broker):
             pipe.xrange(history_key, min="-", max="+", count=1)
             pipe.xrevrange(history_key, max="+", min="-", count=1)
             entries, exists, first, last = await self._call("history", pipe.execute())
-        return HistoryPage(
-            entries=[
-                HistoryEntry(
-                    id=text(entry_id),
-                    prev=text(fields.get(b"p", b"")),
-                    payload=text(fields[b"e"]),
-                )
-                for entry_id, fields in entries
-            ],
-            exists=bool(exists),
-            first_id=text(first[0][0]) if first else None,
-            last_id=text(last[0][0]) if last else None,
-        )
+        return history_page(entries, exists, first, last)
 
     async def read_head(self, history_key: str) -> str | None:
         newest = await self._call("history", self.client.xrevrange(history_key, count=1))
@@ -193,6 +181,23 @@ class RedisCommands(Broker):
             "xadd", self.client.xadd(key, fields, maxlen=maxlen, approximate=True)
         )
         return text(entry_id)
+
+
+def history_page(entries: Any, exists: Any, first: Any, last: Any) -> HistoryPage:
+    """A HistoryPage from the replies of XRANGE (after), EXISTS, XRANGE - + 1, XREVRANGE + - 1."""
+    return HistoryPage(
+        entries=[
+            HistoryEntry(
+                id=text(entry_id),
+                prev=text(fields.get(b"p", b"")),
+                payload=text(fields[b"e"]),
+            )
+            for entry_id, fields in entries
+        ],
+        exists=bool(exists),
+        first_id=text(first[0][0]) if first else None,
+        last_id=text(last[0][0]) if last else None,
+    )
 
 
 class BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
