@@ -6,6 +6,7 @@
     python -m bench --calibrate        # generator ceiling against a bare-asyncio fan-out
     python -m bench churn              # RSS under 100,000 short connections (bench/churn.py)
     python -m bench restart            # SIGTERM + restart with 5,000 SSE clients (bench/restart.py)
+    python -m bench shards             # unicast through 1 vs 3 Redis Cluster shards (bench/shards.py)
 
 Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
 """
@@ -126,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import churn
 
         return churn.main(args[1:])
+    if args[:1] == ["shards"]:
+        from bench import shards
+
+        return shards.main(args[1:])
     if args[:1] == ["restart"]:
         from bench import restart
 
