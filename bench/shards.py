@@ -547,6 +547,7 @@ def step(
         per_shard[owner[c]] += sum(gots)
     # Patients with no stream at all count as lost too.
     lost += sum(e for c, e in expected.items() if c not in by_chan)
+    short = sorted(c for c, gots in by_chan.items() if max(gots) < expected.get(c, 0))
     dups = sum(r["dups_total"] for r in stats)
     lat = array("q")
     for r in stats:
@@ -567,6 +568,7 @@ def step(
         "lost": lost,
         "dups": dups,
         "closed_by_server": sum(r["closed_unexpected"] for r in stats),
+        "patients_short": {str(c): [by_chan[c], expected.get(c, 0)] for c in short[:20]},
         "live_streams": sum(r["live"] for r in stats),
         "lat_ms": summary,
         "window_s": dt,
