@@ -597,6 +597,24 @@ def log_step(label: str, st: dict) -> None:
     )
 
 
+def reopen_ended(h: ShardHarness, peer: peers.Peer, chans: list[int], a, rounds: int = 10) -> list:
+    """Patients without a live stream (refused, or ended by the server after it
+    opened): open again, as EventSource does after `retry:`; then the barrier."""
+    retries = []
+    for _ in range(rounds):
+        live = set().union(*h.subs_all("live_chans"))
+        todo = [c for c in chans if c not in live]
+        if not todo:
+            break
+        time.sleep(0.5)
+        r = open_streams(h, peer, "sse", todo, a.concurrency, timeout_s=90)  # type: ignore[arg-type]
+        retries.append({"tried": len(todo), "opened": r["opened"], "refused": r["refused"]})
+        log(f"  again: {r['opened']}/{len(todo)} opened, refused {r['refused']}")
+    if retries:
+        barrier(h)
+    return retries
+
+
 def run_topology(name: str, h: ShardHarness, a: argparse.Namespace, workdir: Path) -> dict:
     topo = Topology(name)
     out: dict = {"topology": name, "primaries": topo.primaries, "cluster": topo.cluster}
@@ -644,17 +662,7 @@ def run_topology(name: str, h: ShardHarness, a: argparse.Namespace, workdir: Pat
         out["open"] = {k: v for k, v in o.items() if k != "connect_lat_ms"}
         out["open"]["connect_lat_ms"] = o["connect_lat_ms"]
         # Refused (the retry-able answer) or failed: come back, as EventSource does.
-        retries = []
-        for _ in range(10):
-            live = set().union(*h.subs_all("live_chans"))
-            todo = [c for c in chans if c not in live]
-            if not todo:
-                break
-            time.sleep(0.5)
-            r = open_streams(h, peer, "sse", todo, a.concurrency, timeout_s=90)  # type: ignore[arg-type]
-            retries.append({"tried": len(todo), "opened": r["opened"], "refused": r["refused"]})
-            log(f"  again: {r['opened']}/{len(todo)} opened, refused {r['refused']}")
-        out["open"]["retries"] = retries
+        out["open"]["retries"] = reopen_ended(h, peer, chans, a)
         out["open"]["live"] = len(set().union(*h.subs_all("live_chans")))
         out["open"]["all_live_s"] = time.monotonic() - t_open
         out["open"]["redis_errors"] = redis_errors(peer.port)
@@ -666,6 +674,8 @@ def run_topology(name: str, h: ShardHarness, a: argparse.Namespace, workdir: Pat
         out["unready_after_barrier"] = missing
         out["connections_streams_open"] = sampler.now()
 
+        out["reopened_before_step"] = []
+        out["reopened_before_step"].append(reopen_ended(h, peer, chans, a))
         fixed = step(h, peer, topo, sampler, owner, a.patients, a.fixed_rate, a.duration_s)
         log_step(f"{name} fixed", fixed)
         out["fixed"] = fixed
@@ -675,6 +685,7 @@ def run_topology(name: str, h: ShardHarness, a: argparse.Namespace, workdir: Pat
         rate = a.fixed_rate * 2
         while rate <= a.max_rate:
             time.sleep(0.3)
+            out["reopened_before_step"].append(reopen_ended(h, peer, chans, a))
             st = step(h, peer, topo, sampler, owner, a.patients, rate, a.duration_s)
             log_step(name, st)
             steps.append(st)
@@ -688,6 +699,7 @@ def run_topology(name: str, h: ShardHarness, a: argparse.Namespace, workdir: Pat
         live = sum(r["live"] for r in h.subs_all("stats", detail=False))
         if best is not None and first_fail is not None and live == a.patients:
             settle(h)
+            out["reopened_before_step"].append(reopen_ended(h, peer, chans, a))
             mid = round((best["rate"] * first_fail) ** 0.5)
             st = step(h, peer, topo, sampler, owner, a.patients, mid, a.duration_s)
             st["bisect"] = True
