@@ -7,6 +7,7 @@
     python -m bench churn              # RSS under 100,000 short connections (bench/churn.py)
     python -m bench restart            # SIGTERM + restart with 5,000 SSE clients (bench/restart.py)
     python -m bench targets            # issue 15's table, every row (bench/targets.py)
+    python -m bench shards             # unicast through 1 vs 3 Redis Cluster shards (bench/shards.py)
 
 Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
 """
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import targets
 
         return targets.main(args[1:])
+    if args[:1] == ["shards"]:
+        from bench import shards
+
+        return shards.main(args[1:])
     if args[:1] == ["restart"]:
         from bench import restart
 

@@ -65,7 +65,7 @@ def redis_status(redis: peers.Redis) -> tuple[int, int]:
     client = redis_py.Redis(host="127.0.0.1", port=redis.port)
     try:
         clients = int(client.info("clients")["connected_clients"]) - 1  # minus this one
-        channels = len(client.pubsub_channels("notify:patient:*"))
+        channels = len(client.pubsub_channels("notify:patient:{*}"))
     finally:
         client.close()
     return clients, channels

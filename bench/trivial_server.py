@@ -2,7 +2,8 @@
 
 NOT a service and NOT a baseline: no framework, no validation, no token check
 (the patient id is read from the unverified JWT payload), no heartbeats. One raw
-Redis connection (``PSUBSCRIBE notify:patient:*``) and a dict of channel ->
+Redis connection (``PSUBSCRIBE notify:patient:*``, channels
+``notify:patient:{<patient_id>}``) and a dict of channel ->
 transports; each message is written as an SSE frame to the transports of its
 channel. ``python -m bench --calibrate`` runs the broadcast ladder against it
 to show how many deliveries per second the generator itself can absorb.
@@ -61,7 +62,7 @@ class RespReader(asyncio.Protocol):
                 break
             pos = p
             if parts and parts[0] == b"pmessage":
-                chan = parts[2][len(b"notify:patient:") :]
+                chan = parts[2][len(b"notify:patient:{") : -1]  # notify:patient:{pt_1}
                 frame = b"data: " + parts[3] + b"\n\n"
                 for t in self.hub.get(chan, ()):
                     t.write(frame)

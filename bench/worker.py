@@ -338,9 +338,12 @@ class PublisherWorker:
         t = self.target
         if t["publish"] == "redis":
             prefix = t.get("channel_prefix", "notify:patient:").encode()
+            # The key scheme's hash tag: notify:patient:{pt_00001}.
             return b"".join(
                 resp_command(
-                    b"PUBLISH", prefix + chan_name(c).encode(), event_json(chan_name(c), s, sent)
+                    b"PUBLISH",
+                    prefix + b"{" + chan_name(c).encode() + b"}",
+                    event_json(chan_name(c), s, sent),
                 )
                 for c, s in zip(chans, seqs, strict=False)
             )

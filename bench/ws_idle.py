@@ -124,13 +124,13 @@ async def run(
                 "appointment_id": "ap_1",
                 "occurred_at": "2026-11-27T09:30:00Z",
             }
-            await client.publish(f"{prefix}patient:pt_{i}", json.dumps(event))
+            await client.publish(f"{prefix}patient:{{pt_{i}}}", json.dumps(event))
         received = 0
         for i in sample:
             message = json.loads(await asyncio.wait_for(sockets[i].recv(), 10))
             received += message.get("type") == "event"
         patterns = await client.execute_command("PUBSUB", "NUMPAT")
-        channels = len(await client.pubsub_channels(f"{prefix}patient:*"))
+        channels = len(await client.pubsub_channels(f"{prefix}patient:{{*}}"))
         await client.aclose()
         return {
             "connections": n,

@@ -68,7 +68,7 @@ async def current_patient(authorization: str = Header(...)) -> str:
 async def patient_events(request: Request, patient_id: str = Depends(current_patient)):
     async def event_generator():
         pubsub = redis_client.pubsub()
-        await pubsub.subscribe(f"notify:patient:{patient_id}")
+        await pubsub.subscribe(f"notify:patient:{{{patient_id}}}")
         try:
             async for message in pubsub.listen():
                 if message["type"] != "message":
@@ -96,7 +96,7 @@ async def websocket_events(websocket: WebSocket):
     # Wait for the client's subscribe message, then forward its channel.
     await websocket.receive_text()
     pubsub = redis_client.pubsub()
-    await pubsub.subscribe(f"notify:patient:{patient_id}")
+    await pubsub.subscribe(f"notify:patient:{{{patient_id}}}")
     await websocket.send_text(json.dumps({"type": "subscribed"}))
     try:
 

@@ -42,7 +42,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
 
 from service import metrics
-from service.brokers.base import MessageHandler, ReconnectHandler
+from service.brokers.base import HistoryPage, HistoryRead, MessageHandler, ReconnectHandler
 from service.brokers.redis import (
     LISTENER_POLL_S,
     UNAVAILABLE,
@@ -51,6 +51,7 @@ from service.brokers.redis import (
     close_pubsub,
     command_retry,
     confirm,
+    history_page,
     mismatch,
     no_retry,
     server_kind,
@@ -139,6 +140,8 @@ class ClusterBroker(RedisCommands):
         self._failure: BaseException | None = None
         self._last_health: tuple[float, tuple[int, int]] | None = None
         self._probes: dict[str, Redis] = {}
+        # Half the per-node pool for one batch of plain commands (see `_gather`).
+        self._concurrency = asyncio.Semaphore(max(1, max_connections // 2))
         self._on_message: MessageHandler | None = None
         self._on_reconnect: ReconnectHandler | None = None
 
@@ -369,11 +372,11 @@ class ClusterBroker(RedisCommands):
                 if attempt:
                     metrics.LISTENER_RECONNECTS.inc()
                 attempt = 0
-                # Placed here while this connection was being set up (subscribe()
-                # saw no connection yet): subscribed now, backfilled on confirmation.
-                for channel in sorted(shard.channels - set(wanted)):
-                    shard.backfill.add(channel)
-                    await pubsub.ssubscribe(channel)
+                # Channels placed on this shard while the SSUBSCRIBEs above were
+                # under way found no connection yet (`subscribe` returned at
+                # once): subscribe them now (their confirmation, read below,
+                # backfills them); channels dropped meanwhile are let go.
+                await self._catch_up(shard, pubsub, set(wanted))
                 await self._backfill_confirmed(shard, wanted)
                 await self._read_shard(shard, pubsub)
             except SHARD_ERRORS as exc:
@@ -403,6 +406,16 @@ class ClusterBroker(RedisCommands):
                 await client.aclose()
         if self._shards.get(shard.name) is shard and not shard.channels:
             del self._shards[shard.name]
+
+    async def _catch_up(self, shard: _Shard, pubsub: PubSub, sent: set[str]) -> None:
+        late: dict[int, list[str]] = {}
+        for channel in sorted(shard.channels - sent):
+            late.setdefault(self.client.keyslot(channel), []).append(channel)
+        for channels in late.values():
+            await pubsub.ssubscribe(*channels)
+        gone = sorted(sent - shard.channels)
+        if gone:
+            await pubsub.sunsubscribe(*gone)
 
     async def _read_shard(self, shard: _Shard, pubsub: PubSub) -> None:
         while not self._stopping and shard.channels:
@@ -506,10 +519,59 @@ class ClusterBroker(RedisCommands):
             return int(await self._call("publish", self.client.publish(channel, payload)))
         return int(await self._call("publish", self.client.spublish(channel, payload)))
 
+    # No cluster pipelines (mget_nonatomic, pipeline()): in redis-py 8.1 a
+    # ClusterPipeline that meets a ConnectionError (MaxConnectionsError included:
+    # a burst over NOTIFY_REDIS_MAX_CONNECTIONS) closes the WHOLE client before
+    # retrying, which cuts the connections other requests are using (they fail
+    # with AttributeError, 500s). Plain commands, concurrently, instead.
+
+    async def _gather(self, operation: str, *coros: Any) -> list[Any]:
+        """Run `coros` at most `_concurrency` at a time: redis-py's cluster pools
+        do not wait for a free connection, a storm's thousand GETs at once would
+        be refused by the pool (MaxConnectionsError) instead of queued."""
+
+        async def bounded(coro: Any) -> Any:
+            try:
+                async with self._concurrency:
+                    return await coro
+            finally:
+                # Cancelled while waiting for its turn: never started, close it.
+                coro.close()
+
+        results = await asyncio.gather(*(bounded(c) for c in coros), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                # Raised through `_call`, so it maps as any command's error.
+                await self._call(operation, _raise(result))
+        return list(results)
+
     async def get_values(self, *keys: str) -> list[str | None]:
-        # Keys of several slots: one MGET per slot, pipelined.
-        values = await self._call("get", self.client.mget_nonatomic(list(keys)))
+        # Keys of several slots: one GET each, concurrently.
+        values = await self._gather("get", *(self.client.get(key) for key in keys))
         return [None if v is None else text(v) for v in values]
+
+    async def read_history(self, history_key: str, *, after_id: str, count: int) -> HistoryPage:
+        # One after the other: one pool connection at a time, as the pipeline used.
+        c = self.client
+        entries = await self._call(
+            "history", c.xrange(history_key, min=f"({after_id}", count=count)
+        )
+        exists = await self._call("history", c.exists(history_key))
+        first = await self._call("history", c.xrange(history_key, min="-", max="+", count=1))
+        last = await self._call("history", c.xrevrange(history_key, max="+", min="-", count=1))
+        return history_page(entries, exists, first, last)
+
+    async def read_histories(self, requests: list[HistoryRead]) -> list[HistoryPage]:
+        return await self._gather(
+            "history",
+            *(
+                self.read_history(r.history_key, after_id=r.after_id, count=r.count)
+                for r in requests
+            ),
+        )
+
+    async def read_heads(self, history_keys: list[str]) -> list[str | None]:
+        return await self._gather("history", *(self.read_head(key) for key in history_keys))
 
     async def shards_down(self, timeout_s: float) -> tuple[int, int]:
         """Pings every shard primary (at most once a second: readiness asks
@@ -566,3 +628,7 @@ class ClusterBroker(RedisCommands):
     @property
     def control_node(self) -> str | None:
         return self._control_node if self.listener_up else None
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
