@@ -525,6 +525,20 @@ class ClusterBroker(RedisCommands):
     # retrying, which cuts the connections other requests are using (they fail
     # with AttributeError, 500s). Plain commands, concurrently, instead.
 
+    async def _call(self, operation: str, coro: Any) -> Any:
+        try:
+            return await super()._call(operation, coro)
+        except (RuntimeError, AttributeError) as exc:
+            # redis-py 8.1's cluster client, reloading its slot map after one
+            # command's timeout, closes connections that other commands are using
+            # at that moment; those fail with "unable to perform operation on
+            # <TCPTransport closed=True>" or "'NoneType' object has no attribute
+            # 'writelines'" instead of a ConnectionError (seen in `bench shards`:
+            # 500s). Infrastructure, not a bug of the request: a 503.
+            metrics.REDIS_ERRORS.labels(operation=operation).inc()
+            log.warning("redis_cluster_client_error", operation=operation, error=type(exc).__name__)
+            raise BrokerUnavailableError(operation) from exc
+
     async def _gather(self, operation: str, *coros: Any) -> list[Any]:
         """Run `coros` at most `_concurrency` at a time: redis-py's cluster pools
         do not wait for a free connection, a storm's thousand GETs at once would
