@@ -847,6 +847,13 @@ def render(results: dict) -> str:
                 f"{r['open']['live']:,}, {r['unready_after_barrier']}"
             ),
         ),
+        row(
+            "opens answered HTTP 500 / streams reopened before the steps (ended by the server)",
+            lambda r: (
+                f"{sum(r['open']['fail_reasons'].get('http 500', 0) for _ in [0]):,} / "
+                + _n(sum(x["tried"] for rr in r.get("reopened_before_step", []) for x in rr))
+            ),
+        ),
         row("patients per shard (slot owner)", lambda r: _per_node(r["patients_per_shard"])),
         row(
             "max events/s delivered (lost 0, dup 0, p99 ≤ 250 ms)",
