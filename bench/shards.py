@@ -850,7 +850,7 @@ def render(results: dict) -> str:
         row(
             "opens answered HTTP 500 / streams reopened before the steps (ended by the server)",
             lambda r: (
-                f"{sum(r['open']['fail_reasons'].get('http 500', 0) for _ in [0]):,} / "
+                f"{r['open']['fail_reasons'].get('http 500', 0):,} / "
                 + _n(sum(x["tried"] for rr in r.get("reopened_before_step", []) for x in rr))
             ),
         ),
