@@ -95,6 +95,14 @@ class LocalCluster:
     # --- set-up ----------------------------------------------------------------
 
     def start(self) -> None:
+        try:
+            self._create()
+        except BaseException:
+            # Never leave nodes behind when the cluster could not be formed.
+            self.stop()
+            raise
+
+    def _create(self) -> None:
         for node in self.nodes:
             node.start()
         subprocess.run(
@@ -272,6 +280,13 @@ class LocalSentinel:
         return ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
 
     def start(self) -> None:
+        try:
+            self._create()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _create(self) -> None:
         self.primary.start()
         self.replica.start()
         wait_until(lambda: _link_up(self.replica), 20, "the replica did not sync with the primary")
