@@ -66,6 +66,9 @@ log = structlog.get_logger(__name__)
 # Errors of a shard connection after which the slot map is refreshed: the node
 # is gone, or it answered MOVED / CLUSTERDOWN for a slot it no longer serves.
 SHARD_ERRORS = (*UNAVAILABLE, ResponseError, SlotNotCoveredError)
+# What redis-py raises on a connection its own reconnect closed underneath a
+# command (seen under load in `bench shards`): treated as the connection's loss.
+CLOSED_UNDERNEATH = (RuntimeError, AttributeError)
 
 
 @dataclass(eq=False)
@@ -486,7 +489,8 @@ class ClusterBroker(RedisCommands):
             future = shard.pending[channel] = asyncio.get_running_loop().create_future()
             try:
                 await pubsub.ssubscribe(channel)
-            except SHARD_ERRORS:
+            except (*SHARD_ERRORS, *CLOSED_UNDERNEATH):
+                # The shard task reconnects, subscribes it and backfills it.
                 shard.pending.pop(channel, None)
                 shard.backfill.add(channel)
                 return
@@ -508,7 +512,8 @@ class ClusterBroker(RedisCommands):
         if pubsub is not None:
             try:
                 await pubsub.sunsubscribe(channel)
-            except SHARD_ERRORS:
+            except (*SHARD_ERRORS, *CLOSED_UNDERNEATH):
+                # Lost with its connection anyway; never fail the stream's end.
                 log.debug("sunsubscribe_failed")
 
     # --- commands that differ in Cluster -------------------------------------------
@@ -528,7 +533,7 @@ class ClusterBroker(RedisCommands):
     async def _call(self, operation: str, coro: Any) -> Any:
         try:
             return await super()._call(operation, coro)
-        except (RuntimeError, AttributeError) as exc:
+        except CLOSED_UNDERNEATH as exc:
             # redis-py 8.1's cluster client, reloading its slot map after one
             # command's timeout, closes connections that other commands are using
             # at that moment; those fail with "unable to perform operation on
