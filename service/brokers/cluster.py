@@ -200,7 +200,8 @@ class ClusterBroker(RedisCommands):
                 if not future.done():
                     future.cancel()
         for task in list(self._tasks):
-            task.cancel()
+            if not task.cancelling():
+                task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for probe in self._probes.values():
@@ -228,7 +229,10 @@ class ClusterBroker(RedisCommands):
             await self._stopped.wait()
         finally:
             for task in list(self._tasks):
-                task.cancel()
+                # Once: a second cancel would interrupt a task's own clean-up
+                # (its connections would be left open).
+                if not task.cancelling():
+                    task.cancel()
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._failure is not None and not self._stopping:
@@ -307,8 +311,7 @@ class ClusterBroker(RedisCommands):
             finally:
                 self._control_pubsub = None
                 metrics.LISTENER_UP.set(0)
-                await close_pubsub(pubsub)
-                await client.aclose()
+                await _close(pubsub, client)
 
     def _handle_control(self, message: dict[str, Any]) -> None:
         if message.get("type") == "message" and self._on_message is not None:
@@ -405,8 +408,7 @@ class ClusterBroker(RedisCommands):
                     if not future.done():
                         future.cancel()
                 shard.pending.clear()
-                await close_pubsub(pubsub)
-                await client.aclose()
+                await _close(pubsub, client)
         if self._shards.get(shard.name) is shard and not shard.channels:
             del self._shards[shard.name]
 
@@ -651,3 +653,12 @@ class ClusterBroker(RedisCommands):
 
 async def _raise(exc: BaseException) -> None:
     raise exc
+
+
+async def _close(pubsub: PubSub, client: Redis) -> None:
+    """Close a pub/sub connection and its client; the client's pool is closed
+    even when closing the pub/sub is interrupted."""
+    try:
+        await close_pubsub(pubsub)
+    finally:
+        await client.aclose()
