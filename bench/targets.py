@@ -27,6 +27,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import urllib.request
@@ -52,13 +53,30 @@ TARGETS = {
 }
 
 
+def _tracemalloc_snapshot(peer: peers.Peer, wait_for: Path | None = None) -> None:
+    """`BENCH_TRACEMALLOC=1`: a snapshot in the server (bench/memprof/sitecustomize.py);
+    the second one writes the growth per stream next to the server's log."""
+    os.kill(peer.proc.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while wait_for is not None and not wait_for.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
+
+
 def idle_rows(h: Harness, peer: peers.Peer, kind: str, n: int, conc: int) -> dict[str, Any]:
     time.sleep(0.5)
+    memprof = bool(os.environ.get("BENCH_TRACEMALLOC"))
+    if memprof:
+        _tracemalloc_snapshot(peer)
     rss0 = peer.rss_kb()
     o = open_streams(h, peer, kind, list(range(n)), conc)
     unready = barrier(h, 30)
     time.sleep(1.0)
     rss1 = peer.rss_kb()
+    if memprof:
+        out = peer.log.with_suffix(".tracemalloc.txt")
+        _tracemalloc_snapshot(peer, wait_for=out)
+        log(f"  tracemalloc growth per {kind} stream: {out}")
     gen = o.get("gen_cpu_pct")
     log(
         f"  {kind}: opened {o['opened']}/{n} in {o['elapsed_s']:.2f}s = {o['connect_rate']:.0f}/s "
@@ -403,6 +421,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tag", default="targets")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        os.environ["BENCH_TRACEMALLOC_STREAMS"] = str(a.streams)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
