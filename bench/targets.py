@@ -1,4 +1,4 @@
-"""``python -m bench targets``: issue 15's table, every row in one run (~6 minutes).
+"""``python -m bench targets``: issue 15's table, every row in one run (4-6 minutes).
 
     python -m bench targets                       # the issue's sizes
     python -m bench targets --streams 2000 --restart-clients 2000 --no-nchan
@@ -12,7 +12,10 @@ Rows (one process each, the same generator as ``python -m bench``):
 | idle RSS per SSE / WebSocket stream | RSS after N idle streams (all proven subscribed by the readiness barrier) minus before, / N |
 | unicast 10,000 p99 at 2,000 events/s | 10,000 patients, one stream each, one 4 s step at 2,000 events/s |
 | broadcast low-rate fan-out p99 | 1,000 streams of one patient, 2 events/s for 10 s: p99 of the whole fan-out (last copy) |
-| workers 2 vs 1 | the connect-rate row with ``NOTIFY_WORKERS=2``, measured right after the one-worker row |
+| workers 2 vs 1 | the connect-rate row with ``NOTIFY_WORKERS=2``, alternating with the one-worker row (two runs each, summed) |
+| restart, two workers | the restart storm again with ``NOTIFY_WORKERS=2`` |
+
+Every row runs against a fresh ``notify serve``.
 
 Nchan (nginx + nchan, one worker) gets the same idle, connect and broadcast rows
 when it is installed. Writes ``bench/results/<stamp>-targets.md`` (+ ``.json``) and

@@ -107,6 +107,10 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        # One per connection, not per request: HTTP/1.1 answers in order, so only
+        # the request being answered can hold the callback (a pipelined one waits
+        # in uvicorn's queue until the stream before it has ended).
+        self._disconnect_hook = DisconnectHook()
         flow = getattr(self, "flow", None)
         if flow is not None:
             flow._is_writable_event = LightEvent(value=flow._is_writable_event.is_set())
@@ -117,9 +121,10 @@ class HttpProtocol(HttpToolsProtocol):
         # Just created (its task has not run yet; the body callbacks follow this one).
         if cycle is not None and isinstance(cycle.message_event, asyncio.Event):
             cycle.message_event = LightEvent(value=cycle.message_event.is_set())  # type: ignore[assignment]
-            hook = self._disconnect_hook = DisconnectHook()
-            scope = cast(dict[str, Any], cycle.scope)
-            scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
+            hook = self._disconnect_hook
+            if hook is not None:
+                scope = cast(dict[str, Any], cycle.scope)
+                scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)

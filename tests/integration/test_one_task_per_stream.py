@@ -64,3 +64,31 @@ def test_a_cleared_hook_is_not_called() -> None:
     hook.callback = None
     hook.connection_lost()
     assert calls == []
+
+
+async def test_a_stream_after_another_request_on_the_same_connection_still_ends(
+    settings: Settings, tokens: Tokens
+) -> None:
+    # The hook is the connection's: a keep-alive request before the stream must
+    # not leave the stream deaf to the client's departure.
+    async with run_app(settings) as app:
+        port = int(app.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = tokens.patient("pt_keepalive")
+        writer.write(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        )
+        await reader.readexactly(length)
+        writer.write(
+            f"GET {ME} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        )
+        await writer.drain()
+        await asyncio.wait_for(reader.readuntil(b"retry:"), 10)
+        await eventually(lambda: len(app.state.hub.subscribers) == 1, what="stream attached")
+        writer.close()
+        await eventually(lambda: not app.state.hub.subscribers, what="stream ended")
