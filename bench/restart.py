@@ -270,6 +270,8 @@ async def run_variant(
             start, redis, workdir, port, f"ours-{variant}-w{workers}-2.log", workers
         )
         ready_at = time.monotonic()
+        # Who had the CPU during the catch-up: these clients (one process) or the server.
+        client_cpu0, server_cpu0 = time.process_time(), peer.cpu_s()
 
         def caught_up() -> int:
             return sum(1 for c in clients if missed[c.patient] in c.received)
@@ -279,6 +281,9 @@ async def run_variant(
             catch_up_s: float | None = time.monotonic() - ready_at
         except TimeoutError:
             catch_up_s = None
+        catch_up_wall = time.monotonic() - ready_at
+        client_cpu = time.process_time() - client_cpu0
+        server_cpu = peer.cpu_s() - server_cpu0
         delivered = caught_up()
         duplicates = sum(len(c.received) - len(set(c.received)) for c in clients)
         # More than the one missed event after the restart: a replay went too far back.
@@ -295,6 +300,9 @@ async def run_variant(
             "duplicates": duplicates,
             "clients_with_extra_events": extra,
             "catch_up_s": None if catch_up_s is None else round(catch_up_s, 2),
+            # Percent of one core over the catch-up (server: its main process).
+            "client_cpu_pct": round(100 * client_cpu / max(1e-9, catch_up_wall)),
+            "server_cpu_pct": round(100 * server_cpu / max(1e-9, catch_up_wall)),
             "target_s": TARGET_S.get(clients_n),
         }
     finally:

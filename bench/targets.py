@@ -1,4 +1,4 @@
-"""``python -m bench targets``: issue 15's table, every row in one run (~6 minutes).
+"""``python -m bench targets``: issue 15's table, every row in one run (4-6 minutes).
 
     python -m bench targets                       # the issue's sizes
     python -m bench targets --streams 2000 --restart-clients 2000 --no-nchan
@@ -12,7 +12,10 @@ Rows (one process each, the same generator as ``python -m bench``):
 | idle RSS per SSE / WebSocket stream | RSS after N idle streams (all proven subscribed by the readiness barrier) minus before, / N |
 | unicast 10,000 p99 at 2,000 events/s | 10,000 patients, one stream each, one 4 s step at 2,000 events/s |
 | broadcast low-rate fan-out p99 | 1,000 streams of one patient, 2 events/s for 10 s: p99 of the whole fan-out (last copy) |
-| workers 2 vs 1 | the connect-rate row with ``NOTIFY_WORKERS=2``, measured right after the one-worker row |
+| workers 2 vs 1 | the connect-rate row with ``NOTIFY_WORKERS=2``, alternating with the one-worker row (two runs each, summed) |
+| restart, two workers | the restart storm again with ``NOTIFY_WORKERS=2`` |
+
+Every row runs against a fresh ``notify serve``.
 
 Nchan (nginx + nchan, one worker) gets the same idle, connect and broadcast rows
 when it is installed. Writes ``bench/results/<stamp>-targets.md`` (+ ``.json``) and
@@ -27,6 +30,7 @@ import contextlib
 import json
 import os
 import resource
+import signal
 import sys
 import time
 import urllib.request
@@ -52,13 +56,30 @@ TARGETS = {
 }
 
 
+def _tracemalloc_snapshot(peer: peers.Peer, wait_for: Path | None = None) -> None:
+    """`BENCH_TRACEMALLOC=1`: a snapshot in the server (bench/memprof/sitecustomize.py);
+    the second one writes the growth per stream next to the server's log."""
+    os.kill(peer.proc.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + 120
+    while wait_for is not None and not wait_for.exists() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    time.sleep(1.0)
+
+
 def idle_rows(h: Harness, peer: peers.Peer, kind: str, n: int, conc: int) -> dict[str, Any]:
     time.sleep(0.5)
+    memprof = bool(os.environ.get("BENCH_TRACEMALLOC"))
+    if memprof:
+        _tracemalloc_snapshot(peer)
     rss0 = peer.rss_kb()
     o = open_streams(h, peer, kind, list(range(n)), conc)
     unready = barrier(h, 30)
     time.sleep(1.0)
     rss1 = peer.rss_kb()
+    if memprof:
+        out = peer.log.with_suffix(".tracemalloc.txt")
+        _tracemalloc_snapshot(peer, wait_for=out)
+        log(f"  tracemalloc growth per {kind} stream: {out}")
     gen = o.get("gen_cpu_pct")
     log(
         f"  {kind}: opened {o['opened']}/{n} in {o['elapsed_s']:.2f}s = {o['connect_rate']:.0f}/s "
@@ -403,6 +424,8 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--tag", default="targets")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        os.environ["BENCH_TRACEMALLOC_STREAMS"] = str(a.streams)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

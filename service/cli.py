@@ -30,6 +30,14 @@ def _prepare_multiprocess_metrics(settings: Settings) -> None:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="notify-metrics-")
 
 
+# The listen queue. A restart storm is every client of the process connecting
+# within its `retry:` jitter: uvicorn's default (2048) overflowed with 5,000
+# (10,634 `ListenOverflows` in one run), and each dropped SYN costs that client a
+# 1 s (then 3 s, 7 s) TCP retransmit: most of the catch-up time (issue 15). The
+# kernel caps it at `net.core.somaxconn` (4096 by default): raise that too.
+LISTEN_BACKLOG = 16384
+
+
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """The uvicorn settings the service and its deploy files assume."""
     return {
@@ -50,6 +58,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_max_size": settings.ws_max_message_bytes,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "server_header": False,
+        "backlog": LISTEN_BACKLOG,
     }
 
 

@@ -13,12 +13,18 @@ arrived" and flow control's "writable"); each holds a `collections.deque` of
 waiters from birth, 760 bytes of a stream's idle memory in tracemalloc
 (bench/results/NOTES.md, issue 15). `LightEvent` allocates its waiter list only
 while someone waits.
+
+An endless response learns that its client left from `connection_lost` through
+`DisconnectHook` (the scope's `notify.disconnect` extension), instead of a task
+per stream blocked in `receive()`: one task per SSE stream, not two. The hook holds
+no reference back to the protocol (the scope outlives nothing, no cycle).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Final, Literal, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -63,9 +69,48 @@ class LightEvent:
                 self._waiters = None
 
 
+DISCONNECT_EXTENSION: Final = "notify.disconnect"
+
+
+class DisconnectHook:
+    """Set `callback` to be called once when the connection is lost (at once if
+    it is lost already); set it back to None to stop listening."""
+
+    __slots__ = ("_callback", "lost")
+
+    def __init__(self) -> None:
+        self._callback: Callable[[], None] | None = None
+        self.lost = False
+
+    @property
+    def callback(self) -> Callable[[], None] | None:
+        return self._callback
+
+    @callback.setter
+    def callback(self, callback: Callable[[], None] | None) -> None:
+        self._callback = callback
+        if callback is not None and self.lost:
+            self._fire()
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        self._fire()
+
+    def _fire(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+
 class HttpProtocol(HttpToolsProtocol):
+    _disconnect_hook: DisconnectHook | None = None
+
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        # One per connection, not per request: HTTP/1.1 answers in order, so only
+        # the request being answered can hold the callback (a pipelined one waits
+        # in uvicorn's queue until the stream before it has ended).
+        self._disconnect_hook = DisconnectHook()
         flow = getattr(self, "flow", None)
         if flow is not None:
             flow._is_writable_event = LightEvent(value=flow._is_writable_event.is_set())
@@ -76,8 +121,19 @@ class HttpProtocol(HttpToolsProtocol):
         # Just created (its task has not run yet; the body callbacks follow this one).
         if cycle is not None and isinstance(cycle.message_event, asyncio.Event):
             cycle.message_event = LightEvent(value=cycle.message_event.is_set())  # type: ignore[assignment]
+            hook = self._disconnect_hook
+            if hook is not None:
+                scope = cast(dict[str, Any], cycle.scope)
+                scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        hook, self._disconnect_hook = self._disconnect_hook, None
+        if hook is not None:
+            hook.connection_lost()
 
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
         # This protocol is done: the transport now calls the WebSocket protocol.
         self.parser = None  # type: ignore[assignment]
+        self._disconnect_hook = None

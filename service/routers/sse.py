@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
 from service.services.keepalive import KeepAlive, SendWatch
 
@@ -73,8 +74,15 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.task = asyncio.current_task()
-        # Owned by this response: cancelled in `finally`, never outlives it.
-        watcher = asyncio.create_task(self._watch_disconnect(receive))
+        hook = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        watcher: asyncio.Task[None] | None = None
+        if isinstance(hook, DisconnectHook):
+            # Our uvicorn protocol tells us when the client leaves: no task for it.
+            hook.callback = self._on_disconnect
+        else:
+            # Any other server: a listener task, owned by this response (cancelled
+            # in `finally`, never outlives it).
+            watcher = asyncio.create_task(self._watch_disconnect(receive))
         self._keepalive.add(self)
         try:
             await send(
@@ -101,9 +109,12 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
         finally:
             self._keepalive.discard(self)
             self.release()
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            if isinstance(hook, DisconnectHook):
+                hook.callback = None
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             aclose = getattr(self._content, "aclose", None)
             if aclose is not None:
                 await aclose()

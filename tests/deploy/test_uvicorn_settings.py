@@ -4,10 +4,15 @@ variables through `notify serve` (not uvicorn's own defaults)."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 import uuid
+from pathlib import Path
 
 import pytest
+
+from service.cli import LISTEN_BACKLOG
 
 from .conftest import SpawnNotify
 from .live import bearer
@@ -81,3 +86,26 @@ async def test_websocket_ping_interval_comes_from_notify_settings(
         writer.close()
     # uvicorn's default interval is 20 s: a ping this early is our setting.
     assert waited < 2.5
+
+
+def listen_backlog(port: int) -> int | None:
+    """The backlog of the socket listening on `port` (`ss`' Send-Q), None without ss."""
+    ss = shutil.which("ss")
+    if ss is None:
+        return None
+    fields = subprocess.run(
+        [ss, "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    # State, Recv-Q, Send-Q (a listening socket's backlog), local address, peer.
+    return int(fields[2])
+
+
+async def test_the_listen_queue_holds_a_restart_storm(spawn_notify: SpawnNotify) -> None:
+    # uvicorn's default backlog (2048) overflowed with 5,000 clients reconnecting
+    # after a restart (issue 15): the kernel gets ours, capped by somaxconn.
+    server = await asyncio.to_thread(spawn_notify)
+    backlog = await asyncio.to_thread(listen_backlog, server.port)
+    if backlog is None:
+        pytest.skip("iproute2's ss is needed to read a listening socket's backlog")
+    somaxconn = int(await asyncio.to_thread(Path("/proc/sys/net/core/somaxconn").read_text))
+    assert backlog == min(LISTEN_BACKLOG, somaxconn)
