@@ -62,7 +62,15 @@ from redis.crc import key_slot
 
 from bench import peers, procstat, report
 from bench.proto import RespPublisher, now_ns, resp_command
-from bench.scenarios import P99_OK_MS, Harness, close_streams, fmt, lat_summary, open_streams
+from bench.scenarios import (
+    P99_OK_MS,
+    Harness,
+    close_streams,
+    fmt,
+    lat_summary,
+    open_streams,
+    settle,
+)
 from bench.worker import PublisherWorker, SubscriberWorker, chan_name, event_json, raise_nofile
 from tests.support.redis_server import RedisServer, free_cluster_port, wait_until
 
@@ -746,18 +754,6 @@ def run_topology(name: str, h: ShardHarness, a: argparse.Namespace, workdir: Pat
             peer.stop()
         topo.stop()
     return out
-
-
-def settle(h: ShardHarness, quiet_s: float = 0.5, max_s: float = 10.0) -> None:
-    t_end = time.monotonic() + max_s
-    last, since = -1, time.monotonic()
-    while time.monotonic() < t_end:
-        got = sum(r["got_total"] for r in h.subs_all("stats", detail=False))
-        if got != last:
-            last, since = got, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            return
-        time.sleep(0.1)
 
 
 # ----------------------------------------------------------------------------- report
