@@ -183,7 +183,7 @@ async def publish_one_each(redis_url: str, patients: list[str]) -> list[str]:
     from service.services.publisher import publish
 
     keys = RedisKeys("notify:")
-    broker = RedisBroker(
+    broker = RedisBroker.standalone(
         url=redis_url,
         control_channel=keys.control,
         max_connections=64,
