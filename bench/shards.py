@@ -71,7 +71,13 @@ from bench.scenarios import (
     open_streams,
     settle,
 )
-from bench.worker import PublisherWorker, SubscriberWorker, chan_name, event_json, raise_nofile
+from bench.worker import (
+    PublisherWorker,
+    SubscriberWorker,
+    chan_name,
+    event_json,
+    run_worker,
+)
 from tests.support.redis_server import RedisServer, free_cluster_port, wait_until
 
 SLOTS = 16384
@@ -271,35 +277,9 @@ class ShardSubscriber(SubscriberWorker):
 
 
 def generator_main(conn, role: str) -> None:
-    raise_nofile()
-    with contextlib.suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-    asyncio.run(_serve(conn, role))
-
-
-async def _serve(conn, role: str) -> None:
-    """bench/worker.py's command loop, for a ShardSubscriber or a ShardPublisher."""
-    loop = asyncio.get_running_loop()
-    w = ShardSubscriber() if role == "sub" else ShardPublisher()
-    while True:
-        msg = await loop.run_in_executor(None, conn.recv)
-        op = msg.pop("op")
-        try:
-            if op == "exit":
-                if isinstance(w, SubscriberWorker):
-                    w.close()
-                conn.send({"ok": True})
-                return
-            res = getattr(w, op)(**msg)
-            if asyncio.iscoroutine(res):
-                res = await res
-            conn.send(res if res is not None else {"ok": True})
-        except Exception as exc:  # report, keep serving
-            conn.send(
-                {"error": f"{exc.__class__.__name__}: {exc}", "trace": traceback.format_exc()}
-            )
+    """A generator process: bench/worker.py's command loop around a ShardSubscriber
+    or a ShardPublisher."""
+    run_worker(conn, role, lambda: ShardSubscriber() if role == "sub" else ShardPublisher())
 
 
 class ShardHarness(Harness):

@@ -522,6 +522,11 @@ class PublisherWorker:
 
 
 def worker_main(conn, role: str) -> None:
+    run_worker(conn, role, lambda: SubscriberWorker() if role == "sub" else PublisherWorker())
+
+
+def run_worker(conn, role: str, make) -> None:
+    """A generator process: serve the harness's commands to the worker `make()` builds."""
     raise_nofile()
     try:
         import uvloop
@@ -529,12 +534,12 @@ def worker_main(conn, role: str) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    asyncio.run(_serve(conn, role))
+    asyncio.run(_serve(conn, role, make))
 
 
-async def _serve(conn, role: str) -> None:
+async def _serve(conn, role: str, make) -> None:
     loop = asyncio.get_running_loop()
-    w = SubscriberWorker() if role == "sub" else PublisherWorker()
+    w = make()
     while True:
         msg = await loop.run_in_executor(None, conn.recv)
         op = msg.pop("op")

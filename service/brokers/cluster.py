@@ -80,7 +80,6 @@ class _Shard:
     port: int
     channels: set[str] = field(default_factory=set)
     pubsub: PubSub | None = None
-    client: Redis | None = None
     task: asyncio.Task[None] | None = None
     # Channels to backfill once their SSUBSCRIBE is confirmed: new on this
     # shard (first connect, moved here) or subscribed again after a loss.
@@ -132,7 +131,6 @@ class ClusterBroker(RedisCommands):
         self._shards: dict[str, _Shard] = {}
         self._owner: dict[str, _Shard] = {}
         self._control_pubsub: PubSub | None = None
-        self._control_client: Redis | None = None
         self._control_node: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._listening = False
@@ -282,7 +280,7 @@ class ClusterBroker(RedisCommands):
             try:
                 await pubsub.subscribe(self._control)
                 await confirm(pubsub, [self._control], "subscribe", self._handle_control)
-                self._control_pubsub, self._control_client = pubsub, client
+                self._control_pubsub = pubsub
                 self._control_node = f"{host}:{port}"
                 self._ready.set()
                 metrics.LISTENER_UP.set(1)
@@ -374,7 +372,7 @@ class ClusterBroker(RedisCommands):
                 # Messages before every confirmation are dropped: each of these
                 # channels is backfilled from history right after.
                 await confirm(pubsub, wanted, "ssubscribe", lambda m: None)
-                shard.pubsub, shard.client = pubsub, client
+                shard.pubsub = pubsub
                 if attempt:
                     metrics.LISTENER_RECONNECTS.inc()
                 attempt = 0

@@ -89,7 +89,7 @@ async def _describe_server(client: Redis, where: str, report: Report) -> tuple[s
 
 async def _standalone(topology: RedisTopology, report: Report) -> None:
     assert topology.url is not None
-    where = topology.describe().split(" ", 1)[1]
+    where = topology.server
     options: dict[str, Any] = {
         "socket_timeout": ANSWER_TIMEOUT_S,
         "socket_connect_timeout": ANSWER_TIMEOUT_S,

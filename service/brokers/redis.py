@@ -319,7 +319,7 @@ class RedisBroker(RedisCommands):
             pubsub_client=Redis(connection_pool=pubsub_pool),
             control_channel=control_channel,
             mode=RedisMode.STANDALONE,
-            where=RedisTopology(mode=RedisMode.STANDALONE, url=url).describe().split(" ", 1)[1],
+            where=RedisTopology(mode=RedisMode.STANDALONE, url=url).server,
         )
 
     @classmethod
@@ -334,10 +334,6 @@ class RedisBroker(RedisCommands):
     ) -> RedisBroker:
         assert topology.sentinel_master is not None
         username, password = topology.credentials()
-        db = 0
-        if topology.url:
-            path = topology.url.split("/", 3)[3] if topology.url.count("/") >= 3 else ""
-            db = int(path) if path.isdigit() else 0
         sentinel_kwargs: dict[str, Any] = {
             "socket_timeout": socket_timeout_s,
             "socket_connect_timeout": socket_timeout_s,
@@ -355,7 +351,7 @@ class RedisBroker(RedisCommands):
             socket_connect_timeout=socket_timeout_s,
             username=username,
             password=password,
-            db=db,
+            db=topology.db,
             ssl=topology.uses_tls,
         )
         client: Redis = sentinel.master_for(

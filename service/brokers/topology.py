@@ -88,14 +88,22 @@ class RedisTopology:
         parts = urlsplit(self.url or "")
         return (self.username or parts.username or None, self.password or parts.password or None)
 
+    @property
+    def server(self) -> str:
+        """Standalone: where the server is (`host:port`, or the socket's path)."""
+        parts = urlsplit(self.url or "")
+        return parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
+
+    @property
+    def db(self) -> int:
+        """The database number in the URL's path (0 when none)."""
+        path = urlsplit(self.url or "").path.strip("/")
+        return int(path) if path.isdigit() else 0
+
     def describe(self) -> str:
         """One line for logs and `notify doctor`: kind and addresses, never secrets."""
         if self.mode is RedisMode.STANDALONE:
-            parts = urlsplit(self.url or "")
-            where = (
-                parts.path if parts.scheme == "unix" else f"{parts.hostname}:{parts.port or 6379}"
-            )
-            return f"standalone {where}"
+            return f"standalone {self.server}"
         hosts = ",".join(f"{h}:{p}" for h, p in self.seed_addresses())
         if self.mode is RedisMode.SENTINEL:
             return f"sentinel master {self.sentinel_master!r} via {hosts}"
