@@ -14,6 +14,8 @@ from service.services.errors import (
     DomainError,
     EventTooLargeError,
     ForbiddenError,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
     InvalidEventError,
     NotFoundError,
     UnauthorizedError,
@@ -27,8 +29,12 @@ _DESCRIPTIONS = {
     401: "No valid credential (one answer for every reason).",
     403: "Authenticated, but this role or scope may not do this.",
     404: "Not found, or somebody else's (indistinguishable).",
+    409: "A request with this Idempotency-Key is still in progress: retry it later.",
+    422: "Wrong shape, or an Idempotency-Key already used for another event.",
     413: "The body or event is above the event size limit.",
-    503: "Redis unreachable or over capacity: retry after `Retry-After` seconds.",
+    503: "Redis unreachable, refusing writes or (durable publishing) not confirmed "
+    "by enough replicas, or over capacity: retry after `Retry-After` seconds "
+    "(with the same Idempotency-Key).",
 }
 
 
@@ -45,6 +51,8 @@ _STATUS: list[tuple[type[DomainError], int]] = [
     (ForbiddenError, 403),
     (NotFoundError, 404),
     (InvalidEventError, 400),
+    (IdempotencyKeyReusedError, 422),
+    (IdempotencyKeyInFlightError, 409),
     (EventTooLargeError, 413),
     (UnavailableError, 503),
 ]

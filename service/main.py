@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from notify_publisher.events import MAX_EVENT_BYTES
 from starlette.middleware.cors import CORSMiddleware
 
 from service.config import Settings, get_settings
@@ -11,7 +12,6 @@ from service.lifespan import lifespan
 from service.middleware import RequestBodyLimitMiddleware, RequestContextMiddleware
 from service.routers import client, demo, events, health, revocations, streams, tickets, ws
 from service.routers.lean_streams import LeanStreamRoutes, stream_routes
-from service.schemas.events import MAX_EVENT_BYTES
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

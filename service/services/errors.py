@@ -9,10 +9,13 @@ __all__ = [
     "BrokerUnavailableError",
     "DomainError",
     "ForbiddenError",
+    "IdempotencyKeyInFlightError",
+    "IdempotencyKeyReusedError",
     "InvalidEventError",
     "NotFoundError",
     "OverCapacityError",
     "PatientNotFoundError",
+    "PublishRefusedError",
     "UnauthorizedError",
     "UnavailableError",
 ]
@@ -72,3 +75,33 @@ class EventTooLargeError(DomainError):
 class OverCapacityError(UnavailableError):
     code = "over_capacity"
     public_message = "over capacity"
+
+
+class IdempotencyKeyReusedError(DomainError):
+    """The `Idempotency-Key` already stored another event (HTTP 422, IETF draft)."""
+
+    code = "idempotency_key_reused"
+    public_message = "this Idempotency-Key was used for another event"
+
+
+class IdempotencyKeyInFlightError(DomainError):
+    """The first request with this `Idempotency-Key` is still waiting for
+    replicas (HTTP 409, IETF draft): retry it later, with the same key."""
+
+    code = "idempotency_key_in_flight"
+    public_message = "a request with this Idempotency-Key is still in progress"
+
+
+class PublishRefusedError(UnavailableError):
+    """Redis did not store the event or could not confirm it (`not_durable`: fewer
+    replicas than asked acknowledged it in time). Retry-able with the same key."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.code = cause
+        self.public_message = (
+            "stored on the primary, but not confirmed by enough replicas in time: "
+            "retry with the same Idempotency-Key"
+            if cause == "not_durable"
+            else f"Redis refused the publish ({cause}): retry with the same Idempotency-Key"
+        )
