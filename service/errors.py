@@ -28,7 +28,8 @@ _DESCRIPTIONS = {
     403: "Authenticated, but this role or scope may not do this.",
     404: "Not found, or somebody else's (indistinguishable).",
     413: "The body or event is above the event size limit.",
-    503: "Redis unreachable or over capacity: retry after `Retry-After` seconds.",
+    503: "Redis unreachable or refusing (`code`: `redis_oom`, `redis_readonly` …), or over "
+    "capacity: retry after `Retry-After` seconds.",
 }
 
 

@@ -56,6 +56,19 @@ REDIS_SHARDS_DOWN = Gauge(
 REDIS_ERRORS = Counter(
     "notify_redis_errors_total", "Redis commands that failed, by operation.", ["operation"]
 )
+REDIS_REFUSALS = Counter(
+    "notify_redis_refusals_total",
+    "Redis error replies (refusals: full, read-only, loading, busy …) answered with a "
+    "retry-able 503, by cause (redis_oom, redis_readonly, … redis_error for the rest).",
+    ["cause"],
+)
+READY_DEGRADED = Gauge(
+    "notify_ready_degraded",
+    "1 while readiness says `degraded` for this cause (still ready: streams work), "
+    "else 0; set at each readiness check.",
+    ["cause"],
+    multiprocess_mode="livemax",
+)
 TASK_RESTARTS = Counter(
     "notify_task_restarts_total", "Supervised background tasks restarted after a crash.", ["task"]
 )

@@ -3,9 +3,15 @@ status codes in one place, the WebSocket router to close codes."""
 
 from __future__ import annotations
 
-from service.failures import BrokerUnavailableError, DomainError, UnavailableError
+from service.failures import (
+    BrokerRefusedError,
+    BrokerUnavailableError,
+    DomainError,
+    UnavailableError,
+)
 
 __all__ = [
+    "BrokerRefusedError",
     "BrokerUnavailableError",
     "DomainError",
     "ForbiddenError",
