@@ -42,7 +42,7 @@ def test_exactly_the_operations_that_refuse_anonymous_callers_declare_security(
     protected = 0
     for method, path, operation in operations(document):
         url = re.sub(r"\{[^}]+\}", "x_1", path)
-        body = {} if method in ("post", "put", "patch") else None
+        body: dict[str, Any] | None = {} if method in ("post", "put", "patch") else None
         answer = client.request(method.upper(), url, json=body)
         security = operation.get("security", [])
         if answer.status_code == 401:
