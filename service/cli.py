@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -50,8 +51,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
         # drain needs the grace window, uvicorn gets a little more to finish writing.
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 2,
-        # httptools, minus its cycle per WebSocket upgrade (service/http_protocol.py).
-        "http": HttpProtocol,
+        # httptools, minus its cycle per WebSocket upgrade, plus a header deadline
+        # (service/http_protocol.py). A partial of a module-level class pickles, so
+        # it reaches every worker process.
+        "http": functools.partial(HttpProtocol, header_timeout_s=settings.header_timeout_s),
         "ws": "websockets-sansio",
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
