@@ -22,6 +22,7 @@ from service.config import Settings, get_settings
 from service.http_protocol import HttpProtocol
 from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
+from service.workers import serve_workers
 
 
 def _prepare_multiprocess_metrics(settings: Settings) -> None:
@@ -67,14 +68,21 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 def _serve(settings: Settings) -> int:
     _prepare_multiprocess_metrics(settings)
-    uvicorn.run(
-        "service.main:create_app",
+    app = "service.main:create_app"
+    options = uvicorn_options(settings)
+    if settings.workers == 1:
+        uvicorn.run(app, factory=True, host=settings.host, port=settings.port, **options)
+        return 0
+    # Each worker on a listening socket of its own (service/workers.py).
+    config = uvicorn.Config(
+        app,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        **uvicorn_options(settings),
+        **options,
     )
+    serve_workers(config)
     return 0
 
 
