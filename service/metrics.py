@@ -40,6 +40,13 @@ CAPACITY_REFUSALS = Counter(
     "Connections refused because a connection limit was reached, by transport and limit.",
     ["transport", "limit"],
 )
+HEADER_TIMEOUTS = Counter(
+    "notify_header_timeouts_total",
+    "Connections closed because a request's headers were not complete within "
+    "NOTIFY_HEADER_TIMEOUT_S, by stage (before_request: nothing sent; in_headers: "
+    "a partial request, answered 408).",
+    ["stage"],
+)
 LISTENER_RECONNECTS = Counter(
     "notify_listener_reconnects_total", "Times the pub/sub listener reconnected to Redis."
 )
