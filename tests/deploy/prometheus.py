@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -86,3 +87,63 @@ def fast_rules(path: Path, for_duration: str) -> Path:
     ]
     path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
     return path
+
+
+# Every metric the alert rules and the dashboard use: its type, and which program
+# exports it. The live tests check each `SERVE` metric against a real `notify serve`;
+# the others are listed here on purpose, with the reason they are not checked there.
+SERVE = "notify serve"
+RELAY = "notify relay (the outbox, issue 22): exported by the relay, never by notify serve"
+KUBE_STATE = "kube-state-metrics"
+REFUSALS = "notify serve once issue 21 (Redis refusals) lands; absent until then"
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str  # counter, gauge, histogram
+    source: str
+
+
+METRICS: dict[str, Metric] = {
+    "notify_open_streams": Metric("gauge", SERVE),
+    "notify_listener_up": Metric("gauge", SERVE),
+    "notify_redis_shards_down": Metric("gauge", SERVE),
+    "notify_events_received_total": Metric("counter", SERVE),
+    "notify_history_entries_dropped_total": Metric("counter", SERVE),
+    "notify_deliveries_total": Metric("counter", SERVE),
+    "notify_slow_consumers_total": Metric("counter", SERVE),
+    "notify_auth_refusals_total": Metric("counter", SERVE),
+    "notify_capacity_refusals_total": Metric("counter", SERVE),
+    "notify_listener_reconnects_total": Metric("counter", SERVE),
+    "notify_redis_errors_total": Metric("counter", SERVE),
+    "notify_task_restarts_total": Metric("counter", SERVE),
+    "notify_delivery_latency_seconds": Metric("histogram", SERVE),
+    "notify_stream_duration_seconds": Metric("histogram", SERVE),
+    "notify_redis_refusals_total": Metric("counter", REFUSALS),
+    "notify_ready_degraded": Metric("gauge", REFUSALS),
+    "notify_outbox_backlog_rows": Metric("gauge", RELAY),
+    "notify_outbox_oldest_pending_age_seconds": Metric("gauge", RELAY),
+    "notify_outbox_published_total": Metric("counter", RELAY),
+    "notify_outbox_failures_total": Metric("counter", RELAY),
+    "notify_outbox_set_aside_total": Metric("counter", RELAY),
+    "kube_pod_status_ready": Metric("gauge", KUBE_STATE),
+}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def family(series: str) -> str:
+    """The metric a series name belongs to (`x_bucket` of histogram `x` is `x`)."""
+    for suffix in HISTOGRAM_SUFFIXES:
+        base = series.removesuffix(suffix)
+        if base != series and base in METRICS and METRICS[base].kind == "histogram":
+            return base
+    return series
+
+
+def rule_metrics() -> set[str]:
+    return {family(m) for rule in alerts() for m in metric_names(rule["expr"])}
+
+
+def defined_in_service(name: str) -> bool:
+    """Whether the service's source names this metric (then notify serve exports it)."""
+    return any(name in path.read_text() for path in (ROOT / "service").rglob("*.py"))

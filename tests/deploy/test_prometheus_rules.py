@@ -13,6 +13,7 @@ import yaml  # type: ignore[import-untyped, unused-ignore]
 
 from .manifests import K8S_DIR, config_env
 from .prometheus import (
+    METRICS,
     PROMETHEUS_RULE,
     RENDER_SCRIPT,
     RULE_TESTS,
@@ -23,6 +24,7 @@ from .prometheus import (
     find_binary,
     metric_names,
     rule_groups,
+    rule_metrics,
     runbook_anchors,
     unit_tests,
 )
@@ -147,6 +149,11 @@ def test_the_near_limit_threshold_is_80_percent_of_the_deployed_limit() -> None:
 def test_pod_alerts_select_the_deployed_namespace() -> None:
     namespace = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["namespace"]
     assert f'namespace="{namespace}"' in alert("NotifyPodNotReady")["expr"]
+
+
+def test_every_metric_an_alert_uses_is_known() -> None:
+    """A misspelt metric would make its alert silently never fire."""
+    assert rule_metrics() - METRICS.keys() == set()
 
 
 def test_metric_names_are_read_from_expressions() -> None:
