@@ -97,3 +97,32 @@ REDIS_BATCH_SIZE = Histogram(
     ["operation"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
 )
+
+
+# Label values known in advance: their series are exported at 0 from the start. A
+# series born at its first increment shows no `increase()` for that increment (an
+# alert on "any event dropped" would miss the first drop), and a dashboard panel
+# would be empty instead of 0 (deploy/prometheus, deploy/grafana rely on this).
+TRANSPORTS = ("sse", "ws")
+EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
+HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
+CAPACITY_LIMITS = ("process", "subject")
+
+
+def _export_zero_series() -> None:
+    for transport in TRANSPORTS:
+        OPEN_STREAMS.labels(transport=transport)
+        DELIVERIES.labels(transport=transport)
+        SLOW_CONSUMERS.labels(transport=transport)
+        STREAM_DURATION.labels(transport=transport)
+        for limit in CAPACITY_LIMITS:
+            CAPACITY_REFUSALS.labels(transport=transport, limit=limit)
+    for outcome in EVENT_OUTCOMES:
+        EVENTS_RECEIVED.labels(outcome=outcome)
+    for reason in HISTORY_DROP_REASONS:
+        HISTORY_ENTRIES_DROPPED.labels(reason=reason)
+    # The publish path's errors are alerted on (NotifyPublishErrors).
+    REDIS_ERRORS.labels(operation="publish")
+
+
+_export_zero_series()
