@@ -20,6 +20,9 @@
 // - drops ids it has already delivered (a bounded set);
 // - exposes `state` and `onStateChange`.
 
+/** The package's version (package.json); `/v1/client.js` reports it as `X-Client-Version`. */
+export const VERSION = "0.2.0";
+
 /** Event types the service publishes (EventSource only dispatches names listened for). */
 export const EVENT_TYPES = Object.freeze([
   "appointment.created",

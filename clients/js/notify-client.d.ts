@@ -71,6 +71,9 @@ export interface CommandAccepted {
   reply_to?: string;
 }
 
+/** The package's version (package.json); `/v1/client.js` reports it as `X-Client-Version`. */
+export declare const VERSION: string;
+
 export declare const EVENT_TYPES: readonly AppointmentEventType[];
 
 export declare class NotifyClient {
