@@ -1,4 +1,5 @@
-// Appointment notifications: a dependency-free browser client (ES module).
+// Appointment notifications: a dependency-free client (ES module) for browsers and
+// Node 20+; the npm package @appointment-notify/client, also served at /v1/client.js.
 //
 //   import { NotifyClient } from "https://notify.example/v1/client.js";
 //   const client = new NotifyClient({ baseUrl, getToken, onEvent, onGap });
@@ -6,6 +7,7 @@
 //
 // What it does for a page (the server side is in the service's README and
 // docs/websocket.md):
+// - shares one connection among the browser's tabs of one patient (below);
 // - gets a stream ticket from `getToken()` (POST /v1/stream-tickets with the bearer
 //   token): tokens never go in a URL;
 // - opens an EventSource (default) or a WebSocket (`transport: "websocket"`);
@@ -18,7 +20,26 @@
 // - stops for good on `closed` (revoked credentials) and calls `onClosed`;
 // - calls `onGap` when history no longer holds everything missed (refetch state);
 // - drops ids it has already delivered (a bounded set);
-// - exposes `state` and `onStateChange`.
+// - exposes `state` and `onStateChange`, and `lastEventId`: the last event, or the
+//   server's resume point from the moment the stream opens.
+//
+// Tab sharing (on by default; `share: false` turns it off). Tabs of one origin with
+// the same patient, service and stream elect a leader with a Web Lock held for the
+// tab's life (the browser hands it to a waiting tab the moment the holder closes or
+// its renderer dies); only the leader connects. It passes events, gaps, state
+// changes, resume points and closings to the other tabs over a BroadcastChannel, in
+// order; every tab drops ids it already delivered, so each event reaches each tab
+// once. A new leader first asks the others for the last id they saw and resumes
+// from the latest, so a hand-over neither loses nor repeats. WebSocket commands from
+// a follower go through the leader; the answer comes back to the asking tab. The
+// lock and channel names hold a hash of the token's `sub` claim (decoded here, not
+// verified: only to tell patients apart) or of the `shareKey` option, never the id
+// itself. Without Web Locks or BroadcastChannel (or without a readable `sub` and no
+// `shareKey`) every tab connects on its own.
+//
+// Under Node (20+) pass `EventSource` (e.g. the `eventsource` package) and, for the
+// WebSocket transport, `WebSocket` (Node 22's global is used when present); a
+// missing implementation is reported through `onError` and the client closes.
 
 /** The package's version (package.json); `/v1/client.js` reports it as `X-Client-Version`. */
 export const VERSION = "0.2.0";
@@ -44,7 +65,14 @@ const DEFAULTS = {
   initialBackoffMs: 1000,
   maxBackoffMs: 30000,
   seenIdsMax: 1000,
+  share: true,
 };
+// A new leader waits this long for the other tabs' last ids before it connects: they
+// answer at once (a message to a live tab), and the server's history covers the wait.
+const RESUME_GATHER_MS = 150;
+// The token fetched to derive the share key is reused for the first ticket if it is
+// this fresh (one getToken() call per connection, as without sharing).
+const SPARE_TOKEN_MS = 5000;
 
 export class NotifyClient {
   /** @param {import("./notify-client").NotifyClientOptions} options */
@@ -54,8 +82,12 @@ export class NotifyClient {
     }
     this.options = { ...DEFAULTS, ...options };
     this.baseUrl = String(options.baseUrl ?? globalThis.location?.origin ?? "").replace(/\/$/, "");
+    if (!this.baseUrl) throw new TypeError("NotifyClient needs a baseUrl outside a browser page");
     /** @type {import("./notify-client").ConnectionState} */
     this.state = "idle";
+    /** "leader" or "follower" while tabs share, "solo" with a connection of its own. */
+    this.role = null;
+    this.tabId = Math.random().toString(36).slice(2) + Date.now().toString(36);
     /** The id to resume from: the last event delivered, or the server's resume point. */
     this.lastEventId = options.lastEventId ?? null;
     this._seen = new Set();
@@ -69,13 +101,18 @@ export class NotifyClient {
     this._pending = new Map(); // WebSocket command id -> { resolve, reject }
     this._nextId = 1;
     this._stopped = false;
+    this._channel = null; // BroadcastChannel to the other tabs
+    this._lockAbort = null; // withdraws a queued lock request
+    this._releaseLock = null; // ends the held lock
+    this._remote = new Map(); // a follower's commands sent to the leader: id -> { resolve, reject }
+    this._spareToken = null;
   }
 
   /** Open the stream (idempotent). */
   start() {
     if (this._stopped || this.state !== "idle") return;
     this._setState("connecting");
-    this._open();
+    this._begin().catch((error) => this._report(error));
   }
 
   /** Close for good: nothing reconnects afterwards. */
@@ -89,8 +126,23 @@ export class NotifyClient {
    * @returns {Promise<{type: "command_accepted", command_id: string}>}
    */
   command(action, appointmentId, extra = {}) {
+    if (this.options.transport !== "websocket") {
+      return Promise.reject(new Error("commands need the WebSocket transport"));
+    }
+    if (this.role === "follower") {
+      // The leader's socket sends it; the answer comes back to this tab only.
+      const id = `${this.tabId}:${this._nextId++}`;
+      return new Promise((resolve, reject) => {
+        this._remote.set(id, { resolve, reject });
+        this._tell({ kind: "command", from: this.tabId, id, action, appointmentId, extra });
+      });
+    }
+    return this._command(action, appointmentId, extra);
+  }
+
+  _command(action, appointmentId, extra) {
     const socket = this._socket;
-    if (this.options.transport !== "websocket" || !socket || socket.readyState !== 1) {
+    if (!socket || socket.readyState !== 1) {
       return Promise.reject(new Error("commands need an open WebSocket"));
     }
     const id = `c${this._nextId++}`;
@@ -107,13 +159,24 @@ export class NotifyClient {
   _setState(state) {
     if (this.state === state) return;
     this.state = state;
+    // A leader's own close() is not the followers' end: one of them takes over.
+    if (this.role === "leader" && state !== "closed") {
+      this._tell({ kind: "state", state, lastEventId: this.lastEventId });
+    }
     this.options.onStateChange?.(state);
   }
 
   _stop(reason) {
     if (this._stopped) return;
+    if (this.role === "leader" && reason !== "client") this._tell({ kind: "closed", reason });
     this._stopped = true;
     clearTimeout(this._timer);
+    this._lockAbort?.abort();
+    this._releaseLock?.();
+    this._channel?.close();
+    this._channel = null;
+    for (const { reject } of this._remote.values()) reject(new Error("closed"));
+    this._remote.clear();
     for (const source of [this._source, this._renewing]) source?.close();
     this._source = this._renewing = null;
     if (this._socket) {
@@ -147,8 +210,12 @@ export class NotifyClient {
   }
 
   async _ticket() {
-    const token = await this.options.getToken();
-    const response = await fetch(`${this.baseUrl}/v1/stream-tickets`, {
+    const spare = this._spareToken;
+    this._spareToken = null;
+    const fresh = spare && Date.now() - spare.at < SPARE_TOKEN_MS;
+    const token = fresh ? spare.token : await this.options.getToken();
+    const fetcher = this.options.fetch ?? globalThis.fetch;
+    const response = await fetcher(`${this.baseUrl}/v1/stream-tickets`, {
       method: "POST",
       headers: { Authorization: `Bearer ${token}` },
     });
@@ -167,6 +234,14 @@ export class NotifyClient {
       // Not a stream id (an opaque id from elsewhere): the latest one wins.
     }
     if (newer) this.lastEventId = id;
+    return newer;
+  }
+
+  /** The resume point moved without an event (the server's, at open; another tab's). */
+  _resumePoint(id) {
+    if (!id || !this._advance(id)) return;
+    if (this.role === "leader") this._tell({ kind: "at", lastEventId: this.lastEventId });
+    this.options.onResumePoint?.(this.lastEventId);
   }
 
   /** Deliver an event once; returns false for an id already delivered. */
@@ -185,8 +260,29 @@ export class NotifyClient {
     return true;
   }
 
+  /** An event from this tab's own stream: delivered here, and to the other tabs. */
+  _received(event) {
+    if (this._deliver(event) && this.role === "leader") this._tell({ kind: "event", event });
+  }
+
+  _gap(gap) {
+    if (this.role === "leader") this._tell({ kind: "gap", gap });
+    this.options.onGap?.(gap);
+  }
+
   async _open() {
     if (this._stopped) return;
+    const websocket = this.options.transport === "websocket";
+    const Impl = websocket ? this._WebSocket() : this._EventSource();
+    if (typeof Impl !== "function") {
+      // Under Node without the option (or an old runtime): nothing can ever connect.
+      const name = websocket ? "WebSocket" : "EventSource";
+      this._report(
+        new Error(`no ${name} implementation: pass the \`${name}\` option (see the README)`),
+      );
+      this._stop("unsupported");
+      return;
+    }
     let ticket;
     try {
       ticket = await this._ticket();
@@ -196,8 +292,182 @@ export class NotifyClient {
       return;
     }
     if (this._stopped) return;
-    if (this.options.transport === "websocket") this._openSocket(ticket);
-    else this._openSource(ticket, false);
+    try {
+      if (websocket) this._openSocket(ticket);
+      else this._openSource(ticket, false);
+    } catch (error) {
+      this._report(error);
+      this._retry();
+    }
+  }
+
+  _EventSource() {
+    return this.options.EventSource ?? globalThis.EventSource;
+  }
+
+  _WebSocket() {
+    return this.options.WebSocket ?? globalThis.WebSocket;
+  }
+
+  // --- tabs ----------------------------------------------------------------------------
+
+  async _begin() {
+    if (this.options.share !== false && sharingSupported()) {
+      const key = await this._shareKey();
+      if (this._stopped) return;
+      if (key) {
+        this._joinTabs(key);
+        return;
+      }
+    }
+    this._setRole("solo");
+    await this._open();
+  }
+
+  /** A hash of the stream's scope and its subject: tabs share only when all match. */
+  async _shareKey() {
+    let subject = this.options.shareKey;
+    if (subject == null) {
+      let token;
+      try {
+        token = await this.options.getToken();
+      } catch (error) {
+        this._report(error);
+        return null; // on its own: the ticket request retries getToken
+      }
+      this._spareToken = { token, at: Date.now() };
+      subject = subjectOf(token);
+      if (subject == null) return null; // not a JWT we can read: no sharing
+    }
+    const { transport, path, appointmentId } = this.options;
+    const scope = [this.baseUrl, transport, path, appointmentId ?? "", String(subject)];
+    return digest(JSON.stringify(scope));
+  }
+
+  _joinTabs(key) {
+    const name = `appointment-notify:${key}`;
+    const channel = new BroadcastChannel(name);
+    this._channel = channel;
+    channel.onmessage = (e) => this._onTab(e.data);
+    const abort = new AbortController();
+    this._lockAbort = abort;
+    const lead = () =>
+      new Promise((release) => {
+        this._releaseLock = release;
+        this._takeOver().catch((error) => this._report(error));
+      });
+    // First without waiting: a tab that finds no leader leads at once (no follower
+    // state first); otherwise it follows and queues for the lock.
+    const follow = () =>
+      navigator.locks.request(name, { signal: abort.signal }, () => (this._stopped ? null : lead()));
+    navigator.locks
+      .request(name, { ifAvailable: true }, (lock) => {
+        if (this._stopped) return null;
+        if (lock) return lead();
+        this._spareToken = null;
+        this._setRole("follower");
+        this._tell({ kind: "hello", from: this.tabId });
+        follow().catch((error) => error?.name === "AbortError" || this._report(error));
+        return null;
+      })
+      .catch((error) => this._report(error));
+  }
+
+  async _takeOver() {
+    const followed = this.role === "follower";
+    this._setRole("leader");
+    // Commands the old leader never answered are lost with it: followers reject them.
+    this._tell({ kind: "leader", from: this.tabId });
+    for (const { reject } of this._remote.values()) reject(new Error("the leading tab changed"));
+    this._remote.clear();
+    if (followed) {
+      // Resume from the last id any tab saw (answers advance lastEventId).
+      this._tell({ kind: "resume?", from: this.tabId });
+      await new Promise((resolve) => setTimeout(resolve, RESUME_GATHER_MS));
+      if (this._stopped) return;
+      if (this.state === "open") this._setState("reconnecting");
+    }
+    await this._open();
+  }
+
+  _setRole(role) {
+    if (this.role === role) return;
+    this.role = role;
+    this.options.onRoleChange?.(role);
+  }
+
+  _tell(message) {
+    this._channel?.postMessage(message);
+  }
+
+  _onTab(m) {
+    if (this._stopped || !m) return;
+    const leader = this.role === "leader";
+    switch (m.kind) {
+      case "event":
+        // Also a new leader's: the old one's last messages may arrive after the hand-over.
+        this._deliver(m.event);
+        break;
+      case "gap":
+        if (!leader) this.options.onGap?.(m.gap);
+        break;
+      case "state":
+        if (!leader) {
+          this._resumePoint(m.lastEventId);
+          this._setState(m.state);
+        }
+        break;
+      case "at":
+      case "resume":
+        this._resumePoint(m.lastEventId);
+        break;
+      case "closed":
+        this._stop(m.reason);
+        break;
+      case "hello":
+        if (leader) this._tell({ kind: "sync", to: m.from, state: this.state, lastEventId: this.lastEventId });
+        break;
+      case "sync":
+        if (m.to === this.tabId) {
+          this._resumePoint(m.lastEventId);
+          if (!leader) this._setState(m.state);
+        }
+        break;
+      case "resume?":
+        if (m.from !== this.tabId) this._tell({ kind: "resume", lastEventId: this.lastEventId });
+        break;
+      case "leader":
+        for (const { reject } of this._remote.values()) reject(new Error("the leading tab changed"));
+        this._remote.clear();
+        break;
+      case "command":
+        if (leader) this._answer(m);
+        break;
+      case "reply": {
+        const pending = this._remote.get(m.id);
+        if (m.to !== this.tabId || !pending) break;
+        this._remote.delete(m.id);
+        if (m.ok) pending.resolve(m.reply);
+        else pending.reject(Object.assign(new Error(m.error.message), m.error));
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  _answer({ from, id, action, appointmentId, extra }) {
+    this._command(action, appointmentId, extra).then(
+      (reply) => this._tell({ kind: "reply", to: from, id, ok: true, reply }),
+      (error) =>
+        this._tell({
+          kind: "reply",
+          to: from,
+          id,
+          ok: false,
+          error: { ...error, message: String(error?.message ?? error) },
+        }),
+    );
   }
 
   // --- EventSource -------------------------------------------------------------------
@@ -210,7 +480,8 @@ export class NotifyClient {
   }
 
   _openSource(ticket, renewal) {
-    const source = new EventSource(this._sourceUrl(ticket));
+    const EventSourceImpl = this._EventSource();
+    const source = new EventSourceImpl(this._sourceUrl(ticket));
     if (renewal) this._renewing = source;
     else this._source = source;
     const current = () => source === this._source;
@@ -232,7 +503,7 @@ export class NotifyClient {
       }
     };
     source.onerror = () => {
-      if (source.readyState === EventSource.CLOSED) {
+      if (source.readyState === 2) {
         // The browser gave up (a non-200: 401, 502, 503 ...): a new ticket, later.
         if (source === this._renewing) {
           this._renewing = null;
@@ -255,13 +526,18 @@ export class NotifyClient {
         return;
       }
       if (!event.id && e.lastEventId) event.id = e.lastEventId;
-      this._deliver(event);
+      this._received(event);
     };
     for (const type of EVENT_TYPES) source.addEventListener(type, onEvent);
     source.addEventListener("message", onEvent);
     source.addEventListener("gap", (e) => {
       track(e);
-      if (current()) this.options.onGap?.(JSON.parse(e.data));
+      if (current()) this._gap(JSON.parse(e.data));
+    });
+    source.addEventListener("resume_point", (e) => {
+      // Right after a fresh stream opens: the history head, the id to resume from
+      // even if no event arrives before a drop.
+      if (current() || source === this._renewing) this._resumePoint(JSON.parse(e.data).id);
     });
     source.addEventListener("reconnect", (e) => {
       track(e);
@@ -301,7 +577,8 @@ export class NotifyClient {
     const url = new URL(this.baseUrl + "/v1/ws", globalThis.location?.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
     url.searchParams.set("ticket", ticket);
-    const socket = new WebSocket(url.toString());
+    const WebSocketImpl = this._WebSocket();
+    const socket = new WebSocketImpl(url.toString());
     this._socket = socket;
     socket.onopen = () => {
       const subscribe = { type: "subscribe" };
@@ -312,7 +589,7 @@ export class NotifyClient {
     socket.onmessage = (e) => {
       let message;
       try {
-        message = JSON.parse(e.data);
+        message = JSON.parse(String(e.data));
       } catch {
         return;
       }
@@ -338,17 +615,17 @@ export class NotifyClient {
       case "subscribed":
         this._attempt = 0;
         // The `since` to use if the socket drops before any event arrives.
-        if (!this.lastEventId && message.resume_point) this.lastEventId = message.resume_point;
+        this._resumePoint(message.resume_point);
         this._setState("open");
         break;
       case "event":
-        this._deliver(message.event);
+        this._received(message.event);
         break;
       case "events":
-        for (const event of message.events) this._deliver(event);
+        for (const event of message.events) this._received(event);
         break;
       case "gap":
-        this.options.onGap?.({ oldest_id: message.oldest_id });
+        this._gap({ oldest_id: message.oldest_id });
         break;
       case "token_expiring":
         // A fresh token on the same socket extends it: no reconnect, no gap.
@@ -387,6 +664,41 @@ export function compareIds(a, b) {
   if (major !== 0n) return major > 0n ? 1 : -1;
   const minor = BigInt(as) - BigInt(bs);
   return minor === 0n ? 0 : minor > 0n ? 1 : -1;
+}
+
+function sharingSupported() {
+  return typeof globalThis.navigator?.locks?.request === "function" && typeof BroadcastChannel === "function";
+}
+
+/** The `sub` claim of a JWT, decoded but not verified (the server verifies). */
+function subjectOf(token) {
+  const payload = String(token).split(".")[1];
+  if (!payload) return null;
+  try {
+    const base64 = payload.replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(base64 + "===".slice((base64.length + 3) % 4)), (c) => c.charCodeAt(0));
+    const sub = JSON.parse(new TextDecoder().decode(bytes)).sub;
+    return typeof sub === "string" && sub ? sub : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Hex digest: SHA-256 where WebCrypto exists (secure contexts), else two FNV-1a. */
+async function digest(text) {
+  const bytes = new TextEncoder().encode(text);
+  const subtle = globalThis.crypto?.subtle;
+  if (subtle) {
+    const hash = new Uint8Array(await subtle.digest("SHA-256", bytes));
+    return Array.from(hash.subarray(0, 16), (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+  let a = 0x811c9dc5;
+  let b = 0x050c5d1f;
+  for (const byte of bytes) {
+    a = Math.imul(a ^ byte, 0x01000193);
+    b = Math.imul(b ^ byte, 0x01000193);
+  }
+  return [a, b].map((h) => (h >>> 0).toString(16).padStart(8, "0")).join("");
 }
 
 /** Shorthand: `connect(options)` creates and starts a client. */
