@@ -10,6 +10,7 @@ import psycopg
 import redis
 
 from tests.support.events import event
+from tests.support.redis_server import RedisServer
 
 INSERT = "INSERT INTO notify_outbox (event, idempotency_key) VALUES (%s::jsonb, %s) RETURNING id"
 
@@ -66,3 +67,13 @@ def history_sequences(client: redis.Redis, key_prefix: str, patient_id: str) -> 
         body = json.loads(fields[b"e"])
         sequences.append(int(body["appointment_id"].removeprefix("ap_")))
     return sequences
+
+
+def assert_each_row_once_in_order(
+    server: RedisServer, prefix: str, patients: int, per_patient: int, name: str = "pt"
+) -> None:
+    """Every patient `<name>_<p>` got its rows 0..per_patient-1 exactly once, in order."""
+    with server.client() as client:
+        for p in range(patients):
+            sequences = history_sequences(client, prefix, f"{name}_{p}")
+            assert sequences == list(range(per_patient)), f"{name}_{p}: {sequences}"
