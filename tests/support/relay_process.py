@@ -45,6 +45,11 @@ class RelayProcess:
             time.sleep(0.05)
         raise AssertionError("relay did not become ready")
 
+    def live(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200
+        return False
+
     def ready(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200
