@@ -98,6 +98,30 @@ REDIS_BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
 )
 
+# --- The outbox relay (service/outbox/relay.py) ----------------------------------
+# Every relay reports the same table: combine them with max(), not sum().
+OUTBOX_BACKLOG = Gauge(
+    "notify_outbox_backlog_rows",
+    "Rows of notify_outbox not yet published (as of the relay's last check).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "notify_outbox_oldest_pending_age_seconds",
+    "Age of the oldest unpublished row of notify_outbox (0 when there is none).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_PUBLISHED = Counter(
+    "notify_outbox_published_total", "Outbox rows published and marked published."
+)
+OUTBOX_FAILURES = Counter(
+    "notify_outbox_failures_total",
+    "Relay failures that are retried with backoff, by reason (redis, database).",
+    ["reason"],
+)
+OUTBOX_SET_ASIDE = Counter(
+    "notify_outbox_set_aside_total",
+    "Outbox rows that can never be published, moved to notify_outbox_dead.",
+)
 
 # Label values known in advance: their series are exported at 0 from the start. A
 # series born at its first increment shows no `increase()` for that increment (an
