@@ -58,6 +58,7 @@ from service.brokers.redis import (
     text,
     wait_confirmed,
 )
+from service.brokers.refusals import RecentRefusals
 from service.failures import BrokerTopologyError, BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
@@ -125,6 +126,7 @@ class ClusterBroker(RedisCommands):
             retry=command_retry(),
             **self._node_options,
         )
+        self.refusals = RecentRefusals()
         self._control = control_channel
         self._build_runner(self._node_options)
         self._channels: set[str] = set()

@@ -21,15 +21,15 @@ import structlog
 from notify_publisher.aio import AsyncRunner
 from notify_publisher.batch import Durability, Outcome
 from notify_publisher.errors import PublishRefusedError
-from notify_publisher.request import PublishRequest
+from notify_publisher.request import PublishRequest, PublishResult
 from notify_publisher.topology import RedisMode, RedisTopology, mismatch
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
@@ -41,7 +41,8 @@ from service.brokers.base import (
     MessageHandler,
     ReconnectHandler,
 )
-from service.failures import BrokerTopologyError, BrokerUnavailableError
+from service.brokers.refusals import OTHER, RecentRefusals, refusal_for
+from service.failures import BrokerRefusedError, BrokerTopologyError, BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -121,6 +122,7 @@ class RedisCommands(Broker):
     client: Any
     # Set once the listener (Cluster: the control connection) is subscribed.
     _ready: asyncio.Event
+    refusals: RecentRefusals
 
     async def wait_listening(self, timeout_s: float) -> bool:
         try:
@@ -140,9 +142,30 @@ class RedisCommands(Broker):
     async def _call(self, operation: str, coro: Any) -> Any:
         try:
             return await coro
+        except (ResponseError, BusyLoadingError) as exc:
+            # Up but refusing (BusyLoadingError is a ConnectionError to redis-py).
+            raise self._refused(operation, exc) from exc
         except UNAVAILABLE as exc:
             metrics.REDIS_ERRORS.labels(operation=operation).inc()
             raise BrokerUnavailableError(operation) from exc
+
+    def _refused(self, operation: str, exc: RedisError) -> BrokerRefusedError:
+        refusal = refusal_for(exc)
+        metrics.REDIS_ERRORS.labels(operation=operation).inc()
+        metrics.REDIS_REFUSALS.labels(cause=refusal.cause).inc()
+        self.refusals.record(refusal.cause)
+        if refusal is OTHER:
+            # An unlisted reply may be our bug: its code (never its text) is logged.
+            log.warning("redis_refused", operation=operation, reply=str(exc)[:16].split(" ")[0])
+        return BrokerRefusedError(
+            operation,
+            cause=refusal.cause,
+            message=refusal.message,
+            retry_after_s=refusal.retry_after_s,
+        )
+
+    def recent_refusals(self) -> list[str]:
+        return self.refusals.causes()
 
     async def ping(self) -> None:
         await self._call("ping", self.client.ping())
@@ -151,12 +174,19 @@ class RedisCommands(Broker):
         self, requests: Sequence[PublishRequest], durability: Durability | None
     ) -> list[Outcome]:
         try:
-            return await self._runner.run(requests, durability)
+            outcomes = await self._runner.run(requests, durability)
         except PublishRefusedError as exc:
-            if exc.cause != "unavailable":
-                raise
+            # Unreachable through the runner's retry (same idempotency keys).
             metrics.REDIS_ERRORS.labels(operation="publish").inc()
             raise BrokerUnavailableError("publish") from exc
+        for outcome in outcomes:
+            reply = outcome.__cause__ if isinstance(outcome, PublishRefusedError) else None
+            if isinstance(reply, RedisError):
+                # An error reply (OOM, READONLY, ...): counted, in readiness, a 503.
+                raise self._refused("publish", reply) from reply
+        if any(isinstance(o, PublishResult) for o in outcomes):
+            self.refusals.clear()
+        return outcomes
 
     async def publish_raw(self, channel: str, payload: str) -> int:
         return int(await self._call("publish", self.client.publish(channel, payload)))
@@ -193,6 +223,7 @@ class RedisCommands(Broker):
 
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
         await self._call("set", self.client.set(key, value, ex=ttl_s))
+        self.refusals.clear()
 
     async def get_values(self, *keys: str) -> list[str | None]:
         values = await self._call("get", self.client.mget(keys))
@@ -228,6 +259,7 @@ class RedisBroker(RedisCommands):
         sentinel: Sentinel | None = None,
     ) -> None:
         self.client = client
+        self.refusals = RecentRefusals()
         self._sentinel = sentinel
         self._pubsub_client = pubsub_client
         self._mode = mode

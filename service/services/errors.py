@@ -3,19 +3,27 @@ status codes in one place, the WebSocket router to close codes."""
 
 from __future__ import annotations
 
-from service.failures import BrokerUnavailableError, DomainError, UnavailableError
+from service.failures import (
+    BrokerRefusedError,
+    BrokerUnavailableError,
+    DomainError,
+    UnavailableError,
+)
 
 __all__ = [
+    "BrokerRefusedError",
     "BrokerUnavailableError",
+    "ConflictError",
     "DomainError",
     "ForbiddenError",
     "IdempotencyKeyInFlightError",
     "IdempotencyKeyReusedError",
     "InvalidEventError",
+    "NotDurableError",
     "NotFoundError",
     "OverCapacityError",
     "PatientNotFoundError",
-    "PublishRefusedError",
+    "RateLimitedError",
     "UnauthorizedError",
     "UnavailableError",
 ]
@@ -51,6 +59,22 @@ class PatientNotFoundError(NotFoundError):
     pass
 
 
+class ConflictError(DomainError):
+    """Conflicts with a request still in progress (HTTP 409): retry later."""
+
+    code = "conflict"
+    public_message = "conflicts with a request in progress"
+    retry_after_s = 1
+
+
+class RateLimitedError(DomainError):
+    """Too many requests from this caller (HTTP 429): retry later."""
+
+    code = "rate_limited"
+    public_message = "too many requests, slow down"
+    retry_after_s = 1
+
+
 class InvalidEventError(DomainError):
     """The event has the right shape but breaks a business rule (HTTP 400)."""
 
@@ -84,7 +108,7 @@ class IdempotencyKeyReusedError(DomainError):
     public_message = "this Idempotency-Key was used for another event"
 
 
-class IdempotencyKeyInFlightError(DomainError):
+class IdempotencyKeyInFlightError(ConflictError):
     """The first request with this `Idempotency-Key` is still waiting for
     replicas (HTTP 409, IETF draft): retry it later, with the same key."""
 
@@ -92,16 +116,14 @@ class IdempotencyKeyInFlightError(DomainError):
     public_message = "a request with this Idempotency-Key is still in progress"
 
 
-class PublishRefusedError(UnavailableError):
-    """Redis did not store the event or could not confirm it (`not_durable`: fewer
-    replicas than asked acknowledged it in time). Retry-able with the same key."""
+class NotDurableError(UnavailableError):
+    """A durable publish (NOTIFY_PUBLISH_WAIT_REPLICAS) was stored on the primary
+    but fewer replicas than asked acknowledged it in time: a failover could still
+    lose it. Retry-able with the same key (the retry waits again, stores nothing)."""
 
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause)
-        self.code = cause
-        self.public_message = (
-            "stored on the primary, but not confirmed by enough replicas in time: "
-            "retry with the same Idempotency-Key"
-            if cause == "not_durable"
-            else f"Redis refused the publish ({cause}): retry with the same Idempotency-Key"
-        )
+    code = "not_durable"
+    public_message = (
+        "stored on the primary, but not confirmed by enough replicas in time: "
+        "retry with the same Idempotency-Key"
+    )
+    retry_after_s = 1

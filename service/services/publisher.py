@@ -19,11 +19,12 @@ from notify_publisher.request import (
 
 from service.brokers.base import Broker
 from service.services.errors import (
+    BrokerUnavailableError,
     EventTooLargeError,
     IdempotencyKeyInFlightError,
     IdempotencyKeyReusedError,
     InvalidEventError,
-    PublishRefusedError,
+    NotDurableError,
 )
 
 
@@ -52,9 +53,9 @@ async def publish(
     Raises `InvalidEventError` for a business-rule violation, `EventTooLargeError`
     above `MAX_EVENT_BYTES` (nothing is stored then), `BrokerUnavailableError` when
     Redis cannot be reached, `IdempotencyKeyReusedError` / `IdempotencyKeyInFlightError`
-    for a key that stored another event / still waits for replicas, and
-    `PublishRefusedError` (its `code` the cause, `not_durable` among them) when Redis
-    refused the write or too few replicas confirmed it.
+    for a key that stored another event / still waits for replicas,
+    `BrokerRefusedError` when Redis refused the write (OOM, READONLY, ...) and
+    `NotDurableError` when too few replicas confirmed it in time.
     Without `idempotency_key` one is made up for this call's own retry.
     """
     try:
@@ -79,10 +80,11 @@ async def publish(
         raise IdempotencyKeyReusedError()
     if isinstance(outcome, publisher_errors.IdempotencyKeyInFlightError):
         raise IdempotencyKeyInFlightError()
-    if isinstance(outcome, publisher_errors.PublishRefusedError):
-        raise PublishRefusedError(outcome.cause)
+    if isinstance(outcome, publisher_errors.NotDurableError):
+        raise NotDurableError()
     if isinstance(outcome, publisher_errors.PublisherError):
-        raise PublishRefusedError("error")
+        # The brokers raise Redis' refusals themselves; nothing else is expected.
+        raise BrokerUnavailableError(outcome.code)
     return Published(
         event=prepared.stored(outcome.id, outcome.published_at or None),
         replayed=outcome.replayed,

@@ -8,9 +8,9 @@ What a caller does with each:
   the caller: a key names one event);
 - `IdempotencyKeyInFlightError`: the first publish with this key is still waiting
   for replicas; retry later with the same key;
-- `PublishRefusedError` (`cause` names why: `unavailable`, `oom`, `readonly`,
-  `not_durable`, ...): Redis could not store or confirm the event; retry with the
-  same idempotency key, which never stores it twice. `NotDurableError` is the one
+- `PublishRefusedError` (`cause` names why: `unavailable`, `redis_oom`,
+  `redis_readonly`, ..., `not_durable`): Redis could not store or confirm the
+  event; retry with the same idempotency key, which never stores it twice. `NotDurableError` is the one
   for a durable publish whose replicas did not confirm in time.
 """
 
@@ -60,15 +60,18 @@ class IdempotencyKeyInFlightError(PublisherError):
 
 class PublishRefusedError(PublisherError):
     """Redis did not store the event, or could not confirm it: retry-able with the
-    same idempotency key. `cause` is a short lowercase name (`unavailable`, `oom`,
-    `readonly`, `loading`, `busy`, `noscript`, `masterdown`, `clusterdown`,
-    `tryagain`, `not_durable`, ...)."""
+    same idempotency key, after `retry_after_s`. `cause` names why, the same string
+    as the service's 503 `code`: `unavailable` (unreachable through every retry),
+    `redis_oom`, `redis_readonly`, `redis_loading`, `redis_busy`, `redis_noscript`,
+    `redis_masterdown`, `redis_clusterdown`, `redis_tryagain`, ... (the table is
+    `notify_publisher.refusals`), or `not_durable`."""
 
     code = "publish_refused"
 
-    def __init__(self, cause: str, message: str | None = None) -> None:
+    def __init__(self, cause: str, message: str | None = None, *, retry_after_s: int = 1) -> None:
         super().__init__(message or f"Redis refused the publish: {cause}")
         self.cause = cause
+        self.retry_after_s = retry_after_s
 
 
 class NotDurableError(PublishRefusedError):

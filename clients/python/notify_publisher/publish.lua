@@ -1,4 +1,10 @@
+#!lua
 -- publish.lua: publish one appointment event, atomically (notify_publisher).
+--
+-- The `#!lua` line (Redis 7) makes Redis check memory before the script starts:
+-- on a full Redis (maxmemory, noeviction) the whole script is refused with OOM,
+-- never half-run (without it, a write in the middle may be refused after the
+-- XADD went through).
 --
 -- Appends the event to its patient's history stream (trimmed, with a TTL), then
 -- publishes it on the patient's live channel with its new stream id spliced in as

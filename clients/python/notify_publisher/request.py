@@ -14,16 +14,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, Final
 
-from redis.exceptions import (
-    BusyLoadingError,
-    ClusterDownError,
-    MasterDownError,
-    NoScriptError,
-    OutOfMemoryError,
-    ReadOnlyError,
-    ResponseError,
-    TryAgainError,
-)
+from redis.exceptions import RedisError
 
 from notify_publisher.errors import (
     EventTooLargeError,
@@ -35,6 +26,7 @@ from notify_publisher.errors import (
 )
 from notify_publisher.events import MAX_EVENT_BYTES, EventCreate, EventStored
 from notify_publisher.keys import RedisKeys, is_idempotency_key
+from notify_publisher.refusals import OTHER, refusal_for
 
 # The publish script, shipped as package data (`publish.lua`, KEYS and ARGV in its
 # header); the same file serves `redis-cli --eval` users.
@@ -173,32 +165,21 @@ def parse_reply(reply: Any) -> PublishResult:
     return PublishResult(id=event_id, replayed=status == "replayed", published_at=published_at)
 
 
-# Error replies that mean "Redis cannot take this write now": retry-able.
-_REFUSALS: Final[tuple[tuple[type[Exception], str], ...]] = (
-    (OutOfMemoryError, "oom"),
-    (ReadOnlyError, "readonly"),
-    (BusyLoadingError, "loading"),
-    (NoScriptError, "noscript"),
-    (MasterDownError, "masterdown"),
-    (ClusterDownError, "clusterdown"),
-    (TryAgainError, "tryagain"),
-)
-
-
 def refusal(exc: Exception) -> PublisherError:
-    """The package's exception for an error reply of the script."""
+    """The package's exception for an error reply of the script (the reply's
+    exception is its `__cause__`)."""
     message = str(exc)
+    error: PublisherError
     if message.startswith("IDEMPOTENCY_KEY_REUSED"):
-        return IdempotencyKeyReusedError("this idempotency key was used for another event")
-    if message.startswith("IDEMPOTENCY_KEY_IN_FLIGHT"):
-        return IdempotencyKeyInFlightError(
+        error = IdempotencyKeyReusedError("this idempotency key was used for another event")
+    elif message.startswith("IDEMPOTENCY_KEY_IN_FLIGHT"):
+        error = IdempotencyKeyInFlightError(
             "the first publish with this idempotency key is still waiting for replicas"
         )
-    for kind, cause in _REFUSALS:
-        if isinstance(exc, kind):
-            return PublishRefusedError(cause)
-    if isinstance(exc, ResponseError):
-        # Another error reply (BUSY, a cluster redirect, ...): its code, lowercased.
-        code = message.split(" ", 1)[0].lower() or "error"
-        return PublishRefusedError(code if code.isalpha() else "error")
-    return PublishRefusedError("error")
+    elif isinstance(exc, RedisError):
+        found = refusal_for(exc)
+        error = PublishRefusedError(found.cause, found.message, retry_after_s=found.retry_after_s)
+    else:
+        error = PublishRefusedError(OTHER.cause, OTHER.message)
+    error.__cause__ = exc
+    return error
