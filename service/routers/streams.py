@@ -9,7 +9,6 @@ stream carrying a jittered `retry:` and `event: reconnect`, then the end. Only
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Final
@@ -21,7 +20,7 @@ from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.errors import error_responses
-from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
+from service.routers.sse import LeanEventSourceResponse
 from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
 from service.services.closing import ENDINGS, CloseReason
@@ -31,6 +30,7 @@ from service.services.hub import Delivery
 from service.services.principal import Principal
 from service.services.streams import StreamSession, jittered_retry_ms
 from service.state import AppState
+from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
 
 router = APIRouter(prefix="/v1/patients", tags=["streams"])
 
@@ -43,14 +43,11 @@ LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
 LastEventIdQuery = Annotated[str | None, Query(alias="last_event_id", max_length=64)]
 
 
-def _frame(event: str, data: dict[str, object], retry_ms: int | None = None) -> bytes:
-    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
-    return f"{retry}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
-
-
 def retry_later_response(state: AppState, reason: str) -> Response:
     """The SSE refusal a browser will retry: 200, `retry:`, `event: reconnect`, end."""
-    body = _frame("reconnect", {"reason": reason}, jittered_retry_ms(state.settings.sse_retry_ms))
+    body = json_block(
+        "reconnect", {"reason": reason}, jittered_retry_ms(state.settings.sse_retry_ms)
+    )
     return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -60,11 +57,11 @@ def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
     if ending.sse_event is None:
         return b""
     if ending.reconnect is not None:
-        return _frame(
+        return json_block(
             "reconnect", {"reason": ending.public}, jittered_retry_ms(state.settings.sse_retry_ms)
         )
     # Expired, revoked or deleted credentials: reconnecting with them will fail.
-    return _frame("closed", {"reason": ending.public})
+    return json_block("closed", {"reason": ending.public})
 
 
 async def _stream_body(
@@ -77,29 +74,28 @@ async def _stream_body(
         async with session.subscribed(resume_from=resume_from) as replay:
             # First bytes only once the channel is subscribed: a client that has seen
             # `retry:` knows every event published from now on reaches it.
-            retry = f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n"
+            retry = retry_block(jittered_retry_ms(state.settings.sse_retry_ms))
             if replay.fresh:
                 # An id-only block: sets the EventSource's last event id without
                 # dispatching an event, so its next reconnect resumes from here.
-                yield f"{retry}id: {replay.resume_point}\n\n".encode()
+                yield retry + id_block(replay.resume_point)
             else:
-                yield retry.encode()
+                yield retry
             if replay.start.gap:
-                yield _frame("gap", {"oldest_id": replay.start.oldest_id})
+                yield json_block("gap", {"oldest_id": replay.start.oldest_id})
             async for page in session.replayed(replay):
-                yield b"".join([Delivery.from_event(event).sse for event in page])
+                yield b"".join([event_block(Delivery.from_event(event)) for event in page])
             # Not kept for the stream's life (its history page and iterator).
             del replay
             while True:
                 await subscriber.wait()
                 items = subscriber.drain()
                 if items:
-                    yield b"".join([item.sse for item in items])
+                    yield b"".join([event_block(item) for item in items])
                     SSE_DELIVERIES.inc(len(items))
                     subscriber.heartbeat_due = False
                 elif subscriber.heartbeat_due:
                     subscriber.heartbeat_due = False
-                    # A comment: browsers ignore it, proxies and the ALB see bytes.
                     yield HEARTBEAT
                 reason = subscriber.close_reason
                 if reason is not None:
