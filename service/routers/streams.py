@@ -39,8 +39,16 @@ SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
 
 PatientId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
 AppointmentId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
-LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
-LastEventIdQuery = Annotated[str | None, Query(alias="last_event_id", max_length=64)]
+# An SSE open's parameters, defined once for both front doors: the FastAPI routes
+# (below, for validation and the OpenAPI document) and the lean path
+# (`service/routers/lean_streams.py`), which both end in `sse_open`.
+LAST_EVENT_ID_HEADER: Final = "Last-Event-ID"
+LAST_EVENT_ID_QUERY: Final = "last_event_id"
+LAST_EVENT_ID_QUERY_MAX: Final = 64
+LastEventIdHeader = Annotated[str | None, Header(alias=LAST_EVENT_ID_HEADER)]
+LastEventIdQuery = Annotated[
+    str | None, Query(alias=LAST_EVENT_ID_QUERY, max_length=LAST_EVENT_ID_QUERY_MAX)
+]
 
 
 def retry_later_response(state: AppState, reason: str) -> Response:
@@ -125,6 +133,8 @@ async def sse_open(
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> SSEOpen:
+    """The one reading of an SSE open's parameters: FastAPI's dependency, and what
+    the lean path calls with the same values."""
     # The header wins: it is what EventSource sends on its own reconnects.
     resume_from = valid_resume_id(last_event_id or last_event_id_query)
     return SSEOpen(request=request, state=state, principal=principal, resume_from=resume_from)
