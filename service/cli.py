@@ -1,5 +1,6 @@
-"""`notify serve | publish | token | doctor`: run the service, publish an event, mint a
-dev token, check the configured Redis topology."""
+"""`notify serve | publish | token | doctor | outbox migrate | relay`: run the service,
+publish an event, mint a dev token, check the configured Redis topology, create the
+PostgreSQL outbox table, relay its rows to Redis."""
 
 from __future__ import annotations
 
@@ -227,6 +228,39 @@ def _doctor(settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def _outbox_migrate(settings: Settings) -> int:
+    import psycopg
+
+    from service.outbox.schema import migrate
+
+    if settings.outbox_dsn is None:
+        print("notify outbox migrate needs NOTIFY_OUTBOX_DSN (postgresql://...)", file=sys.stderr)
+        return 2
+    try:
+        migrate(settings.outbox_dsn.get_secret_value())
+    except psycopg.Error as exc:
+        # The class and SQLSTATE only: the message may name the host or the user.
+        print(f"migration failed: {type(exc).__name__} {exc.sqlstate or ''}", file=sys.stderr)
+        return 1
+    print("notify_outbox is up to date")
+    return 0
+
+
+def _relay(settings: Settings) -> int:
+    from service.logging import configure_logging
+    from service.outbox.runner import run_relay
+
+    if settings.outbox_dsn is None:
+        print("notify relay needs NOTIFY_OUTBOX_DSN (postgresql://...)", file=sys.stderr)
+        return 2
+    if settings.uses_memory_broker:
+        print("notify relay publishes to Redis: set NOTIFY_REDIS_URL", file=sys.stderr)
+        return 2
+    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
+    asyncio.run(run_relay(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notify", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -240,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "doctor", help="which Redis topology NOTIFY_REDIS_* reach, and whether every node answers"
+    )
+
+    outbox = commands.add_parser("outbox", help="the PostgreSQL outbox (NOTIFY_OUTBOX_DSN)")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox_commands.add_parser(
+        "migrate", help="create or update notify_outbox (idempotent; service/outbox/schema.sql)"
+    )
+    commands.add_parser(
+        "relay",
+        help="publish notify_outbox rows to Redis; probes and /metrics on NOTIFY_HOST:NOTIFY_PORT",
     )
 
     pub = commands.add_parser("publish", help="publish an event (history + live)")
@@ -272,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     if args.command == "doctor":
         return _doctor(settings)
+    if args.command == "outbox":
+        return _outbox_migrate(settings)
+    if args.command == "relay":
+        return _relay(settings)
     if not args.json and not (args.patient_id and args.appointment_id):
         print("publish needs --json or --patient-id and --appointment-id", file=sys.stderr)
         return 2

@@ -146,6 +146,19 @@ class Settings(BaseSettings):
     gc_tuning: bool = True
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (50_000, 20, 100)
 
+    # --- Outbox (PostgreSQL) -----------------------------------------------------
+    # `notify outbox migrate` and `notify relay` (service/outbox/); a secret: the
+    # URL may carry a password. Never logged.
+    outbox_dsn: SecretStr | None = None
+    # Also run the relay as a task of `notify serve` (off: run `notify relay`).
+    outbox_relay_enabled: bool = False
+    # Rows per claim (one transaction), patients published at once, the polling
+    # safety net under LISTEN/NOTIFY, and how long published rows are kept.
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    outbox_publish_concurrency: int = Field(default=16, ge=1, le=256)
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    outbox_retention_s: float = Field(default=24 * 3600.0, ge=0)
+
     # --- Logging / HTTP ----------------------------------------------------------
     log_format: Literal["console", "json"] | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -220,6 +233,23 @@ class Settings(BaseSettings):
                 "NOTIFY_REDIS_CLUSTER_NODES / NOTIFY_REDIS_SENTINELS are set but "
                 f"NOTIFY_REDIS_MODE={self.redis_mode.value}: set NOTIFY_REDIS_MODE=cluster or sentinel"
             )
+        return self
+
+    @field_validator("outbox_dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("NOTIFY_OUTBOX_DSN must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_outbox(self) -> Self:
+        if self.outbox_relay_enabled and self.outbox_dsn is None:
+            raise ValueError("NOTIFY_OUTBOX_RELAY_ENABLED=true needs NOTIFY_OUTBOX_DSN")
+        if self.outbox_relay_enabled and self.uses_memory_broker:
+            raise ValueError("the outbox relay publishes to Redis: set NOTIFY_REDIS_URL")
         return self
 
     @model_validator(mode="after")

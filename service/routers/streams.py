@@ -85,8 +85,13 @@ async def _stream_body(
             retry = retry_block(jittered_retry_ms(state.settings.sse_retry_ms))
             if replay.fresh:
                 # An id-only block: sets the EventSource's last event id without
-                # dispatching an event, so its next reconnect resumes from here.
-                yield retry + id_block(replay.resume_point)
+                # dispatching an event, so its next reconnect resumes from here. Then
+                # `resume_point` with the same id, for page code: it cannot read an
+                # EventSource's last event id until an event is dispatched, and needs
+                # it to resume after the browser gave up (a block without `id:` keeps
+                # the id just set).
+                head = replay.resume_point
+                yield retry + id_block(head) + json_block("resume_point", {"id": head})
             else:
                 yield retry
             if replay.start.gap:

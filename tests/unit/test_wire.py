@@ -42,6 +42,9 @@ def test_sse_blocks_of_the_stream_itself() -> None:
     assert HEARTBEAT == b": keep-alive\n\n"
     assert retry_block(3141) == b"retry: 3141\n\n"
     assert retry_block(3141) + id_block("0-0") == b"retry: 3141\n\nid: 0-0\n\n"
+    assert json_block("resume_point", {"id": "0-0"}) == (
+        b'event: resume_point\ndata: {"id": "0-0"}\n\n'
+    )
     assert json_block("reconnect", {"reason": "shutdown"}, 3141) == (
         b'retry: 3141\nevent: reconnect\ndata: {"reason": "shutdown"}\n\n'
     )
