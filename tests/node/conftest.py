@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -141,6 +142,19 @@ class Service:
         assert response.status_code == 201, response.text
         event_id: str = response.json()["id"]
         return event_id
+
+    def open_streams(self) -> float:
+        """The process' `notify_open_streams{transport="sse"}` gauge, as scraped."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        match = re.search(r'^notify_open_streams\{transport="sse"\} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def wait_open_streams(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.open_streams() != count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.open_streams()} open SSE streams, not {count}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.proc.stop()
