@@ -20,6 +20,7 @@ def test_pack_holds_both_entries_their_types_and_no_dependencies(packed: Packed)
     assert packed.version == manifest["version"]
     assert manifest["name"] == "@appointment-notify/client"
     assert packed.files == [
+        "README.md",
         "notify-client.cjs",
         "notify-client.d.cts",
         "notify-client.d.ts",
