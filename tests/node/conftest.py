@@ -35,6 +35,8 @@ NPM_CACHE = ROOT / ".cache" / "npm"
 # The EventSource implementation the README names for Node, pinned (and its one
 # dependency, so that nothing floats).
 EVENTSOURCE = ("eventsource@4.1.1", "eventsource-parser@3.0.6")
+# The type check of the declarations, as a TypeScript user's project runs it.
+TYPESCRIPT = "typescript@5.9.3"
 # Small, so that a gap is a few publishes away.
 HISTORY_MAXLEN = 5
 
@@ -92,10 +94,19 @@ class Project:
 
 @pytest.fixture(scope="package")
 def project(packed: Packed, tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A scratch `npm init` project with the tarball and the pinned eventsource."""
+    """A scratch `npm init` project with the tarball, the pinned eventsource and
+    TypeScript."""
     directory = tmp_path_factory.mktemp("scratch")
     npm("init", "-y", cwd=directory)
-    npm("install", "--no-audit", "--no-fund", str(packed.tarball), *EVENTSOURCE, cwd=directory)
+    npm(
+        "install",
+        "--no-audit",
+        "--no-fund",
+        str(packed.tarball),
+        *EVENTSOURCE,
+        TYPESCRIPT,
+        cwd=directory,
+    )
     return Project(dir=directory)
 
 
