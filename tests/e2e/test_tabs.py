@@ -199,6 +199,7 @@ def test_leader_gone_while_events_flow_loses_and_repeats_nothing(
             others[0].until(lambda: [role(t) for t in others].count("leader") == 1, "a new leader")
             (new_leader,) = [t for t in others if role(t) == "leader"]
             lead_at_ms = new_leader.js("() => window.seen.leadAt")
+            print(f"{ending} leader: a new one after {lead_at_ms - gone_at_ms:.0f} ms")
             assert lead_at_ms - gone_at_ms < 2000, "the lock passes on at once"
             # Events keep flowing through the new leader's stream for a while.
             count = len(published)
