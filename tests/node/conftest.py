@@ -5,6 +5,7 @@ pack`, then `npm install <tarball>` into a scratch project (CommonJS by default,
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -41,10 +42,21 @@ TYPESCRIPT = "typescript@5.9.3"
 HISTORY_MAXLEN = 5
 
 
+@functools.cache
 def node() -> str:
+    """/usr/bin/node (or the PATH's), checked once to be Node 20 or newer."""
     found = shutil.which("node")
     if found is None:
         pytest.fail("node is missing: apt-get install nodejs npm (Node 20+)", pytrace=False)
+    version = subprocess.run(
+        [found, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < 20:
+        pytest.fail(
+            f"node {version}: the client needs Node 20+ (Debian 12's nodejs is 18; "
+            "NodeSource's nodejs 20 or Debian 13's)",
+            pytrace=False,
+        )
     return found
 
 
