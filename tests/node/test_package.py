@@ -73,6 +73,7 @@ def test_sources_pass_node_check(packed: Packed) -> None:
 TYPED_ESM = """
 import { NotifyClient, VERSION, compareIds } from "@appointment-notify/client";
 import type { AppointmentEvent, ConnectionState, TabRole } from "@appointment-notify/client";
+import { EventSource } from "eventsource";
 const roles: TabRole[] = [];
 const client = new NotifyClient({
   baseUrl: "https://notify.example",
@@ -84,6 +85,8 @@ const client = new NotifyClient({
   onRoleChange: (role) => roles.push(role),
   onResumePoint: (id: string) => console.log(id),
 });
+// Under Node: the eventsource package's class fits the EventSource option.
+new NotifyClient({ baseUrl: "https://notify.example", getToken: () => "t", EventSource });
 const version: string = VERSION;
 const order: number = compareIds("1-0", "2-0");
 const last: string | null = client.lastEventId;
