@@ -21,6 +21,7 @@ from .prometheus import (
     RUNBOOK,
     alert,
     alerts,
+    fast_rules,
     find_binary,
     metric_names,
     rule_groups,
@@ -149,6 +150,14 @@ def test_the_near_limit_threshold_is_80_percent_of_the_deployed_limit() -> None:
 def test_pod_alerts_select_the_deployed_namespace() -> None:
     namespace = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["namespace"]
     assert f'namespace="{namespace}"' in alert("NotifyPodNotReady")["expr"]
+
+
+def test_the_live_test_transform_changes_only_for_durations(tmp_path: Path) -> None:
+    fast = yaml.safe_load(fast_rules(tmp_path / "rules.yaml", "2s").read_text())
+    shipped = [r for g in rule_groups() for r in g["rules"]]
+    loaded = [r for g in fast["groups"] for r in g["rules"]]
+    assert loaded == [{**r, "for": "2s"} if "for" in r else r for r in shipped]
+    assert any("for" not in r for r in shipped)
 
 
 def test_every_metric_an_alert_uses_is_known() -> None:

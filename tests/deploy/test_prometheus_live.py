@@ -1,0 +1,134 @@
+"""The shipped alert rules and dashboard against a real Prometheus scraping a real
+`notify serve` with the test's own Redis.
+
+The rules are loaded as shipped except for their `for:` durations, which
+`fast_rules` sets to 2 s (minutes would make a test of minutes; every threshold,
+expression, label and annotation is the shipped one).
+
+Which program exports each metric is listed in tests/deploy/prometheus.py
+(`METRICS`): the dashboard's queries on the outbox relay's and kube-state-metrics'
+metrics run here but return nothing; the two metrics of issue 21 (Redis refusals) are
+required from notify serve as soon as the service's code names them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.support.redis_server import RedisServer
+
+from .conftest import NotifyServer, poll
+from .prometheus import (
+    METRICS,
+    REFUSALS,
+    SERVE,
+    defined_in_service,
+    family,
+    fast_rules,
+    metric_names,
+)
+from .prometheus_server import PrometheusServer
+from .test_grafana_dashboard import expressions, load
+
+pytestmark = pytest.mark.slow
+
+FAST_FOR = "2s"
+# Grafana's variables as "All" selects them, and a rate window over several scrapes.
+GRAFANA_VARIABLES = {"$namespace": ".*", "$pod": ".*", "$__rate_interval": "1m"}
+
+
+@dataclass
+class Stack:
+    redis: RedisServer
+    notify: NotifyServer
+    prometheus: PrometheusServer
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("prometheus-live")
+    redis = RedisServer()
+    redis.start()
+    notify = NotifyServer(workdir, NOTIFY_REDIS_URL=redis.url)
+    prometheus: PrometheusServer | None = None
+    try:
+        notify.start()
+        rules = fast_rules(workdir / "notify-rules.yaml", FAST_FOR)
+        prometheus = PrometheusServer(f"127.0.0.1:{notify.port}", rules).start()
+        yield Stack(redis, notify, prometheus)
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        notify.stop()
+        redis.stop(kill=True)
+
+
+def listener_up(stack: Stack) -> bool:
+    result = stack.prometheus.query("notify_listener_up")
+    return bool(result) and result[0]["value"][1] == "1"
+
+
+def test_redis_alert_fires_when_redis_dies_and_resolves_when_it_returns(stack: Stack) -> None:
+    name = "NotifyRedisListenerDown"
+    poll(lambda: listener_up(stack), 30, "prometheus to scrape a connected listener")
+    assert stack.prometheus.alert_rule(name)["state"] == "inactive"
+
+    stack.redis.stop(kill=True)
+    try:
+        poll(lambda: bool(stack.prometheus.firing(name)), 30, f"{name} to fire")
+        (firing,) = stack.prometheus.firing(name)
+        assert firing["labels"]["severity"] == "critical"
+        assert firing["annotations"]["runbook_url"].endswith("runbook.md#notifyredislistenerdown")
+        # Readiness agrees: the pod would be out of the load balancer.
+        ready = httpx.get(f"{stack.notify.base_url}/health/ready", timeout=5)
+        assert ready.status_code == 503
+    finally:
+        stack.redis.start()
+
+    poll(
+        lambda: stack.prometheus.alert_rule(name)["state"] == "inactive",
+        30,
+        f"{name} to return to inactive",
+    )
+    assert not stack.prometheus.firing(name)
+    assert listener_up(stack)
+
+
+def test_every_dashboard_query_runs_and_names_only_exported_metrics(stack: Stack) -> None:
+    # Auth refusals (open-ended reasons) exist from the first one: cause one.
+    refused = httpx.get(f"{stack.notify.base_url}/v1/patients/me/events", timeout=5)
+    assert refused.status_code == 401
+    templating = [v["definition"] for v in load()["templating"]["list"] if v["type"] == "query"]
+    queries = expressions()
+    wanted = {
+        series
+        for expr in [*queries, *templating]
+        for series in metric_names(re.sub(r"label_values\((\w+).*", r"\1", expr))
+        if METRICS[family(series)].source == SERVE
+        or (METRICS[family(series)].source == REFUSALS and defined_in_service(family(series)))
+    }
+    assert "notify_open_streams" in wanted
+
+    def all_scraped() -> bool:
+        return wanted <= stack.prometheus.metric_names()
+
+    poll(lambda: listener_up(stack), 30, "prometheus to scrape a connected listener")
+    try:
+        poll(all_scraped, 30, "every metric of the dashboard in prometheus")
+    except AssertionError:
+        missing = wanted - stack.prometheus.metric_names()
+        raise AssertionError(f"notify serve does not export {sorted(missing)}") from None
+
+    for expr in queries:
+        concrete = expr
+        for variable, value in GRAFANA_VARIABLES.items():
+            concrete = concrete.replace(variable, value)
+        assert "$" not in concrete, expr
+        result = stack.prometheus.query(concrete)  # fails on a PromQL error
+        if {METRICS[family(s)].source for s in metric_names(expr)} == {SERVE}:
+            # Every series exists from the start, so no panel of the service is empty.
+            assert result, f"no data for {concrete}"
