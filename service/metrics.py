@@ -40,6 +40,13 @@ CAPACITY_REFUSALS = Counter(
     "Connections refused because a connection limit was reached, by transport and limit.",
     ["transport", "limit"],
 )
+HEADER_TIMEOUTS = Counter(
+    "notify_header_timeouts_total",
+    "Connections closed because a request's headers were not complete within "
+    "NOTIFY_HEADER_TIMEOUT_S, by stage (before_request: nothing sent; in_headers: "
+    "a partial request, answered 408).",
+    ["stage"],
+)
 LISTENER_RECONNECTS = Counter(
     "notify_listener_reconnects_total", "Times the pub/sub listener reconnected to Redis."
 )
@@ -55,6 +62,19 @@ REDIS_SHARDS_DOWN = Gauge(
 )
 REDIS_ERRORS = Counter(
     "notify_redis_errors_total", "Redis commands that failed, by operation.", ["operation"]
+)
+REDIS_REFUSALS = Counter(
+    "notify_redis_refusals_total",
+    "Redis error replies (refusals: full, read-only, loading, busy …) answered with a "
+    "retry-able 503, by cause (redis_oom, redis_readonly, … redis_error for the rest).",
+    ["cause"],
+)
+READY_DEGRADED = Gauge(
+    "notify_ready_degraded",
+    "1 while readiness says `degraded` for this cause (still ready: streams work), "
+    "else 0; set at each readiness check.",
+    ["cause"],
+    multiprocess_mode="livemax",
 )
 TASK_RESTARTS = Counter(
     "notify_task_restarts_total", "Supervised background tasks restarted after a crash.", ["task"]
@@ -78,6 +98,30 @@ REDIS_BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
 )
 
+# --- The outbox relay (service/outbox/relay.py) ----------------------------------
+# Every relay reports the same table: combine them with max(), not sum().
+OUTBOX_BACKLOG = Gauge(
+    "notify_outbox_backlog_rows",
+    "Rows of notify_outbox not yet published (as of the relay's last check).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "notify_outbox_oldest_pending_age_seconds",
+    "Age of the oldest unpublished row of notify_outbox (0 when there is none).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_PUBLISHED = Counter(
+    "notify_outbox_published_total", "Outbox rows published and marked published."
+)
+OUTBOX_FAILURES = Counter(
+    "notify_outbox_failures_total",
+    "Relay failures that are retried with backoff, by reason (redis, database).",
+    ["reason"],
+)
+OUTBOX_SET_ASIDE = Counter(
+    "notify_outbox_set_aside_total",
+    "Outbox rows that can never be published, moved to notify_outbox_dead.",
+)
 
 # Label values known in advance: their series are exported at 0 from the start. A
 # series born at its first increment shows no `increase()` for that increment (an
