@@ -12,8 +12,11 @@ metrics run here too, but only notify serve's metrics are required to be there."
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
+from functools import partial
 
 import httpx
 import pytest
@@ -33,7 +36,8 @@ from .test_grafana_dashboard import expressions, load
 
 pytestmark = pytest.mark.slow
 
-FAST_FOR = "2s"
+FAST_FOR_S = 2
+FAST_FOR = f"{FAST_FOR_S}s"
 # Grafana's variables as "All" selects them, and a rate window over several scrapes.
 GRAFANA_VARIABLES = {"$namespace": ".*", "$pod": ".*", "$__rate_interval": "1m"}
 
@@ -67,6 +71,30 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def listener_up(stack: Stack) -> bool:
     result = stack.prometheus.query("notify_listener_up")
     return bool(result) and result[0]["value"][1] == "1"
+
+
+def has_data(stack: Stack, expr: str) -> bool:
+    return bool(stack.prometheus.query(expr))
+
+
+def evaluated_after(stack: Stack, moment: float) -> bool:
+    """Whether every rule group has been evaluated since `moment` (Unix time)."""
+    for group in stack.prometheus.api("rules")["groups"]:
+        stamp = re.sub(r"(\.\d{6})\d*", r"\1", group["lastEvaluation"]).replace("Z", "+00:00")
+        if datetime.fromisoformat(stamp).timestamp() <= moment:
+            return False
+    return True
+
+
+def test_a_healthy_service_fires_no_alert(stack: Stack) -> None:
+    """The shipped thresholds against real, healthy numbers: nothing pending, nothing
+    firing (a rule that misreads a metric would show here)."""
+    poll(lambda: listener_up(stack), 30, "prometheus to scrape a connected listener")
+    # Past the (shortened) `for:` of anything that became true since, twice over.
+    settled = time.time() + 2 * FAST_FOR_S
+    poll(lambda: evaluated_after(stack, settled), 30, "the rules to be evaluated again")
+    active = stack.prometheus.api("alerts")["alerts"]
+    assert active == [], [(a["labels"]["alertname"], a["state"]) for a in active]
 
 
 def test_redis_alert_fires_when_redis_dies_and_resolves_when_it_returns(stack: Stack) -> None:
@@ -119,18 +147,13 @@ def test_every_dashboard_query_runs_and_names_only_exported_metrics(stack: Stack
         missing = wanted - stack.prometheus.metric_names()
         raise AssertionError(f"notify serve does not export {sorted(missing)}") from None
 
-    def scraped_thrice() -> bool:
-        # rate() over the 1m window needs two samples: wait for a few scrapes.
-        result = stack.prometheus.query('count_over_time(up{job="notify"}[1m])')
-        return bool(result) and float(result[0]["value"][1]) >= 3
-
-    poll(scraped_thrice, 30, "three scrapes of notify serve")
     for expr in queries:
         concrete = expr
         for variable, value in GRAFANA_VARIABLES.items():
             concrete = concrete.replace(variable, value)
         assert "$" not in concrete, expr
-        result = stack.prometheus.query(concrete)  # fails on a PromQL error
+        stack.prometheus.query(concrete)  # fails on a PromQL error
         if {METRICS[family(s)].source for s in metric_names(expr)} == {SERVE}:
-            # Every series exists from the start, so no panel of the service is empty.
-            assert result, f"no data for {concrete}"
+            # Every series exists from the start, so no panel of the service stays
+            # empty (rate() needs two scrapes of a series: a new one takes a second).
+            poll(partial(has_data, stack, concrete), 15, f"data for {concrete}")
