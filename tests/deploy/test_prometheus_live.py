@@ -11,19 +11,22 @@ metrics run here too, but only notify serve's metrics are required to be there."
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 
 import httpx
 import pytest
 
+from service.services.channels import RedisKeys
 from tests.support.redis_server import RedisServer
 
-from .conftest import NotifyServer, poll
+from .conftest import NotifyServer, mint, poll
 from .prometheus import (
     METRICS,
     SERVE,
@@ -49,9 +52,9 @@ class Stack:
     prometheus: PrometheusServer
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("prometheus-live")
+@contextlib.contextmanager
+def running_stack(workdir: Path) -> Iterator[Stack]:
+    """Redis, notify serve on it, and Prometheus scraping it with the fast rules."""
     redis = RedisServer()
     redis.start()
     notify = NotifyServer(workdir, NOTIFY_REDIS_URL=redis.url)
@@ -66,6 +69,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             prometheus.stop()
         notify.stop()
         redis.stop(kill=True)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Shared by the tests that leave it healthy (the Redis test restarts Redis)."""
+    with running_stack(tmp_path_factory.mktemp("prometheus-live")) as shared:
+        yield shared
 
 
 def listener_up(stack: Stack) -> bool:
@@ -157,3 +167,34 @@ def test_every_dashboard_query_runs_and_names_only_exported_metrics(stack: Stack
             # Every series exists from the start, so no panel of the service stays
             # empty (rate() needs two scrapes of a series: a new one takes a second).
             poll(partial(has_data, stack, concrete), 15, f"data for {concrete}")
+
+
+def test_the_first_dropped_event_fires_its_alert(tmp_path: Path) -> None:
+    """One invalid event published raw on a patient's channel: the counter's series
+    existed at 0 before it, so increase() sees the drop and the alert fires (a series
+    born at 1 would show no increase, and the alert would never fire)."""
+    name = "NotifyEventsDroppedInvalid"
+    patient = "pt_prometheus_live"
+    # Its own stack: the alert stays firing for the rule's 10-minute window.
+    with running_stack(tmp_path) as own, own.redis.client() as redis:
+        poll(lambda: listener_up(own), 30, "prometheus to scrape a connected listener")
+        channel = RedisKeys("notify:").patient_channel(patient)
+        headers = {"Authorization": f"Bearer {mint(patient)}"}
+        url = f"{own.notify.base_url}/v1/patients/me/events"
+        with httpx.stream("GET", url, headers=headers, timeout=10) as response:
+            assert response.status_code == 200
+
+            def subscribed() -> bool:
+                counts = dict(redis.pubsub_numsub(channel))
+                return bool(counts.get(channel.encode()))
+
+            poll(subscribed, 10, "the service to subscribe to the patient's channel")
+            # Scraped with the stream open, before the drop.
+            open_sse = 'notify_open_streams{transport="sse"} == 1'
+            poll(partial(has_data, own, open_sse), 10, "a scrape of the open stream")
+            assert not own.prometheus.firing(name)
+            assert redis.publish(channel, b'{"type": "appointment.unknown"}') == 1
+            poll(lambda: bool(own.prometheus.firing(name)), 30, f"{name} to fire")
+        (firing,) = own.prometheus.firing(name)
+        assert firing["labels"]["severity"] == "warning"
+        assert patient not in str(firing)  # no patient id in labels or annotations
