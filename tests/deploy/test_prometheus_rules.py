@@ -34,11 +34,11 @@ RUNBOOK_PREFIX = "https://git.example.com/notify/blob/main/docs/runbook.md#"
 SEVERITIES = {"critical", "warning"}
 # Label values an annotation may print: pods, transports, causes; never anything
 # that could name a patient, an appointment or an event.
-# Template actions allowed in annotations: a label above, or the value, formatted.
+PRINTABLE_LABELS = {"pod", "namespace", "transport", "cause", "reason", "operation", "task"}
+# Template actions allowed in annotations: a label, or the value, formatted.
 TEMPLATE_ACTION = re.compile(
     r" (\$labels\.\w+|\$value|\$value \| (humanize|humanizeDuration|printf `%\.[02]f`)) "
 )
-PRINTABLE_LABELS = {"pod", "namespace", "transport", "cause", "reason", "operation", "task"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
