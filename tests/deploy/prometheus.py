@@ -94,7 +94,8 @@ def fast_rules(path: Path, for_duration: str) -> Path:
 # the others are listed here on purpose, with the reason they are not checked there.
 SERVE = "notify serve"
 # notify serve's registry holds the outbox metrics too (service/metrics.py), at 0:
-# only the relay's values mean anything, so the live tests do not look for them.
+# only the relay's values mean anything: test_prometheus_relay_live.py looks for
+# them in a real relay's, test_prometheus_live.py not in notify serve's.
 RELAY = "notify relay (the outbox)"
 KUBE_STATE = "kube-state-metrics"
 

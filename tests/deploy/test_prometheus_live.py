@@ -7,7 +7,8 @@ expression, label and annotation is the shipped one).
 
 Which program exports each metric is listed in tests/deploy/prometheus.py
 (`METRICS`): the dashboard's queries on the outbox relay's and kube-state-metrics'
-metrics run here too, but only notify serve's metrics are required to be there."""
+metrics run here too, but only notify serve's metrics are required to be there (the
+relay's are, by test_prometheus_relay_live.py; kube-state-metrics' by nobody here)."""
 
 from __future__ import annotations
 
