@@ -107,6 +107,17 @@ def test_every_runbook_alert_section_is_an_alert() -> None:
     assert sections == {a["alert"] for a in alerts()}
 
 
+def test_the_runbook_inhibit_rules_name_existing_alerts_and_labels() -> None:
+    (block,) = re.findall(r"```yaml\n(inhibit_rules:.*?)```", RUNBOOK.read_text(), re.S)
+    names = {a["alert"] for a in alerts()}
+    for rule in yaml.safe_load(block)["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            pattern = re.fullmatch(r'alertname=~?"([\w|]+)"', matcher)
+            assert pattern, matcher
+            assert set(pattern.group(1).split("|")) <= names, matcher
+        assert set(rule["equal"]) <= {"namespace", "pod"}
+
+
 def test_annotations_print_only_labels_without_patient_data() -> None:
     for rule in alerts():
         for text in rule["annotations"].values():
