@@ -131,6 +131,7 @@ TRANSPORTS = ("sse", "ws")
 EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
 HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
 CAPACITY_LIMITS = ("process", "subject")
+HEADER_TIMEOUT_STAGES = ("before_request", "in_headers")
 
 
 def _export_zero_series() -> None:
@@ -145,6 +146,8 @@ def _export_zero_series() -> None:
         EVENTS_RECEIVED.labels(outcome=outcome)
     for reason in HISTORY_DROP_REASONS:
         HISTORY_ENTRIES_DROPPED.labels(reason=reason)
+    for stage in HEADER_TIMEOUT_STAGES:
+        HEADER_TIMEOUTS.labels(stage=stage)
     # The publish path's errors are alerted on (NotifyPublishErrors).
     REDIS_ERRORS.labels(operation="publish")
 

@@ -119,6 +119,7 @@ METRICS: dict[str, Metric] = {
     "notify_listener_reconnects_total": Metric("counter", SERVE),
     "notify_redis_errors_total": Metric("counter", SERVE),
     "notify_task_restarts_total": Metric("counter", SERVE),
+    "notify_header_timeouts_total": Metric("counter", SERVE),
     "notify_delivery_latency_seconds": Metric("histogram", SERVE),
     "notify_stream_duration_seconds": Metric("histogram", SERVE),
     "notify_redis_refusals_total": Metric("counter", SERVE),

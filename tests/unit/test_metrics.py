@@ -32,6 +32,8 @@ def test_known_label_values_are_exported_before_any_event() -> None:
     for reason in metrics.HISTORY_DROP_REASONS:
         assert exported("notify_history_entries_dropped_total", reason=reason)
     assert exported("notify_redis_errors_total", operation="publish")
+    for stage in metrics.HEADER_TIMEOUT_STAGES:
+        assert exported("notify_header_timeouts_total", stage=stage)
     for refusal in (*REFUSALS.values(), OTHER):
         assert exported("notify_redis_refusals_total", cause=refusal.cause)
         assert exported("notify_ready_degraded", cause=refusal.cause)
