@@ -8,6 +8,8 @@ import asyncio
 from prometheus_client import REGISTRY
 
 from service import metrics
+from service.brokers.refusals import OTHER, REFUSALS
+from service.routers import health
 from service.services import connections
 from service.services.limits import Limit
 from service.services.supervisor import Supervisor
@@ -32,6 +34,10 @@ def test_known_label_values_are_exported_before_any_event() -> None:
     assert exported("notify_redis_errors_total", operation="publish")
     for stage in metrics.HEADER_TIMEOUT_STAGES:
         assert exported("notify_header_timeouts_total", stage=stage)
+    for refusal in (*REFUSALS.values(), OTHER):
+        assert exported("notify_redis_refusals_total", cause=refusal.cause)
+        assert exported("notify_ready_degraded", cause=refusal.cause)
+    assert exported("notify_ready_degraded", cause=health.SHARDS_DOWN_CAUSE)
 
 
 def test_the_label_sets_are_the_ones_the_code_uses() -> None:
