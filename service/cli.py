@@ -1,10 +1,12 @@
-"""`notify serve | publish | token | doctor`: run the service, publish an event, mint a
-dev token, check the configured Redis topology."""
+"""`notify serve | publish | token | doctor | outbox migrate | relay`: run the service,
+publish an event, mint a dev token, check the configured Redis topology, create the
+PostgreSQL outbox table, relay its rows to Redis."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -21,6 +23,7 @@ from service.config import Settings, get_settings
 from service.http_protocol import HttpProtocol
 from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
+from service.workers import serve_workers
 
 
 def _prepare_multiprocess_metrics(settings: Settings) -> None:
@@ -50,8 +53,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
         # drain needs the grace window, uvicorn gets a little more to finish writing.
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 2,
-        # httptools, minus its cycle per WebSocket upgrade (service/http_protocol.py).
-        "http": HttpProtocol,
+        # httptools, minus its cycle per WebSocket upgrade, plus a header deadline
+        # (service/http_protocol.py). A partial of a module-level class pickles, so
+        # it reaches every worker process.
+        "http": functools.partial(HttpProtocol, header_timeout_s=settings.header_timeout_s),
         "ws": "websockets-sansio",
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
@@ -64,14 +69,21 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 def _serve(settings: Settings) -> int:
     _prepare_multiprocess_metrics(settings)
-    uvicorn.run(
-        "service.main:create_app",
+    app = "service.main:create_app"
+    options = uvicorn_options(settings)
+    if settings.workers == 1:
+        uvicorn.run(app, factory=True, host=settings.host, port=settings.port, **options)
+        return 0
+    # Each worker on a listening socket of its own (service/workers.py).
+    config = uvicorn.Config(
+        app,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        **uvicorn_options(settings),
+        **options,
     )
+    serve_workers(config)
     return 0
 
 
@@ -216,6 +228,39 @@ def _doctor(settings: Settings) -> int:
     return 0 if report.ok else 1
 
 
+def _outbox_migrate(settings: Settings) -> int:
+    import psycopg
+
+    from service.outbox.schema import migrate
+
+    if settings.outbox_dsn is None:
+        print("notify outbox migrate needs NOTIFY_OUTBOX_DSN (postgresql://...)", file=sys.stderr)
+        return 2
+    try:
+        migrate(settings.outbox_dsn.get_secret_value())
+    except psycopg.Error as exc:
+        # The class and SQLSTATE only: the message may name the host or the user.
+        print(f"migration failed: {type(exc).__name__} {exc.sqlstate or ''}", file=sys.stderr)
+        return 1
+    print("notify_outbox is up to date")
+    return 0
+
+
+def _relay(settings: Settings) -> int:
+    from service.logging import configure_logging
+    from service.outbox.runner import run_relay
+
+    if settings.outbox_dsn is None:
+        print("notify relay needs NOTIFY_OUTBOX_DSN (postgresql://...)", file=sys.stderr)
+        return 2
+    if settings.uses_memory_broker:
+        print("notify relay publishes to Redis: set NOTIFY_REDIS_URL", file=sys.stderr)
+        return 2
+    configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
+    asyncio.run(run_relay(settings))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notify", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -229,6 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     commands.add_parser(
         "doctor", help="which Redis topology NOTIFY_REDIS_* reach, and whether every node answers"
+    )
+
+    outbox = commands.add_parser("outbox", help="the PostgreSQL outbox (NOTIFY_OUTBOX_DSN)")
+    outbox_commands = outbox.add_subparsers(dest="outbox_command", required=True)
+    outbox_commands.add_parser(
+        "migrate", help="create or update notify_outbox (idempotent; service/outbox/schema.sql)"
+    )
+    commands.add_parser(
+        "relay",
+        help="publish notify_outbox rows to Redis; probes and /metrics on NOTIFY_HOST:NOTIFY_PORT",
     )
 
     pub = commands.add_parser("publish", help="publish an event (history + live)")
@@ -261,6 +316,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     if args.command == "doctor":
         return _doctor(settings)
+    if args.command == "outbox":
+        return _outbox_migrate(settings)
+    if args.command == "relay":
+        return _relay(settings)
     if not args.json and not (args.patient_id and args.appointment_id):
         print("publish needs --json or --patient-id and --appointment-id", file=sys.stderr)
         return 2

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Above nginx's upstream keepalive_timeout (60 s) and the ALB's idle timeout,
     # so the proxy, not uvicorn, closes idle keep-alive connections (no 502s).
     keepalive_timeout_s: int = Field(default=75, ge=1)
+    # A request's headers must be complete this soon after the connection opens (or
+    # after its first byte on a keep-alive connection): uvicorn itself waits forever,
+    # and nothing else stops half-open requests without a proxy in front.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
     # Protocol pings keep WebSockets alive through the ALB's 60 s idle timeout.
@@ -141,6 +145,19 @@ class Settings(BaseSettings):
     # collections run far less often; cyclic garbage is still collected.
     gc_tuning: bool = True
     gc_thresholds: Annotated[tuple[int, int, int], NoDecode] = (50_000, 20, 100)
+
+    # --- Outbox (PostgreSQL) -----------------------------------------------------
+    # `notify outbox migrate` and `notify relay` (service/outbox/); a secret: the
+    # URL may carry a password. Never logged.
+    outbox_dsn: SecretStr | None = None
+    # Also run the relay as a task of `notify serve` (off: run `notify relay`).
+    outbox_relay_enabled: bool = False
+    # Rows per claim (one transaction), patients published at once, the polling
+    # safety net under LISTEN/NOTIFY, and how long published rows are kept.
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    outbox_publish_concurrency: int = Field(default=16, ge=1, le=256)
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0, le=60)
+    outbox_retention_s: float = Field(default=24 * 3600.0, ge=0)
 
     # --- Logging / HTTP ----------------------------------------------------------
     log_format: Literal["console", "json"] | None = None
@@ -216,6 +233,23 @@ class Settings(BaseSettings):
                 "NOTIFY_REDIS_CLUSTER_NODES / NOTIFY_REDIS_SENTINELS are set but "
                 f"NOTIFY_REDIS_MODE={self.redis_mode.value}: set NOTIFY_REDIS_MODE=cluster or sentinel"
             )
+        return self
+
+    @field_validator("outbox_dsn")
+    @classmethod
+    def _postgres_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("NOTIFY_OUTBOX_DSN must be a postgresql:// URL")
+        return value
+
+    @model_validator(mode="after")
+    def _check_outbox(self) -> Self:
+        if self.outbox_relay_enabled and self.outbox_dsn is None:
+            raise ValueError("NOTIFY_OUTBOX_RELAY_ENABLED=true needs NOTIFY_OUTBOX_DSN")
+        if self.outbox_relay_enabled and self.uses_memory_broker:
+            raise ValueError("the outbox relay publishes to Redis: set NOTIFY_REDIS_URL")
         return self
 
     @model_validator(mode="after")

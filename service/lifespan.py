@@ -187,6 +187,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         # Fetches the keys now and every NOTIFY_JWT_JWKS_CACHE_S; an outage keeps
         # the cached ones (and is not fatal at start-up: requests then get 503).
         state.supervisor.spawn("jwks-refresher", jwks.run_refresher)
+    if settings.outbox_relay_enabled:
+        # Off by default (`notify relay` is the usual home). It shares the process'
+        # Redis pool, so it publishes for at most a quarter of it at once.
+        from service.outbox.runner import build_relay
+
+        relay = build_relay(
+            settings.model_copy(
+                update={
+                    "outbox_publish_concurrency": min(
+                        settings.outbox_publish_concurrency,
+                        max(1, settings.redis_max_connections // 4),
+                    )
+                }
+            ),
+            state.broker,
+            state.keys,
+        )
+        state.supervisor.spawn("outbox-relay", relay.run)
     # Also on the app object, for operators' tooling and in-process tests.
     app.state.notify = state
     # Every stream has had its reconnect hint by the end of the jitter window.

@@ -40,6 +40,13 @@ CAPACITY_REFUSALS = Counter(
     "Connections refused because a connection limit was reached, by transport and limit.",
     ["transport", "limit"],
 )
+HEADER_TIMEOUTS = Counter(
+    "notify_header_timeouts_total",
+    "Connections closed because a request's headers were not complete within "
+    "NOTIFY_HEADER_TIMEOUT_S, by stage (before_request: nothing sent; in_headers: "
+    "a partial request, answered 408).",
+    ["stage"],
+)
 LISTENER_RECONNECTS = Counter(
     "notify_listener_reconnects_total", "Times the pub/sub listener reconnected to Redis."
 )
@@ -90,3 +97,56 @@ REDIS_BATCH_SIZE = Histogram(
     ["operation"],
     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
 )
+
+# --- The outbox relay (service/outbox/relay.py) ----------------------------------
+# Every relay reports the same table: combine them with max(), not sum().
+OUTBOX_BACKLOG = Gauge(
+    "notify_outbox_backlog_rows",
+    "Rows of notify_outbox not yet published (as of the relay's last check).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "notify_outbox_oldest_pending_age_seconds",
+    "Age of the oldest unpublished row of notify_outbox (0 when there is none).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_PUBLISHED = Counter(
+    "notify_outbox_published_total", "Outbox rows published and marked published."
+)
+OUTBOX_FAILURES = Counter(
+    "notify_outbox_failures_total",
+    "Relay failures that are retried with backoff, by reason (redis, database).",
+    ["reason"],
+)
+OUTBOX_SET_ASIDE = Counter(
+    "notify_outbox_set_aside_total",
+    "Outbox rows that can never be published, moved to notify_outbox_dead.",
+)
+
+# Label values known in advance: their series are exported at 0 from the start. A
+# series born at its first increment shows no `increase()` for that increment (an
+# alert on "any event dropped" would miss the first drop), and a dashboard panel
+# would be empty instead of 0 (deploy/prometheus, deploy/grafana rely on this).
+TRANSPORTS = ("sse", "ws")
+EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
+HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
+CAPACITY_LIMITS = ("process", "subject")
+
+
+def _export_zero_series() -> None:
+    for transport in TRANSPORTS:
+        OPEN_STREAMS.labels(transport=transport)
+        DELIVERIES.labels(transport=transport)
+        SLOW_CONSUMERS.labels(transport=transport)
+        STREAM_DURATION.labels(transport=transport)
+        for limit in CAPACITY_LIMITS:
+            CAPACITY_REFUSALS.labels(transport=transport, limit=limit)
+    for outcome in EVENT_OUTCOMES:
+        EVENTS_RECEIVED.labels(outcome=outcome)
+    for reason in HISTORY_DROP_REASONS:
+        HISTORY_ENTRIES_DROPPED.labels(reason=reason)
+    # The publish path's errors are alerted on (NotifyPublishErrors).
+    REDIS_ERRORS.labels(operation="publish")
+
+
+_export_zero_series()
