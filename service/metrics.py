@@ -66,7 +66,7 @@ REDIS_ERRORS = Counter(
 REDIS_REFUSALS = Counter(
     "notify_redis_refusals_total",
     "Redis error replies (refusals: full, read-only, loading, busy …) answered with a "
-    "retry-able 503, by cause (redis_oom, redis_readonly, … redis_error for the rest).",
+    "retry-able 503, by cause (oom, readonly, … error for the rest).",
     ["cause"],
 )
 READY_DEGRADED = Gauge(
@@ -131,6 +131,26 @@ TRANSPORTS = ("sse", "ws")
 EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
 HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
 CAPACITY_LIMITS = ("process", "subject")
+# The refusal causes (service/brokers/refusals.py: one per Redis error reply code,
+# `error` for the rest), and what else makes readiness say "degraded".
+REFUSAL_CAUSES = (
+    "oom",
+    "readonly",
+    "noscript",
+    "busy",
+    "loading",
+    "masterdown",
+    "clusterdown",
+    "tryagain",
+    "moved",
+    "noreplicas",
+    "misconf",
+    "noperm",
+    "execabort",
+    "crossslot",
+    "error",
+)
+DEGRADED_CAUSES = ("shards_down", *REFUSAL_CAUSES)
 
 
 def _export_zero_series() -> None:
@@ -147,6 +167,10 @@ def _export_zero_series() -> None:
         HISTORY_ENTRIES_DROPPED.labels(reason=reason)
     # The publish path's errors are alerted on (NotifyPublishErrors).
     REDIS_ERRORS.labels(operation="publish")
+    for cause in REFUSAL_CAUSES:
+        REDIS_REFUSALS.labels(cause=cause)
+    for cause in DEGRADED_CAUSES:
+        READY_DEGRADED.labels(cause=cause)
 
 
 _export_zero_series()

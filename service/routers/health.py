@@ -44,7 +44,7 @@ async def ready(state: StateDep) -> JSONResponse:
     is_ready = broker_ok and listener_up and not state.draining and not saturated
     causes = state.broker.recent_refusals()
     if shards_down:
-        causes.insert(0, "redis_shards_down")
+        causes.insert(0, "shards_down")
     publish_degraded(causes)
     status: Literal["ready", "degraded", "not_ready"] = "ready" if is_ready else "not_ready"
     if is_ready and causes:
@@ -62,18 +62,10 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
 
 
-_degraded_causes: set[str] = set()
-
-
 def publish_degraded(causes: list[str]) -> None:
-    """`notify_ready_degraded{cause}`: 1 for each current cause, 0 for the causes
-    that were set before and have cleared (the label set stays bounded: the
-    refusal codes and `redis_shards_down`)."""
-    for cause in _degraded_causes - set(causes):
-        metrics.READY_DEGRADED.labels(cause=cause).set(0)
-    for cause in causes:
-        metrics.READY_DEGRADED.labels(cause=cause).set(1)
-    _degraded_causes.update(causes)
+    """`notify_ready_degraded{cause}`: 1 for each current cause, 0 for the others."""
+    for cause in metrics.DEGRADED_CAUSES:
+        metrics.READY_DEGRADED.labels(cause=cause).set(1 if cause in causes else 0)
 
 
 @router.get("/metrics", include_in_schema=False)
