@@ -27,14 +27,14 @@ class BrokerUnavailableError(UnavailableError):
 class BrokerRefusedError(UnavailableError):
     """Redis answered with an error reply (full, read-only, loading, busy …): up
     but refusing, retry-able, and safe to retry (a refused command did nothing).
-    `cause` names the reply (`oom`, `readonly` …, see `service/brokers/refusals.py`);
-    the response's `code` is `redis_<cause>`."""
+    `cause` names the reply (`redis_oom`, `redis_readonly` …, see
+    `service/brokers/refusals.py`) and is the response's `code`."""
 
     def __init__(self, operation: str, *, cause: str, message: str, retry_after_s: int) -> None:
         super().__init__(operation, cause)
         self.operation = operation
         self.cause = cause
-        self.code = f"redis_{cause}"
+        self.code = cause
         self.public_message = message
         self.retry_after_s = retry_after_s
 

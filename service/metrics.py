@@ -66,7 +66,7 @@ REDIS_ERRORS = Counter(
 REDIS_REFUSALS = Counter(
     "notify_redis_refusals_total",
     "Redis error replies (refusals: full, read-only, loading, busy …) answered with a "
-    "retry-able 503, by cause (oom, readonly, … error for the rest).",
+    "retry-able 503, by cause (redis_oom, redis_readonly, … redis_error for the rest).",
     ["cause"],
 )
 READY_DEGRADED = Gauge(
@@ -132,25 +132,26 @@ EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
 HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
 CAPACITY_LIMITS = ("process", "subject")
 # The refusal causes (service/brokers/refusals.py: one per Redis error reply code,
-# `error` for the rest), and what else makes readiness say "degraded".
+# `redis_error` for the rest; the 503's `code`), and what else makes readiness say
+# "degraded".
 REFUSAL_CAUSES = (
-    "oom",
-    "readonly",
-    "noscript",
-    "busy",
-    "loading",
-    "masterdown",
-    "clusterdown",
-    "tryagain",
-    "moved",
-    "noreplicas",
-    "misconf",
-    "noperm",
-    "execabort",
-    "crossslot",
-    "error",
+    "redis_oom",
+    "redis_readonly",
+    "redis_noscript",
+    "redis_busy",
+    "redis_loading",
+    "redis_masterdown",
+    "redis_clusterdown",
+    "redis_tryagain",
+    "redis_moved",
+    "redis_noreplicas",
+    "redis_misconf",
+    "redis_noperm",
+    "redis_execabort",
+    "redis_crossslot",
+    "redis_error",
 )
-DEGRADED_CAUSES = ("shards_down", *REFUSAL_CAUSES)
+DEGRADED_CAUSES = ("redis_shards_down", *REFUSAL_CAUSES)
 
 
 def _export_zero_series() -> None:

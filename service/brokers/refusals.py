@@ -1,9 +1,8 @@
 """Redis refusals: error replies (`-OOM …`, `-READONLY …`, `-BUSY …`) that say the
 server is there but will not run the command now. Infrastructure, not a bug of the
-request: each becomes a retry-able `BrokerRefusedError` whose cause names the reply:
-`oom`, `readonly` … (the `notify_redis_refusals_total{cause}` and
-`notify_ready_degraded{cause}` label, readiness' `causes`), and `redis_<cause>` is
-the 503's `code`.
+request: each becomes a retry-able `BrokerRefusedError` whose cause names the reply
+(the 503's `code`, the `notify_redis_refusals_total{cause}` label and readiness'
+`degraded` cause are the same string).
 
 redis-py turns some replies into classes of their own (`OutOfMemoryError`,
 `ReadOnlyError`, `BusyLoadingError`, `ClusterDownError` …) and leaves the rest a
@@ -41,34 +40,29 @@ class Refusal:
     # Seconds a client should wait: the time such a state usually takes to clear.
     retry_after_s: int
 
-    @property
-    def code(self) -> str:
-        """The 503's `code`."""
-        return f"redis_{self.cause}"
 
-
-OTHER: Final = Refusal("error", "the event store refused the command", 2)
+OTHER: Final = Refusal("redis_error", "the event store refused the command", 2)
 
 # By the reply's code (its first word). Retry-After: a failover promotes a replica
 # in about a second (READONLY, MASTERDOWN, TRYAGAIN, a MOVED storm during
 # resharding); a full Redis or a loading one takes an operator or a dataset load.
 REFUSALS: Final[dict[str, Refusal]] = {
-    refusal.cause.upper(): refusal
+    refusal.cause.removeprefix("redis_").upper(): refusal
     for refusal in (
-        Refusal("oom", "the event store is full (Redis maxmemory)", 5),
-        Refusal("readonly", "the event store is read-only (failover in progress)", 1),
-        Refusal("noscript", "the publish script is not loaded yet", 1),
-        Refusal("busy", "the event store is busy running a script", 2),
-        Refusal("loading", "the event store is loading its dataset", 5),
-        Refusal("masterdown", "the event store lost its primary", 2),
-        Refusal("clusterdown", "the event store cluster is down", 2),
-        Refusal("tryagain", "the event store is moving this patient's data", 1),
-        Refusal("moved", "the event store is moving this patient's data", 1),
-        Refusal("noreplicas", "not enough event store replicas to accept writes", 2),
-        Refusal("misconf", "the event store refuses writes (snapshot failing)", 5),
-        Refusal("noperm", "the event store denies this command (ACL)", 5),
-        Refusal("execabort", "the event store aborted the command", 1),
-        Refusal("crossslot", "the event store refused keys of several slots", 2),
+        Refusal("redis_oom", "the event store is full (Redis maxmemory)", 5),
+        Refusal("redis_readonly", "the event store is read-only (failover in progress)", 1),
+        Refusal("redis_noscript", "the publish script is not loaded yet", 1),
+        Refusal("redis_busy", "the event store is busy running a script", 2),
+        Refusal("redis_loading", "the event store is loading its dataset", 5),
+        Refusal("redis_masterdown", "the event store lost its primary", 2),
+        Refusal("redis_clusterdown", "the event store cluster is down", 2),
+        Refusal("redis_tryagain", "the event store is moving this patient's data", 1),
+        Refusal("redis_moved", "the event store is moving this patient's data", 1),
+        Refusal("redis_noreplicas", "not enough event store replicas to accept writes", 2),
+        Refusal("redis_misconf", "the event store refuses writes (snapshot failing)", 5),
+        Refusal("redis_noperm", "the event store denies this command (ACL)", 5),
+        Refusal("redis_execabort", "the event store aborted the command", 1),
+        Refusal("redis_crossslot", "the event store refused keys of several slots", 2),
     )
 }
 

@@ -44,7 +44,7 @@ async def ready(state: StateDep) -> JSONResponse:
     is_ready = broker_ok and listener_up and not state.draining and not saturated
     causes = state.broker.recent_refusals()
     if shards_down:
-        causes.insert(0, "shards_down")
+        causes.insert(0, "redis_shards_down")
     publish_degraded(causes)
     status: Literal["ready", "degraded", "not_ready"] = "ready" if is_ready else "not_ready"
     if is_ready and causes:

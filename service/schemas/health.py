@@ -25,7 +25,7 @@ class ReadyResponse(BaseModel):
     redis_shards_down: int = 0
     causes: list[str] = Field(
         default_factory=list,
-        description="Why `degraded`: `shards_down`, or the cause of a Redis refusal "
-        "(`oom`, `readonly` …; a publish's 503 says `redis_<cause>`) seen since the last "
+        description="Why `degraded`: `redis_shards_down`, or the code of a Redis refusal "
+        "(`redis_oom`, `redis_readonly` …, as in a publish's 503) seen since the last "
         "write that went through, within 30 s.",
     )
