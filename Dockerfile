@@ -26,6 +26,9 @@ COPY deploy/docker/requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
 # Then the service itself, built with the locked setuptools (no network fetch).
 COPY pyproject.toml README.md ./
+# The browser client (/v1/client.js) is package data reached through the link
+# service/clients/js -> ../../clients/js: both must be in the build tree.
+COPY clients/js ./clients/js
 COPY service ./service
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && python -m compileall -q /opt/venv

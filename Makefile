@@ -38,7 +38,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# Static checks of the deploy files (tests/deploy also runs them, plus live ones).
+# Static checks of the deploy files (tests/deploy also runs them, plus live ones,
+# and promtool on deploy/prometheus). kubernetes-validate knows no CRDs: the
+# PrometheusRule (deploy/k8s/monitoring/) is checked by tests/deploy against the
+# plain rules file that promtool checks; checkov scans it with the rest.
 CHECKOV := $(VENV)/checkov/bin/checkov
 lint-deploy: $(STAMP)
 	$(BIN)/pytest -q tests/deploy -m "not slow"

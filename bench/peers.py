@@ -195,7 +195,11 @@ def start_ours(
     port: int | None = None,
     env_overrides: dict[str, str] | None = None,
     log_name: str = "ours.log",
+    shared_socket_workers: int | None = None,
 ) -> Peer:
+    """`notify serve`; with `shared_socket_workers`, uvicorn's own multi-process
+    mode instead (one listening socket shared by every worker, as `notify serve`
+    did before issue 23), the A side of the workers row."""
     port = port or free_port()
     log = workdir / log_name
     env = {
@@ -215,7 +219,10 @@ def start_ours(
     env.update({k: v for k, v in os.environ.items() if k.startswith("BENCH_NOTIFY_")})
     env = {k.replace("BENCH_NOTIFY_", "NOTIFY_"): v for k, v in env.items()}
     notify = REPO / ".venv" / "bin" / "notify"
-    if notify.exists() and not os.environ.get("BENCH_OURS_UVICORN"):
+    if shared_socket_workers:
+        cmd = uvicorn_cmd("--factory", "service.main:create_app", port=port)
+        cmd += ["--workers", str(shared_socket_workers)]
+    elif notify.exists() and not os.environ.get("BENCH_OURS_UVICORN"):
         cmd = [str(notify), "serve"]
     else:
         cmd = uvicorn_cmd("--factory", "service.main:create_app", port=port)

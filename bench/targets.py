@@ -13,6 +13,7 @@ Rows (one process each, the same generator as ``python -m bench``):
 | unicast 10,000 p99 at 2,000 events/s | 10,000 patients, one stream each, one 4 s step at 2,000 events/s |
 | broadcast low-rate fan-out p99 | 1,000 streams of one patient, 2 events/s for 10 s: p99 of the whole fan-out (last copy) |
 | workers 2 vs 1 | the connect-rate row with ``NOTIFY_WORKERS=2``, alternating with the one-worker row (two runs each, summed) |
+| streams per worker | in that row, the open streams each worker holds (from /proc): the smaller worker's share (0.5 is even), against uvicorn's own shared-socket mode in the same run |
 | restart, two workers | the restart storm again with ``NOTIFY_WORKERS=2`` |
 
 Every row runs against a fresh ``notify serve``.
@@ -38,8 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import peers, restart, scenarios
+from bench import peers, procstat, restart, scenarios
 from bench.scenarios import Harness, barrier, close_streams, measure_step, open_streams
+from tests.support.procsockets import connections_by_process, listeners_by_process
 
 
 def log(msg: str) -> None:
@@ -117,18 +119,28 @@ def batch_sizes(peer: peers.Peer) -> dict[str, float]:
     return {op: round(sums[op] / counts[op], 1) for op in sums if counts.get(op)}
 
 
+def streams_per_worker(peer: peers.Peer) -> list[int]:
+    """Open connections each worker process holds (from /proc), largest first: the
+    kernel's spread of the connects (issue 23)."""
+    listening = listeners_by_process(procstat.children(peer.proc.pid), peer.port)
+    workers = [pid for pid, inodes in listening.items() if inodes]
+    return sorted(connections_by_process(workers, peer.port).values(), reverse=True)
+
+
 def connect_only(h: Harness, peer: peers.Peer, n: int, conc: int) -> dict[str, Any]:
     g0 = h.gen_cpu_s()
     t0 = time.monotonic()
     o = open_streams(h, peer, "sse", list(range(n)), conc)
     o["gen_cpu_pct"] = 100 * (h.gen_cpu_s() - g0) / max(1e-9, time.monotonic() - t0)
     o["mean_batch"] = batch_sizes(peer)
+    o["per_worker"] = streams_per_worker(peer)
     log(
         f"  connect: {o['opened']}/{n} in {o['elapsed_s']:.2f}s = {o['connect_rate']:.0f}/s "
         f"(server CPU {o['server_cpu_pct_while_connecting']:.0f}% of its main process, "
         f"generator {o['gen_cpu_pct']:.0f}%)"
         + (f", failures {o['fail_reasons']}" if o["failed"] else "")
         + f"; mean Redis batch since start {o['mean_batch']}"
+        + (f"; streams per worker {o['per_worker']}" if len(o["per_worker"]) > 1 else "")
     )
     close_streams(h)
     time.sleep(1.0)
@@ -198,6 +210,7 @@ def _with_ours(
     name: str,
     fn: Callable[[peers.Peer], Any],
     workers: int = 1,
+    shared_socket: bool = False,
 ) -> Any:
     """`fn` against a fresh `notify serve`: RSS deltas and latencies are not
     skewed by memory a previous row freed (the allocator reuses it) or by its
@@ -205,7 +218,12 @@ def _with_ours(
     redis.flush()
     env = {"NOTIFY_WORKERS": str(workers)} if workers != 1 else None
     peer = peers.start_ours(
-        redis, workdir, heartbeat_s=15, env_overrides=env, log_name=f"ours-{name}.log"
+        redis,
+        workdir,
+        heartbeat_s=15,
+        env_overrides=env,
+        log_name=f"ours-{name}.log",
+        shared_socket_workers=workers if shared_socket else None,
     )
     try:
         if workers > 1:
@@ -224,8 +242,10 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     res: dict[str, Any] = {"workdir": str(workdir)}
     started = time.monotonic()
 
-    def ours(key: str, fn: Callable[[peers.Peer], Any], workers: int = 1) -> None:
-        guarded(res, key, lambda: _with_ours(redis, workdir, h, key, fn, workers))
+    def ours(
+        key: str, fn: Callable[[peers.Peer], Any], workers: int = 1, shared_socket: bool = False
+    ) -> None:
+        guarded(res, key, lambda: _with_ours(redis, workdir, h, key, fn, workers, shared_socket))
 
     try:
         if rows & {"connect", "workers"}:
@@ -238,7 +258,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         lambda p: connect_only(h, p, a.streams, a.conc),
                         workers=2,
                     )
-            for w in ("w1", "w2"):
+                    # A/B: uvicorn's own mode, one socket shared by both workers.
+                    ours(
+                        f"ours_connect_w2shared_{i}",
+                        lambda p: connect_only(h, p, a.streams, a.conc),
+                        workers=2,
+                        shared_socket=True,
+                    )
+            for w in ("w1", "w2", "w2shared"):
                 runs = [res.get(f"ours_connect_{w}_{i}", {}) for i in (1, 2)]
                 opened = sum(r.get("opened", 0) for r in runs)
                 elapsed = sum(r.get("elapsed_s", 0) for r in runs)
@@ -250,6 +277,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         ),
                         "gen_cpu_pct": runs[0].get("gen_cpu_pct"),
                         "runs": [r.get("connect_rate") for r in runs],
+                        "per_worker": [r.get("per_worker") for r in runs],
                     }
         if "sse_idle" in rows:
             ours("ours_sse_idle", lambda p: idle_rows(h, p, "sse", a.streams, a.conc))
@@ -323,6 +351,13 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     w1 = _get(res, "ours_connect_w1", "connect_rate")
     w2 = _get(res, "ours_connect_w2", "connect_rate")
     ratio = (w2 / w1) if w1 and w2 else None
+    # The smaller worker's share of the streams, over both runs.
+    per_worker = [p for p in _get(res, "ours_connect_w2", "per_worker") or [] if p]
+    spread = (
+        sum(min(p) for p in per_worker) / sum(sum(p) for p in per_worker)
+        if per_worker and all(len(p) == 2 for p in per_worker)
+        else None
+    )
     nchan_rate = _get(res, "nchan_sse_idle", "connect_rate")
     nchan_kb = _get(res, "nchan_sse_idle", "kb_per_stream")
     nchan_fan = _get(res, "nchan_broadcast", "step", "fanout_ms", "p99")
@@ -399,6 +434,16 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             ratio is not None and ratio >= TARGETS["workers_ratio"],
             f"{_f(w2, 0)} vs {_f(w1, 0)} streams/s (two alternating runs each: "
             f"{_get(res, 'ours_connect_w2', 'runs')} vs {_get(res, 'ours_connect_w1', 'runs')})",
+        ),
+        (
+            "streams per worker, NOTIFY_WORKERS=2: own SO_REUSEPORT sockets (uvicorn's shared socket)",
+            spread,
+            None,
+            "even",
+            spread is not None,
+            f"{_get(res, 'ours_connect_w2', 'per_worker')} "
+            f"({_get(res, 'ours_connect_w2shared', 'per_worker')}, "
+            f"{_f(_get(res, 'ours_connect_w2shared', 'connect_rate'), 0)} streams/s)",
         ),
     ]
     lines = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ from service.config import Settings, get_settings
 from service.http_protocol import HttpProtocol
 from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
+from service.workers import serve_workers
 
 
 def _prepare_multiprocess_metrics(settings: Settings) -> None:
@@ -51,8 +53,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # uvicorn must give up on open connections before Kubernetes' SIGKILL: our
         # drain needs the grace window, uvicorn gets a little more to finish writing.
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 2,
-        # httptools, minus its cycle per WebSocket upgrade (service/http_protocol.py).
-        "http": HttpProtocol,
+        # httptools, minus its cycle per WebSocket upgrade, plus a header deadline
+        # (service/http_protocol.py). A partial of a module-level class pickles, so
+        # it reaches every worker process.
+        "http": functools.partial(HttpProtocol, header_timeout_s=settings.header_timeout_s),
         "ws": "websockets-sansio",
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
@@ -65,14 +69,21 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
 
 def _serve(settings: Settings) -> int:
     _prepare_multiprocess_metrics(settings)
-    uvicorn.run(
-        "service.main:create_app",
+    app = "service.main:create_app"
+    options = uvicorn_options(settings)
+    if settings.workers == 1:
+        uvicorn.run(app, factory=True, host=settings.host, port=settings.port, **options)
+        return 0
+    # Each worker on a listening socket of its own (service/workers.py).
+    config = uvicorn.Config(
+        app,
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        **uvicorn_options(settings),
+        **options,
     )
+    serve_workers(config)
     return 0
 
 

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     # Above nginx's upstream keepalive_timeout (60 s) and the ALB's idle timeout,
     # so the proxy, not uvicorn, closes idle keep-alive connections (no 502s).
     keepalive_timeout_s: int = Field(default=75, ge=1)
+    # A request's headers must be complete this soon after the connection opens (or
+    # after its first byte on a keep-alive connection): uvicorn itself waits forever,
+    # and nothing else stops half-open requests without a proxy in front.
+    header_timeout_s: float = Field(default=10.0, gt=0, le=300)
     proxy_headers: bool = True
     forwarded_allow_ips: str = "127.0.0.1"
     # Protocol pings keep WebSockets alive through the ALB's 60 s idle timeout.

@@ -24,6 +24,21 @@ class BrokerUnavailableError(UnavailableError):
     code = "broker_unavailable"
 
 
+class BrokerRefusedError(UnavailableError):
+    """Redis answered with an error reply (full, read-only, loading, busy …): up
+    but refusing, retry-able, and safe to retry (a refused command did nothing).
+    `cause` names the reply (`redis_oom`, `redis_readonly` …, see
+    `service/brokers/refusals.py`) and is the response's `code`."""
+
+    def __init__(self, operation: str, *, cause: str, message: str, retry_after_s: int) -> None:
+        super().__init__(operation, cause)
+        self.operation = operation
+        self.cause = cause
+        self.code = cause
+        self.public_message = message
+        self.retry_after_s = retry_after_s
+
+
 class BrokerTopologyError(Exception):
     """The Redis found is not of the configured kind (a Cluster node reached in
     standalone mode, a replica, a Sentinel): a configuration error that stops the

@@ -18,6 +18,20 @@ An endless response learns that its client left from `connection_lost` through
 `DisconnectHook` (the scope's `notify.disconnect` extension), instead of a task
 per stream blocked in `receive()`: one task per SSE stream, not two. The hook holds
 no reference back to the protocol (the scope outlives nothing, no cycle).
+
+A request must finish its headers within `header_timeout_s` (`NOTIFY_HEADER_TIMEOUT_S`)
+of the connection opening or of its first byte after a keep-alive pause: uvicorn
+arms no timer before a first request nor while headers trickle in, so a client
+sending one header line every few seconds held its connection (and ~3 KB) for good
+(issue 23: 4,000 such connections held past 100 s). A partial request is answered
+`408` with `Connection: close` (RFC 9110 15.5.9: a slow but honest client, or curl,
+learns why); a connection that sent nothing is closed silently, like an idle
+keep-alive connection (browsers open speculative connections they may never use,
+and retry a closed idle one). Both count in `notify_header_timeouts_total`.
+
+What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
+names, `cycle`, `parser`, `transport`, `flow._is_writable_event`) is pinned by
+`tests/unit/test_http_protocol.py`: an upgrade that changes it fails there.
 """
 
 from __future__ import annotations
@@ -27,6 +41,13 @@ from collections.abc import Callable
 from typing import Any, Final, Literal, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service import metrics
+
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
+REQUEST_TIMEOUT_RESPONSE: Final = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+)
 
 
 class LightEvent:
@@ -103,10 +124,23 @@ class DisconnectHook:
 
 
 class HttpProtocol(HttpToolsProtocol):
+    """uvicorn builds one per connection; `notify serve` passes `header_timeout_s`
+    through `functools.partial` (picklable, so it reaches every worker)."""
+
     _disconnect_hook: DisconnectHook | None = None
+    _header_timer: asyncio.TimerHandle | None = None
+    # A request's first byte arrived and its headers are not complete yet.
+    _in_headers = False
+
+    def __init__(
+        self, *args: Any, header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timeout_s = header_timeout_s
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        self._arm_header_timer()
         # One per connection, not per request: HTTP/1.1 answers in order, so only
         # the request being answered can hold the callback (a pipelined one waits
         # in uvicorn's queue until the stream before it has ended).
@@ -115,7 +149,35 @@ class HttpProtocol(HttpToolsProtocol):
         if flow is not None:
             flow._is_writable_event = LightEvent(value=flow._is_writable_event.is_set())
 
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_late)
+
+    def _cancel_header_timer(self) -> None:
+        timer, self._header_timer = self._header_timer, None
+        if timer is not None:
+            timer.cancel()
+
+    def _headers_too_late(self) -> None:
+        self._header_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        stage = "in_headers" if self._in_headers else "before_request"
+        metrics.HEADER_TIMEOUTS.labels(stage=stage).inc()
+        if self._in_headers:
+            transport.write(REQUEST_TIMEOUT_RESPONSE)
+        transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        # The first byte of a request (also the next one on a keep-alive connection).
+        self._in_headers = True
+        self._arm_header_timer()
+
     def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._cancel_header_timer()
         super().on_headers_complete()
         cycle = self.cycle
         # Just created (its task has not run yet; the body callbacks follow this one).
@@ -127,6 +189,7 @@ class HttpProtocol(HttpToolsProtocol):
                 scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
         super().connection_lost(exc)
         hook, self._disconnect_hook = self._disconnect_hook, None
         if hook is not None:

@@ -9,7 +9,17 @@ from service.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.middleware import RequestBodyLimitMiddleware, RequestContextMiddleware
-from service.routers import client, demo, events, health, revocations, streams, tickets, ws
+from service.routers import (
+    client,
+    demo,
+    docs,
+    events,
+    health,
+    revocations,
+    streams,
+    tickets,
+    ws,
+)
 from service.routers.lean_streams import LeanStreamRoutes, stream_routes
 from service.schemas.events import MAX_EVENT_BYTES
 
@@ -26,6 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # request and WebSocket (reading the environment each time): a third of the
         # CPU of a connection storm in profiles.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # FastAPI's own pages load Swagger UI and ReDoc from a CDN: /docs serves
+        # Swagger UI from this service instead (service/routers/docs.py).
+        docs_url=None,
+        redoc_url=None,
     )
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
@@ -39,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(ws.router)
     app.include_router(client.router)
     app.include_router(demo.router)
+    app.include_router(docs.router)
     # The SSE routes' opens without FastAPI's routing and dependency solving (the
     # same functions, answers and OpenAPI document: service/routers/lean_streams.py).
     app.add_middleware(LeanStreamRoutes, routes=stream_routes(streams.router.routes))

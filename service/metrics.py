@@ -40,6 +40,13 @@ CAPACITY_REFUSALS = Counter(
     "Connections refused because a connection limit was reached, by transport and limit.",
     ["transport", "limit"],
 )
+HEADER_TIMEOUTS = Counter(
+    "notify_header_timeouts_total",
+    "Connections closed because a request's headers were not complete within "
+    "NOTIFY_HEADER_TIMEOUT_S, by stage (before_request: nothing sent; in_headers: "
+    "a partial request, answered 408).",
+    ["stage"],
+)
 LISTENER_RECONNECTS = Counter(
     "notify_listener_reconnects_total", "Times the pub/sub listener reconnected to Redis."
 )
@@ -55,6 +62,19 @@ REDIS_SHARDS_DOWN = Gauge(
 )
 REDIS_ERRORS = Counter(
     "notify_redis_errors_total", "Redis commands that failed, by operation.", ["operation"]
+)
+REDIS_REFUSALS = Counter(
+    "notify_redis_refusals_total",
+    "Redis error replies (refusals: full, read-only, loading, busy …) answered with a "
+    "retry-able 503, by cause (redis_oom, redis_readonly, … redis_error for the rest).",
+    ["cause"],
+)
+READY_DEGRADED = Gauge(
+    "notify_ready_degraded",
+    "1 while readiness says `degraded` for this cause (still ready: streams work), "
+    "else 0; set at each readiness check.",
+    ["cause"],
+    multiprocess_mode="livemax",
 )
 TASK_RESTARTS = Counter(
     "notify_task_restarts_total", "Supervised background tasks restarted after a crash.", ["task"]
@@ -102,3 +122,31 @@ OUTBOX_SET_ASIDE = Counter(
     "notify_outbox_set_aside_total",
     "Outbox rows that can never be published, moved to notify_outbox_dead.",
 )
+
+# Label values known in advance: their series are exported at 0 from the start. A
+# series born at its first increment shows no `increase()` for that increment (an
+# alert on "any event dropped" would miss the first drop), and a dashboard panel
+# would be empty instead of 0 (deploy/prometheus, deploy/grafana rely on this).
+TRANSPORTS = ("sse", "ws")
+EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
+HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
+CAPACITY_LIMITS = ("process", "subject")
+
+
+def _export_zero_series() -> None:
+    for transport in TRANSPORTS:
+        OPEN_STREAMS.labels(transport=transport)
+        DELIVERIES.labels(transport=transport)
+        SLOW_CONSUMERS.labels(transport=transport)
+        STREAM_DURATION.labels(transport=transport)
+        for limit in CAPACITY_LIMITS:
+            CAPACITY_REFUSALS.labels(transport=transport, limit=limit)
+    for outcome in EVENT_OUTCOMES:
+        EVENTS_RECEIVED.labels(outcome=outcome)
+    for reason in HISTORY_DROP_REASONS:
+        HISTORY_ENTRIES_DROPPED.labels(reason=reason)
+    # The publish path's errors are alerted on (NotifyPublishErrors).
+    REDIS_ERRORS.labels(operation="publish")
+
+
+_export_zero_series()

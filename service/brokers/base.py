@@ -97,6 +97,11 @@ class Broker(abc.ABC):
         others answer `ping` as a whole."""
         return 0, 1
 
+    def recent_refusals(self) -> list[str]:
+        """Causes of the error replies (refusals) seen lately (`redis_oom` …): a
+        server that refuses writes but still serves streams."""
+        return []
+
     @abc.abstractmethod
     async def subscribe(self, channel: str) -> None:
         """Subscribe the process to `channel`; returns once the server confirmed it."""

@@ -58,6 +58,7 @@ from service.brokers.redis import (
     text,
     wait_confirmed,
 )
+from service.brokers.refusals import RecentRefusals
 from service.brokers.topology import RedisMode, RedisTopology
 from service.failures import BrokerTopologyError, BrokerUnavailableError
 
@@ -125,6 +126,7 @@ class ClusterBroker(RedisCommands):
             retry=command_retry(),
             **self._node_options,
         )
+        self.refusals = RecentRefusals()
         self._control = control_channel
         self._register_publish_script()
         self._channels: set[str] = set()

@@ -23,8 +23,8 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.exceptions import BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service import metrics
@@ -36,8 +36,9 @@ from service.brokers.base import (
     MessageHandler,
     ReconnectHandler,
 )
+from service.brokers.refusals import OTHER, RecentRefusals, refusal_for
 from service.brokers.topology import RedisMode, RedisTopology
-from service.failures import BrokerTopologyError, BrokerUnavailableError
+from service.failures import BrokerRefusedError, BrokerTopologyError, BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +162,7 @@ class RedisCommands(Broker):
     publish_command = "PUBLISH"
     # Set once the listener (Cluster: the control connection) is subscribed.
     _ready: asyncio.Event
+    refusals: RecentRefusals
 
     async def wait_listening(self, timeout_s: float) -> bool:
         try:
@@ -175,9 +177,30 @@ class RedisCommands(Broker):
     async def _call(self, operation: str, coro: Any) -> Any:
         try:
             return await coro
+        except (ResponseError, BusyLoadingError) as exc:
+            # Up but refusing (BusyLoadingError is a ConnectionError to redis-py).
+            raise self._refused(operation, exc) from exc
         except UNAVAILABLE as exc:
             metrics.REDIS_ERRORS.labels(operation=operation).inc()
             raise BrokerUnavailableError(operation) from exc
+
+    def _refused(self, operation: str, exc: RedisError) -> BrokerRefusedError:
+        refusal = refusal_for(exc)
+        metrics.REDIS_ERRORS.labels(operation=operation).inc()
+        metrics.REDIS_REFUSALS.labels(cause=refusal.cause).inc()
+        self.refusals.record(refusal.cause)
+        if refusal is OTHER:
+            # An unlisted reply may be our bug: its code (never its text) is logged.
+            log.warning("redis_refused", operation=operation, reply=str(exc)[:16].split(" ")[0])
+        return BrokerRefusedError(
+            operation,
+            cause=refusal.cause,
+            message=refusal.message,
+            retry_after_s=refusal.retry_after_s,
+        )
+
+    def recent_refusals(self) -> list[str]:
+        return self.refusals.causes()
 
     async def ping(self) -> None:
         await self._call("ping", self.client.ping())
@@ -189,6 +212,7 @@ class RedisCommands(Broker):
             "publish",
             self._publish(keys=[history_key], args=[event_json, maxlen, ttl_s, channel]),
         )
+        self.refusals.clear()
         return text(result)
 
     async def publish_raw(self, channel: str, payload: str) -> int:
@@ -226,6 +250,7 @@ class RedisCommands(Broker):
 
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:
         await self._call("set", self.client.set(key, value, ex=ttl_s))
+        self.refusals.clear()
 
     async def get_values(self, *keys: str) -> list[str | None]:
         values = await self._call("get", self.client.mget(keys))
@@ -261,6 +286,7 @@ class RedisBroker(RedisCommands):
         sentinel: Sentinel | None = None,
     ) -> None:
         self.client = client
+        self.refusals = RecentRefusals()
         self._sentinel = sentinel
         self._pubsub_client = pubsub_client
         self._mode = mode

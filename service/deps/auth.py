@@ -11,7 +11,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import Depends
+from fastapi import Depends, Security
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from service import metrics
@@ -23,6 +24,27 @@ from service.services.tickets import TicketStore
 from service.state import AppState
 
 TICKET_PARAM = "ticket"
+
+# The OpenAPI document's security schemes (Swagger UI's Authorize button, generated
+# clients sending the token). Declared, never trusted: `auto_error=False` makes them
+# parse nothing that matters; `bearer_token` and `stream_ticket` below read the
+# credentials, so every refusal stays the one 401 with its metric reason.
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="bearer",
+    bearerFormat="JWT",
+    description="A JWT (`Authorization: Bearer <token>`): `sub`, `role`, `scope`, `aud`, "
+    "`iss`, `exp`. Backends: a service token with `scope=events:publish`.",
+    auto_error=False,
+)
+TICKET_SCHEME = APIKeyQuery(
+    name=TICKET_PARAM,
+    scheme_name="ticket",
+    description="A stream ticket (`POST /v1/stream-tickets`), for EventSource and "
+    "WebSocket clients that cannot set headers; opens streams only.",
+    auto_error=False,
+)
+DocumentedBearer = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER_SCHEME)]
+DocumentedTicket = Annotated[str | None, Security(TICKET_SCHEME)]
 
 
 def ticket_store(state: AppState) -> TicketStore:
@@ -73,7 +95,9 @@ async def redeem_ticket(state: AppState, ticket: str) -> Principal:
     return principal
 
 
-async def get_principal(conn: HTTPConnection, state: StateDep) -> Principal:
+async def get_principal(
+    conn: HTTPConnection, state: StateDep, _documented: DocumentedBearer
+) -> Principal:
     """The caller of an API route: bearer token only (a stream ticket opens streams
     and nothing else, so `?ticket=` is not even looked at here)."""
     try:
@@ -150,4 +174,15 @@ async def get_sse_principal(conn: HTTPConnection, state: StateDep) -> Principal 
         return RetryLater()
 
 
-SSEPrincipalDep = Annotated[Principal | RetryLater, Depends(get_sse_principal)]
+async def documented_sse_principal(
+    conn: HTTPConnection,
+    state: StateDep,
+    _bearer: DocumentedBearer,
+    _ticket: DocumentedTicket,
+) -> Principal | RetryLater:
+    """`get_sse_principal` as the SSE routes' dependency: the OpenAPI document then
+    lists both ways in (bearer or ticket). The lean path calls `get_sse_principal`."""
+    return await get_sse_principal(conn, state)
+
+
+SSEPrincipalDep = Annotated[Principal | RetryLater, Depends(documented_sse_principal)]

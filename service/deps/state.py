@@ -19,7 +19,7 @@ async def get_state(conn: HTTPConnection) -> AppState:
     lifespan resolves (tests swap it with `dependency_overrides`)."""
     state = getattr(conn.state, "notify", None)
     if not isinstance(state, AppState):
-        raise HTTPException(status_code=503, detail="starting")
+        raise HTTPException(status_code=503, detail="starting", headers={"Retry-After": "1"})
     return state
 
 

@@ -1,8 +1,11 @@
-"""The browser client (`service/clients/js/`), served by the service itself so that a
-page and the server it talks to never disagree on the protocol.
+"""The browser client (the npm package `@appointment-notify/client` in `clients/js/`),
+served by the service itself so that a page and the server it talks to never disagree
+on the protocol.
 
-The files ship inside the package (package data), so the wheel and the Docker image
-serve exactly what the repository holds. They change only with a deploy: an ETag
+The files ship inside the package (package data: `service/clients/js` is a link to
+`clients/js`, which setuptools follows), so the wheel and the Docker image serve
+exactly what the repository holds, and every response names the package's version
+(`X-Client-Version`, the `version` of its package.json, also the module's `VERSION`). They change only with a deploy: an ETag
 (their hash) plus a short max-age lets browsers and CDNs revalidate cheaply and pick
 up a new release within five minutes.
 """
@@ -10,6 +13,7 @@ up a new release within five minutes.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -29,19 +33,26 @@ class Asset:
     body: bytes
     media_type: str
     etag: str
+    version: str
 
 
 @cache
 def load_asset(name: str, media_type: str) -> Asset:
     """Read once per process (the route runs in the thread pool: no blocking I/O on
     the event loop)."""
-    body = resources.files("service").joinpath("clients", "js", name).read_bytes()
+    folder = resources.files("service").joinpath("clients", "js")
+    body = folder.joinpath(name).read_bytes()
+    version = str(json.loads(folder.joinpath("package.json").read_bytes())["version"])
     etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
-    return Asset(body=body, media_type=media_type, etag=etag)
+    return Asset(body=body, media_type=media_type, etag=etag, version=version)
 
 
 def asset_response(asset: Asset, if_none_match: str | None) -> Response:
-    headers = {"ETag": asset.etag, "Cache-Control": CACHE_CONTROL}
+    headers = {
+        "ETag": asset.etag,
+        "Cache-Control": CACHE_CONTROL,
+        "X-Client-Version": asset.version,
+    }
     if if_none_match is not None and asset.etag in {t.strip() for t in if_none_match.split(",")}:
         return Response(status_code=304, headers=headers)
     return Response(asset.body, media_type=asset.media_type, headers=headers)

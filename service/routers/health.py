@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import JSONResponse, Response
 
+from service import metrics
 from service.deps.state import StateDep
 from service.schemas.health import LiveResponse, ReadyResponse
 from service.services.errors import UnavailableError
@@ -41,8 +42,12 @@ async def ready(state: StateDep) -> JSONResponse:
     listener_up = state.broker.listener_up and state.supervisor.healthy
     saturated = state.limiter.saturated
     is_ready = broker_ok and listener_up and not state.draining and not saturated
+    causes = state.broker.recent_refusals()
+    if shards_down:
+        causes.insert(0, "redis_shards_down")
+    publish_degraded(causes)
     status: Literal["ready", "degraded", "not_ready"] = "ready" if is_ready else "not_ready"
-    if is_ready and shards_down:
+    if is_ready and causes:
         status = "degraded"
     body = ReadyResponse(
         status=status,
@@ -52,8 +57,23 @@ async def ready(state: StateDep) -> JSONResponse:
         saturated=saturated,
         redis_shards=shards,
         redis_shards_down=shards_down,
+        causes=causes,
     )
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
+
+
+_degraded_causes: set[str] = set()
+
+
+def publish_degraded(causes: list[str]) -> None:
+    """`notify_ready_degraded{cause}`: 1 for each current cause, 0 for the causes
+    that were set before and have cleared (the label set stays bounded: the
+    refusal codes and `redis_shards_down`)."""
+    for cause in _degraded_causes - set(causes):
+        metrics.READY_DEGRADED.labels(cause=cause).set(0)
+    for cause in causes:
+        metrics.READY_DEGRADED.labels(cause=cause).set(1)
+    _degraded_causes.update(causes)
 
 
 @router.get("/metrics", include_in_schema=False)

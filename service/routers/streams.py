@@ -80,8 +80,13 @@ async def _stream_body(
             retry = f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n"
             if replay.fresh:
                 # An id-only block: sets the EventSource's last event id without
-                # dispatching an event, so its next reconnect resumes from here.
-                yield f"{retry}id: {replay.resume_point}\n\n".encode()
+                # dispatching an event, so its next reconnect resumes from here. Then
+                # `resume_point` with the same id, for page code: it cannot read an
+                # EventSource's last event id until an event is dispatched, and needs
+                # it to resume after the browser gave up (a block without `id:` keeps
+                # the id just set).
+                head = replay.resume_point
+                yield f"{retry}id: {head}\n\n".encode() + _frame("resume_point", {"id": head})
             else:
                 yield retry.encode()
             if replay.start.gap:

@@ -12,9 +12,10 @@ class LiveResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    # "degraded": ready (200), but some Redis Cluster shards do not answer: only
-    # their patients wait (every pod sees the same shards, so taking pods out of
-    # the load balancer would not help them and would cut off everybody else).
+    # "degraded": ready (200), but some Redis Cluster shards do not answer, or Redis
+    # refuses writes (full, read-only …) while streams still work: publishes wait,
+    # and every pod sees the same Redis, so taking pods out of the load balancer
+    # would not help them and would cut off every stream.
     status: Literal["ready", "degraded", "not_ready"]
     broker: Literal["ok", "unreachable"]
     listener: Literal["up", "down"]
@@ -22,3 +23,9 @@ class ReadyResponse(BaseModel):
     saturated: bool
     redis_shards: int = Field(default=1, description="Shard primaries (1 outside Cluster).")
     redis_shards_down: int = 0
+    causes: list[str] = Field(
+        default_factory=list,
+        description="Why `degraded`: `redis_shards_down`, or the code of a Redis refusal "
+        "(`redis_oom`, `redis_readonly` …, as in a publish's 503) seen since the last "
+        "write that went through, within 30 s.",
+    )

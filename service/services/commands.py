@@ -21,7 +21,7 @@ from service.brokers.base import Broker
 from service.schemas.commands import CommandRecord
 from service.schemas.ws import CommandAction
 from service.services.channels import RedisKeys
-from service.services.errors import DomainError, ForbiddenError, NotFoundError
+from service.services.errors import ForbiddenError, NotFoundError, RateLimitedError
 from service.services.principal import Principal, Role
 
 # Appointment ids one connection remembers as the caller's (an LRU): enough for
@@ -37,7 +37,7 @@ class AppointmentNotFoundError(NotFoundError):
     """Unknown appointment, or somebody else's: the two look alike."""
 
 
-class CommandRateLimitedError(DomainError):
+class CommandRateLimitedError(RateLimitedError):
     code = "rate_limited"
     public_message = "too many commands, slow down"
 

@@ -3,16 +3,24 @@ status codes in one place, the WebSocket router to close codes."""
 
 from __future__ import annotations
 
-from service.failures import BrokerUnavailableError, DomainError, UnavailableError
+from service.failures import (
+    BrokerRefusedError,
+    BrokerUnavailableError,
+    DomainError,
+    UnavailableError,
+)
 
 __all__ = [
+    "BrokerRefusedError",
     "BrokerUnavailableError",
+    "ConflictError",
     "DomainError",
     "ForbiddenError",
     "InvalidEventError",
     "NotFoundError",
     "OverCapacityError",
     "PatientNotFoundError",
+    "RateLimitedError",
     "UnauthorizedError",
     "UnavailableError",
 ]
@@ -46,6 +54,22 @@ class NotFoundError(DomainError):
 
 class PatientNotFoundError(NotFoundError):
     pass
+
+
+class ConflictError(DomainError):
+    """Conflicts with a request still in progress (HTTP 409): retry later."""
+
+    code = "conflict"
+    public_message = "conflicts with a request in progress"
+    retry_after_s = 1
+
+
+class RateLimitedError(DomainError):
+    """Too many requests from this caller (HTTP 429): retry later."""
+
+    code = "rate_limited"
+    public_message = "too many requests, slow down"
+    retry_after_s = 1
 
 
 class InvalidEventError(DomainError):

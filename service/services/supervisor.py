@@ -27,6 +27,8 @@ class Supervisor:
 
     def spawn(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         """Run `factory()` until stop(); restart it (with backoff) whenever it ends."""
+        # Its restart counter is exported at 0 from now on (see metrics.py).
+        metrics.TASK_RESTARTS.labels(task=name)
         self._tasks[name] = asyncio.create_task(self._run(name, factory), name=name)
 
     async def _run(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:

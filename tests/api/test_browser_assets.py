@@ -3,7 +3,10 @@ files are the packaged ones, with an ETag; the demo exists outside production on
 
 from __future__ import annotations
 
+import json
+import re
 from importlib import resources
+from pathlib import Path
 
 import httpx
 import jwt
@@ -13,6 +16,8 @@ from tests.conftest import SettingsFactory
 from tests.support.app_server import run_app
 
 PRODUCTION_SECRET = "production-like-hs256-secret-0123456789abcdef"
+# The npm package: the one source of the served files.
+PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "js"
 
 
 def packaged(name: str) -> bytes:
@@ -28,6 +33,7 @@ async def test_client_files_are_served_with_an_etag(make_settings: SettingsFacto
             response = await http.get(path)
             assert response.status_code == 200
             assert response.content == packaged(name)
+            assert response.content == (PACKAGE / name).read_bytes()
             assert response.headers["content-type"].startswith(media)
             assert response.headers["cache-control"] == "public, max-age=300"
             etag = response.headers["etag"]
@@ -60,3 +66,19 @@ async def test_demo_is_a_404_in_production(make_settings: SettingsFactory) -> No
         assert (await http.post("/demo/events")).status_code == 404
         # The client itself is served in production too.
         assert (await http.get("/v1/client.js")).status_code == 200
+
+
+async def test_served_client_reports_the_package_version(make_settings: SettingsFactory) -> None:
+    """package.json's version, the module's `VERSION` export and the served
+    `X-Client-Version` header are one number."""
+    version = json.loads((PACKAGE / "package.json").read_text())["version"]
+    declared = re.findall(
+        r'^export const VERSION = "([^"]+)";$', (PACKAGE / "notify-client.js").read_text(), re.M
+    )
+    assert declared == [version]
+    async with run_app(make_settings()) as app, httpx.AsyncClient(base_url=app.base_url) as http:
+        for path in ("/v1/client.js", "/v1/client.d.ts"):
+            response = await http.get(path)
+            assert response.headers["x-client-version"] == version
+            revalidated = await http.get(path, headers={"If-None-Match": response.headers["etag"]})
+            assert revalidated.headers["x-client-version"] == version

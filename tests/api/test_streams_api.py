@@ -98,5 +98,9 @@ def test_unexpected_error_is_generic_500_with_request_id(client: TestClient) -> 
     with TestClient(app, raise_server_exceptions=False) as c:
         response = c.get("/boom", headers={"X-Request-ID": "req-42"})
     assert response.status_code == 500
-    assert response.json() == {"detail": "internal error", "request_id": "req-42"}
+    assert response.json() == {
+        "detail": "internal error",
+        "code": "internal_error",
+        "request_id": "req-42",
+    }
     assert "secret" not in response.text

@@ -12,21 +12,20 @@ import pytest
 
 from .conftest import NotifyServer
 from .manifests import ROOT
+from .prometheus import (
+    METRICS,
+    REFUSALS,
+    RELAY,
+    SERVE,
+    defined_in_service,
+    family,
+    metric_names,
+    rule_metrics,
+)
 
 DASHBOARD = ROOT / "deploy" / "grafana" / "notify-dashboard.json"
-# The service's metric families (service/metrics.py) the dashboard is built on.
-COUNTERS = {
-    "notify_events_received_total",
-    "notify_deliveries_total",
-    "notify_slow_consumers_total",
-    "notify_auth_refusals_total",
-    "notify_listener_reconnects_total",
-    "notify_redis_errors_total",
-    "notify_capacity_refusals_total",
-}
-GAUGES = {"notify_open_streams", "notify_listener_up"}
-HISTOGRAMS = {"notify_delivery_latency_seconds", "notify_stream_duration_seconds"}
-SERIES_SUFFIXES = ("_bucket", "_sum", "_count")
+TRANSPORTS = {"sse": "SSE", "ws": "WebSocket"}
+GOLDEN_SIGNALS = ("traffic", "errors", "latency", "saturation")
 
 
 def load() -> dict[str, Any]:
@@ -42,15 +41,8 @@ def expressions() -> list[str]:
     return [t["expr"] for p in panels() for t in p["targets"]]
 
 
-def family(series: str) -> str:
-    for suffix in SERIES_SUFFIXES:
-        if series.endswith(suffix) and series[: -len(suffix)] in HISTOGRAMS:
-            return series[: -len(suffix)]
-    return series
-
-
 def series_in(expr: str) -> set[str]:
-    return set(re.findall(r"\bnotify_[a-z_]+\b", expr))
+    return metric_names(expr)
 
 
 def test_ids_unique_and_layout_fits_the_grid() -> None:
@@ -70,22 +62,43 @@ def test_ids_unique_and_layout_fits_the_grid() -> None:
 
 def test_every_metric_is_known_and_every_known_metric_is_shown() -> None:
     used = {family(s) for e in expressions() for s in series_in(e)}
-    assert used <= COUNTERS | GAUGES | HISTOGRAMS, used - (COUNTERS | GAUGES | HISTOGRAMS)
-    assert used == COUNTERS | GAUGES | HISTOGRAMS, (COUNTERS | GAUGES | HISTOGRAMS) - used
+    assert used - METRICS.keys() == set(), "metrics missing from tests/deploy/prometheus.py"
+    assert METRICS.keys() - used == set(), "known metrics the dashboard does not show"
+
+
+def test_the_dashboard_shows_every_metric_an_alert_uses() -> None:
+    used = {family(s) for e in expressions() for s in series_in(e)}
+    assert rule_metrics() - used == set()
+
+
+def test_golden_signals_per_transport() -> None:
+    """A row per transport with its traffic, errors, latency and saturation."""
+    titles = {p["title"]: p for p in panels()}
+    for label, name in TRANSPORTS.items():
+        for signal in GOLDEN_SIGNALS:
+            panel = titles[f"{name}: {signal}"]
+            exprs = [t["expr"] for t in panel["targets"]]
+            if signal != "latency":  # measured before the transport: shared
+                assert all(f'transport="{label}"' in e for e in exprs), panel["title"]
 
 
 def test_queries_use_rates_on_counters_only_and_the_variables() -> None:
     for expr in expressions():
         for series in series_in(expr):
-            if family(series) in GAUGES:
+            metric = METRICS[family(series)]
+            if metric.kind == "gauge":
                 assert not re.search(rf"(rate|increase)\(\s*{series}\b", expr), expr
-            if series in COUNTERS or series.endswith(SERIES_SUFFIXES):
+            else:
                 assert re.search(rf"(rate|increase)\(\s*{series}\b", expr), expr
-        if re.search(r"notify_\w+_bucket", expr):
+            if metric.kind == "histogram":
+                assert series.endswith(("_bucket", "_count")), expr
+        if re.search(r"_bucket\b", expr):
             assert "histogram_quantile" in expr, expr
             assert "by (le" in expr, expr
         assert '$namespace"' in expr, expr
-        assert '$pod"' in expr, expr
+        # The relay's pods are not in the pod variable (built from notify serve's).
+        relay_only = all(METRICS[family(s)].source == RELAY for s in series_in(expr))
+        assert relay_only or '$pod"' in expr, expr
     for p in panels():
         assert p["datasource"]["uid"] == "${datasource}"
     names = {v["name"] for v in load()["templating"]["list"]}
@@ -96,14 +109,20 @@ def test_queries_use_rates_on_counters_only_and_the_variables() -> None:
 def test_the_service_exports_every_metric_the_dashboard_uses(
     notify_server: NotifyServer,
 ) -> None:
+    """Series with known label values exist from the start, at 0; auth refusals
+    (open-ended reasons) from the first refusal, which this test causes."""
+    refused = httpx.get(f"{notify_server.base_url}/v1/patients/me/events", timeout=5)
+    assert refused.status_code == 401
     text = httpx.get(f"{notify_server.base_url}/metrics", timeout=5).text
     exported = {m.group(1): m.group(2) for m in re.finditer(r"^# TYPE (\S+) (\S+)$", text, re.M)}
-    expected_types = (
-        {c: "counter" for c in COUNTERS}
-        | {g: "gauge" for g in GAUGES}
-        | {h: "histogram" for h in HISTOGRAMS}
-    )
-    for name, kind in expected_types.items():
+    samples = {m.group(1) for m in re.finditer(r"^([a-z_]+)[{ ]", text, re.M)}
+    for name, metric in METRICS.items():
+        if metric.source == REFUSALS and not defined_in_service(name):
+            continue  # pending: checked as soon as the service's code names it
+        if metric.source not in (SERVE, REFUSALS):
+            continue  # another program exports it (see tests/deploy/prometheus.py)
         # prometheus_client names a counter's family without `_total` in TYPE lines.
         found = exported.get(name) or exported.get(name.removesuffix("_total"))
-        assert found == kind, f"{name}: exported as {found!r}"
+        assert found == metric.kind, f"{name}: exported as {found!r}"
+        wanted = f"{name}_count" if metric.kind == "histogram" else name
+        assert wanted in samples, f"{name}: no series before the first event"

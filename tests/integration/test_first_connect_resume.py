@@ -21,17 +21,20 @@ def head_block(s: SSEStream) -> str:
     assert retry.retry is not None
     assert block.id is not None
     assert (block.data, block.event) == ("", "message"), "an id-only block dispatches nothing"
+    # Then the same id as an event page code can read (no `id:` line: the id stays).
+    resume = s.frames[2]
+    assert (resume.event, resume.json(), resume.id) == ("resume_point", {"id": block.id}, None)
     return block.id
 
 
-async def first_two_frames(s: SSEStream) -> None:
-    await s.wait_for(lambda st: len(st.frames) >= 2, what="retry and head id")
+async def first_frames(s: SSEStream) -> None:
+    await s.wait_for(lambda st: len(st.frames) >= 3, what="retry, head id and resume point")
 
 
 async def test_empty_history_starts_at_the_empty_id(app: RunningApp, tokens: Tokens) -> None:
     token = tokens.patient("pt_new")
     async with stream(app, token) as first:
-        await first_two_frames(first)
+        await first_frames(first)
         assert head_block(first) == EMPTY_HISTORY_ID
     # Away, having received nothing; three events are published meanwhile.
     missed = [await publish_one(app, "pt_new") for _ in range(3)]
@@ -45,7 +48,7 @@ async def test_a_fresh_stream_starts_at_the_newest_id(app: RunningApp, tokens: T
     before = [await publish_one(app, "pt_old") for _ in range(2)]
     token = tokens.patient("pt_old")
     async with stream(app, token) as first:
-        await first_two_frames(first)
+        await first_frames(first)
         head = head_block(first)
         assert head == before[-1]
         # Nothing old is replayed to a fresh client.
@@ -89,7 +92,7 @@ async def test_one_appointment_stream_starts_at_the_patient_head(
     other = await publish_one(app, "pt_ap", "ap_other")
     url = "/v1/patients/me/appointments/ap_mine/events"
     async with stream(app, tokens.patient("pt_ap"), url) as s:
-        await first_two_frames(s)
+        await first_frames(s)
         assert head_block(s) == other
 
 

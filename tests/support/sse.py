@@ -84,8 +84,11 @@ class SSEStream:
 
     @property
     def events(self) -> list[Frame]:
-        """Frames that carry an event (not comments-only heartbeats or bare retry)."""
-        return [f for f in self.frames if f.data or f.event != "message"]
+        """Frames that carry an event (not comments-only heartbeats, bare retry or the
+        `resume_point` that follows a fresh stream's id-only block)."""
+        return [
+            f for f in self.frames if (f.data or f.event != "message") and f.event != "resume_point"
+        ]
 
     def of_type(self, prefix: str = "appointment.") -> list[Frame]:
         return [f for f in self.events if f.event.startswith(prefix)]

@@ -1,7 +1,15 @@
-// Types for notify-client.js (the appointment notification service's browser client).
+// Types for notify-client.js (@appointment-notify/client: the appointment notification
+// service's client for browsers and Node 20+).
 
 /** `idle` before start(); `open` while events flow; `reconnecting` between streams; `closed` for good. */
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
+
+/**
+ * `leader`: this tab holds the connection its browser's tabs share; `follower`: another
+ * tab does; `solo`: a connection of its own (`share: false`, no Web Locks or
+ * BroadcastChannel, Node, or no readable `sub` and no `shareKey`).
+ */
+export type TabRole = "leader" | "follower" | "solo";
 
 export type AppointmentEventType =
   | "appointment.created"
@@ -54,15 +62,61 @@ export interface NotifyClientOptions {
   maxBackoffMs?: number;
   /** How many delivered ids are remembered to drop duplicates. Default 1000. */
   seenIdsMax?: number;
+  /**
+   * Share one connection among this browser's tabs of the same patient and stream
+   * (default true). Needs Web Locks and BroadcastChannel; without them each tab connects.
+   */
+  share?: boolean;
+  /**
+   * What tells patients apart for sharing (hashed before use). Default: the `sub`
+   * claim of the token from getToken(), decoded (not verified) in the browser. Pass it
+   * when tokens are opaque; tabs only share when it is equal.
+   */
+  shareKey?: string;
+  /** The EventSource class (Node: `EventSource` from the `eventsource` package). Default: the global. */
+  EventSource?: new (url: string) => EventSourceLike;
+  /** The WebSocket class (Node 22's global, or the `ws` package). Default: the global. */
+  WebSocket?: new (url: string) => WebSocketLike;
+  /** fetch() for ticket requests. Default: the global. */
+  fetch?: (url: string, init: { method: string; headers: Record<string, string> }) => Promise<Response>;
   /** Each event, once. */
   onEvent?: (event: AppointmentEvent) => void;
   /** History no longer holds everything missed: refetch the app's state. */
   onGap?: (gap: GapInfo) => void;
   onStateChange?: (state: ConnectionState) => void;
-  /** Stopped for good by the server ("revoked", "ticket_deleted"); not called for close(). */
+  /** `lastEventId` moved without an event: the server's resume point when a stream opens. */
+  onResumePoint?: (id: string) => void;
+  /** This tab became the leader, a follower, or connects on its own. */
+  onRoleChange?: (role: TabRole) => void;
+  /**
+   * Stopped for good: by the server ("revoked", "ticket_deleted"), or "unsupported"
+   * (no EventSource / WebSocket implementation); not called for close().
+   */
   onClosed?: (reason: string) => void;
-  /** A ticket request failed, or a WebSocket error reply without a pending command. */
+  /**
+   * A ticket request failed, a WebSocket error reply without a pending command, or no
+   * EventSource / WebSocket implementation (then the client closes).
+   */
   onError?: (error: Error) => void;
+}
+
+/** What the client uses of an EventSource. */
+export interface EventSourceLike {
+  readonly readyState: number;
+  onopen: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  addEventListener(type: string, listener: (event: any) => void): void;
+  close(): void;
+}
+
+/** What the client uses of a WebSocket. */
+export interface WebSocketLike {
+  readonly readyState: number;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onclose: ((event: any) => void) | null;
+  send(data: string): void;
+  close(code?: number): void;
 }
 
 export interface CommandAccepted {
@@ -71,6 +125,9 @@ export interface CommandAccepted {
   reply_to?: string;
 }
 
+/** The package's version (package.json); `/v1/client.js` reports it as `X-Client-Version`. */
+export declare const VERSION: string;
+
 export declare const EVENT_TYPES: readonly AppointmentEventType[];
 
 export declare class NotifyClient {
@@ -78,9 +135,11 @@ export declare class NotifyClient {
   readonly state: ConnectionState;
   /** The id a reconnect resumes from (the last event, or the server's resume point). */
   readonly lastEventId: string | null;
+  /** Known once started: see TabRole. */
+  readonly role: TabRole | null;
   start(): void;
   close(): void;
-  /** WebSocket transport only. */
+  /** WebSocket transport only; from a follower tab it goes through the leader's socket. */
   command(
     action: "confirm" | "cancel" | "request_reschedule",
     appointmentId: string,

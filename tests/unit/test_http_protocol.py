@@ -1,0 +1,214 @@
+"""What `service/http_protocol.py` takes from uvicorn's private httptools protocol,
+pinned: the callback order the header deadline relies on, the attributes it reads,
+and how `notify serve` hands it its settings. An uvicorn upgrade that changes any
+of it fails here, not in production."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import pickle
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from service.cli import uvicorn_options
+from service.config import Settings
+from service.http_protocol import (
+    DEFAULT_HEADER_TIMEOUT_S,
+    REQUEST_TIMEOUT_RESPONSE,
+    HttpProtocol,
+    LightEvent,
+)
+from tests.support.waiting import eventually
+
+
+class RecordingTransport(asyncio.Transport):
+    """What the protocol writes and whether it closed the connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
+            name, default
+        )
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+
+async def app(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 204, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def header_timeouts(stage: str) -> float:
+    return REGISTRY.get_sample_value("notify_header_timeouts_total", {"stage": stage}) or 0.0
+
+
+def connect(timeout_s: float) -> tuple[HttpProtocol, RecordingTransport]:
+    # uvicorn annotates `http` as a class, but only ever calls it: a factory works,
+    # and this is how `notify serve` passes it (the call below is Server.startup's).
+    factory = functools.partial(HttpProtocol, header_timeout_s=timeout_s)
+    config = Config(app, http=factory)  # type: ignore[arg-type]
+    config.load()
+    # How uvicorn's Server.startup builds the protocol for each connection.
+    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    assert isinstance(protocol, HttpProtocol)
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport
+
+
+async def wait_closed(transport: RecordingTransport) -> None:
+    await eventually(lambda: transport.closed, timeout_s=5, what="connection closed")
+
+
+async def wait_answered(protocol: HttpProtocol) -> None:
+    await eventually(lambda: protocol.cycle.response_complete, timeout_s=5, what="response sent")
+
+
+def test_the_private_parts_we_use_exist() -> None:
+    for name in (
+        "connection_made",
+        "connection_lost",
+        "data_received",
+        "on_message_begin",
+        "on_headers_complete",
+        "handle_websocket_upgrade",
+        "timeout_keep_alive_handler",
+    ):
+        assert callable(getattr(HttpToolsProtocol, name)), name
+    # The keyword arguments uvicorn's Server passes to the protocol class.
+    params = inspect.signature(HttpToolsProtocol.__init__).parameters
+    assert {"config", "server_state", "app_state", "_loop"} <= set(params)
+
+
+async def test_uvicorn_itself_sets_no_deadline_before_a_request() -> None:
+    """The reason for the adapter: uvicorn arms only its keep-alive timer, and only
+    after a response; a connection that never finishes its headers has no timer."""
+    config = Config(app, http="httptools")
+    config.load()
+    protocol = HttpToolsProtocol(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_running_loop()
+    )
+    protocol.connection_made(RecordingTransport())
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n")
+    assert protocol.timeout_keep_alive_task is None
+
+
+async def test_a_partial_request_gets_408_and_is_closed_after_the_deadline() -> None:
+    before = header_timeouts("in_headers")
+    protocol, transport = connect(0.05)
+    protocol.data_received(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+    # httptools calls on_message_begin on the first byte: the request is partial.
+    assert protocol._in_headers
+    await wait_closed(transport)
+    assert bytes(transport.written) == REQUEST_TIMEOUT_RESPONSE
+    assert header_timeouts("in_headers") == before + 1
+
+
+async def test_a_connection_that_sends_nothing_is_closed_silently() -> None:
+    before = header_timeouts("before_request")
+    protocol, transport = connect(0.05)
+    await wait_closed(transport)
+    assert transport.written == b""
+    assert header_timeouts("before_request") == before + 1
+    assert protocol._header_timer is None
+
+
+async def test_complete_headers_cancel_the_deadline_for_the_whole_response() -> None:
+    protocol, transport = connect(0.05)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    # on_headers_complete ran and created the request cycle (uvicorn's `cycle`).
+    assert protocol._header_timer is None
+    assert protocol.cycle is not None
+    assert isinstance(protocol.cycle.message_event, LightEvent)
+    await wait_answered(protocol)
+    # The keep-alive pause that follows is uvicorn's timer, not ours.
+    assert protocol.timeout_keep_alive_task is not None
+    assert protocol._header_timer is None
+    assert transport.written.startswith(b"HTTP/1.1 204 ")
+    assert not transport.closed
+
+
+async def test_the_next_request_on_a_keep_alive_connection_has_its_own_deadline() -> None:
+    before = header_timeouts("in_headers")
+    protocol, transport = connect(0.2)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wait_answered(protocol)
+    answered = len(transport.written)
+    protocol.data_received(b"GET / HTTP/1.1\r\n")
+    assert protocol._header_timer is not None
+    assert protocol.timeout_keep_alive_task is None  # uvicorn cancels it on data
+    await wait_closed(transport)
+    assert bytes(transport.written[answered:]) == REQUEST_TIMEOUT_RESPONSE
+    assert header_timeouts("in_headers") == before + 1
+
+
+async def test_connection_lost_cancels_the_deadline() -> None:
+    before = header_timeouts("before_request") + header_timeouts("in_headers")
+    protocol, transport = connect(0.05)
+    protocol.data_received(b"GET / HTTP/1.1\r\n")
+    protocol.connection_lost(None)
+    assert protocol._header_timer is None
+    await asyncio.sleep(0.1)  # past the deadline: nothing fires
+    assert header_timeouts("before_request") + header_timeouts("in_headers") == before
+    assert transport.written == b""
+
+
+async def test_a_websocket_upgrade_ends_the_deadline_and_drops_the_parser() -> None:
+    protocol, transport = connect(0.05)
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    assert protocol._header_timer is None
+    assert protocol.parser is None
+    # The transport now belongs to uvicorn's WebSocket protocol.
+    assert transport.protocol is not protocol
+
+
+def test_notify_serve_passes_the_setting_in_a_picklable_protocol_factory() -> None:
+    settings = Settings(header_timeout_s=1.5)
+    factory = uvicorn_options(settings)["http"]
+    assert isinstance(factory, functools.partial)
+    assert factory.func is HttpProtocol
+    assert factory.keywords == {"header_timeout_s": 1.5}
+    # Workers are spawned processes: the factory travels inside uvicorn's Config.
+    assert pickle.loads(pickle.dumps(factory)).keywords  # noqa: S301 (our own bytes) == {"header_timeout_s": 1.5}
+
+
+def test_the_default_deadline_is_the_settings_default() -> None:
+    assert Settings().header_timeout_s == DEFAULT_HEADER_TIMEOUT_S
+
+
+@pytest.mark.parametrize("value", [0, -1, 301])
+def test_the_deadline_is_bounded(value: float) -> None:
+    with pytest.raises(ValueError, match="header_timeout_s"):
+        Settings(header_timeout_s=value)
