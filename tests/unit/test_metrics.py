@@ -30,6 +30,8 @@ def test_known_label_values_are_exported_before_any_event() -> None:
     for reason in metrics.HISTORY_DROP_REASONS:
         assert exported("notify_history_entries_dropped_total", reason=reason)
     assert exported("notify_redis_errors_total", operation="publish")
+    for reason in metrics.OUTBOX_FAILURE_REASONS:
+        assert exported("notify_outbox_failures_total", reason=reason)
 
 
 def test_the_label_sets_are_the_ones_the_code_uses() -> None:
