@@ -38,6 +38,8 @@ def test_known_label_values_are_exported_before_any_event() -> None:
         assert exported("notify_redis_refusals_total", cause=refusal.cause)
         assert exported("notify_ready_degraded", cause=refusal.cause)
     assert exported("notify_ready_degraded", cause=health.SHARDS_DOWN_CAUSE)
+    for reason in metrics.OUTBOX_FAILURE_REASONS:
+        assert exported("notify_outbox_failures_total", reason=reason)
 
 
 def test_the_label_sets_are_the_ones_the_code_uses() -> None:
