@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh Debian machine with Python 3.11+:
-#   make run    start the service (in-memory broker unless NOTIFY_REDIS_URL is set)
-#   make test   run the whole test suite (starts its own Redis servers)
+#   make run    start the service (in-memory broker unless NOTIFY_REDIS_URL is set);
+#               installs the runtime lock only
+#   make test   run the whole test suite (starts its own Redis servers); installs
+#               the dev lock (runtime, test, lint and deploy-check tools)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,6 +11,10 @@ STAMP := $(VENV)/.installed
 # Every package the venv gets (runtime, dev and deploy-check tools, pip and
 # setuptools themselves) comes from this hash-locked file; `make lock` refreshes it.
 LOCK := requirements-dev.lock
+# `make run` needs the service only: the runtime lock (the Docker image's: no test,
+# lint or browser tools), into the same venv; `make test` adds the rest later.
+RUN_LOCK := deploy/docker/requirements.lock
+RUN_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: run test test-latest lint bench lint-deploy lock lock-upgrade clean
 
@@ -20,7 +26,15 @@ $(STAMP): $(LOCK) pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python scripts/check-lock.py
 	touch $(STAMP)
 
-run: $(STAMP)
+$(RUN_STAMP): $(RUN_LOCK) pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(RUN_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python scripts/check-lock.py --runtime
+	touch $(RUN_STAMP)
+
+run: $(RUN_STAMP)
 	@$(BIN)/python -m service.devhint
 	$(BIN)/notify serve
 

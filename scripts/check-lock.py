@@ -1,8 +1,10 @@
-"""Fails when the venv does not satisfy pyproject.toml (with the `dev` extra).
+"""Fails when the venv does not satisfy pyproject.toml (with the `dev` extra; with
+`--runtime`, the runtime dependencies only).
 
-`make` installs the venv from requirements-dev.lock with `--no-deps`, so a
-dependency added to pyproject.toml without `make lock` would otherwise go
-unnoticed until an import fails somewhere in the suite. Run by the venv's python.
+`make` installs the venv from requirements-dev.lock (`make run`: from the runtime
+lock, deploy/docker/requirements.lock) with `--no-deps`, so a dependency added to
+pyproject.toml without `make lock` would otherwise go unnoticed until an import
+fails somewhere. Run by the venv's python.
 """
 
 from __future__ import annotations
@@ -10,18 +12,21 @@ from __future__ import annotations
 import sys
 from importlib.metadata import PackageNotFoundError, distribution, version
 
-from packaging.requirements import Requirement
+try:
+    from packaging.requirements import Requirement
+except ImportError:  # the runtime lock has no `packaging`; pip always carries one
+    from pip._vendor.packaging.requirements import Requirement
 
 PROJECT = "appointment-notify"
-EXTRAS = {"dev"}
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    extras = set() if "--runtime" in argv else {"dev"}
     problems: list[str] = []
     for line in distribution(PROJECT).requires or []:
         requirement = Requirement(line)
         marker = requirement.marker
-        if marker is not None and not any(marker.evaluate({"extra": e}) for e in {"", *EXTRAS}):
+        if marker is not None and not any(marker.evaluate({"extra": e}) for e in {"", *extras}):
             continue
         try:
             installed = version(requirement.name)
@@ -42,4 +47,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

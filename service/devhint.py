@@ -26,6 +26,9 @@ def main() -> None:
   Demo page (the browser client, live events, a publish button):
        {base}/demo
 
+  API reference (Swagger UI; "Authorize" takes a token from below):
+       {base}/docs      (the OpenAPI document: {base}/openapi.json)
+
   1. In another terminal, open the demo patient's stream:
        curl -N -H 'Authorization: Bearer {token}' {base}/v1/patients/me/events
 

