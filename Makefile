@@ -26,11 +26,11 @@ $(STAMP): $(LOCK) pyproject.toml clients/python/pyproject.toml
 	$(BIN)/python scripts/check-lock.py
 	touch $(STAMP)
 
-$(RUN_STAMP): $(RUN_LOCK) pyproject.toml
+$(RUN_STAMP): $(RUN_LOCK) pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(RUN_LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e clients/python -e .
 	$(BIN)/python scripts/check-lock.py --runtime
 	touch $(RUN_STAMP)
 
