@@ -10,6 +10,7 @@
     python -m bench shards             # unicast through 1 vs 3 Redis Cluster shards (bench/shards.py)
     python -m bench half_open          # 4,000 half-open requests: cost and end (bench/half_open.py)
     python -m bench outbox             # the PostgreSQL outbox relay: rows/s with 1 and 2 relays, COMMIT -> client p50/p99
+    python -m bench publish            # the publisher package: publish_many vs one at a time vs raw XADD+PUBLISH, idempotency, durable latency
 
 Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
 """
@@ -126,6 +127,10 @@ def run_target(
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["publish"]:
+        from bench import publish
+
+        return publish.main(args[1:])
     if args[:1] == ["churn"]:
         from bench import churn
 
