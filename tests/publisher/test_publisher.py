@@ -132,6 +132,17 @@ def test_standalone_settings_pointed_at_a_cluster_node_name_the_mode(
     publisher.close()
 
 
+def test_sync_cluster_settings_pointed_at_one_server_name_the_mode(
+    redis_server: RedisServer,
+) -> None:
+    publisher = SyncPublisher.from_env(
+        {"NOTIFY_REDIS_MODE": "cluster", "NOTIFY_REDIS_URL": redis_server.url}
+    )
+    with pytest.raises(ConfigurationError, match="NOTIFY_REDIS_MODE"):
+        publisher.publish(event("pt_1"))
+    publisher.close()
+
+
 async def test_cluster_settings_pointed_at_one_server_name_the_mode(
     redis_server: RedisServer,
 ) -> None:

@@ -20,7 +20,6 @@ from redis.exceptions import (
 )
 
 from notify_publisher.batch import (
-    MOVED,
     RETRY_ON,
     Durability,
     Outcome,
@@ -340,4 +339,4 @@ class Publisher:
                 await sentinel.aclose()
 
 
-__all__ = ["MOVED", "AsyncRunner", "Publisher"]
+__all__ = ["AsyncRunner", "Publisher"]

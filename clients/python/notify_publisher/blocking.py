@@ -181,10 +181,11 @@ class SyncPublisher:
 
     def __init__(self, config: PublisherConfig) -> None:
         self.config = config
-        # Connections are made only when the first publish needs one (a Celery
-        # worker may build it at import time, before forking).
-        self._client, self._sentinel = _sync_client(config)
-        self._runner = SyncRunner(self._client, retries=config.retries)
+        # Nothing connects before the first publish (or `connect()`): a Celery
+        # worker may build its publisher at import time, before it forks.
+        self._client: Redis | RedisCluster | None = None
+        self._sentinel: Sentinel | None = None
+        self._runner: SyncRunner | None = None
         self._plan = Plan(config)
         self._checked = False
         self._check_lock = threading.Lock()
@@ -219,7 +220,20 @@ class SyncPublisher:
             if self._checked:
                 return
             try:
+                if self._client is None:
+                    self._client, self._sentinel = _sync_client(self.config)
+                    self._runner = SyncRunner(self._client, retries=self.config.retries)
                 self._check()
+            except RedisClusterException as exc:
+                # A Cluster client reads the slot map as it is built.
+                if "not enabled" in str(exc):
+                    raise ConfigurationError(
+                        f"NOTIFY_REDIS_MODE=cluster but {self.config.topology.describe()} is not "
+                        "a Redis Cluster: set NOTIFY_REDIS_MODE=standalone"
+                    ) from exc
+                raise PublishRefusedError(
+                    "unavailable", f"Redis ({self.config.topology.describe()}) did not answer"
+                ) from exc
             except RETRY_ON as exc:
                 raise PublishRefusedError(
                     "unavailable", f"Redis ({self.config.topology.describe()}) did not answer"
@@ -228,6 +242,7 @@ class SyncPublisher:
 
     def _check(self) -> None:
         topology = self.config.topology
+        assert self._client is not None
         if isinstance(self._client, RedisCluster):
             return  # RedisCluster() read the slot map already (or raised)
         server = self._client.info("server")
@@ -282,10 +297,13 @@ class SyncPublisher:
         if not requests:
             return []
         self.connect()
+        assert self._runner is not None
         return ids_or_raise(self._runner.run(requests, durability))
 
     def close(self) -> None:
         """Close every connection (the publisher cannot be used afterwards)."""
+        if self._client is None:
+            return
         self._client.close()
         if isinstance(self._client, Redis):
             self._client.connection_pool.disconnect()
