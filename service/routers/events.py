@@ -40,7 +40,19 @@ REPLAYED_HEADER = "Idempotency-Replayed"
     status_code=201,
     response_model=EventResponse,
     response_model_exclude_none=True,
-    responses=error_responses(400, 401, 403, 409, 413, 503),
+    responses={
+        **error_responses(400, 401, 403, 409, 413, 503),
+        201: {
+            "description": "Stored and delivered; or, for a repeated Idempotency-Key, "
+            "the first request's answer again (nothing new stored or delivered).",
+            "headers": {
+                REPLAYED_HEADER: {
+                    "description": "`true` when this answers a repeated Idempotency-Key",
+                    "schema": {"type": "string", "enum": ["true"]},
+                }
+            },
+        },
+    },
 )
 async def publish_event(
     event: EventCreate,

@@ -115,3 +115,12 @@ def test_a_repeat_while_the_first_waits_for_replicas_is_409(
         assert first.status_code == 503
         assert first.json()["code"] == "not_durable"
         assert len(history_ids(settings)) == 1
+
+
+def test_openapi_documents_the_key_and_the_replay_header(client: TestClient) -> None:
+    operation = client.get("/openapi.json").json()["paths"]["/v1/events"]["post"]
+    (parameter,) = [p for p in operation["parameters"] if p["name"] == "Idempotency-Key"]
+    assert parameter["in"] == "header"
+    assert not parameter.get("required", False)
+    assert "Idempotency-Replayed" in operation["responses"]["201"]["headers"]
+    assert {"409", "422", "503"} <= set(operation["responses"])
