@@ -24,13 +24,15 @@ WORKDIR /src
 # Every wheel has a manylinux build for amd64 and arm64: no compiler needed.
 COPY deploy/docker/requirements.lock ./
 RUN pip install --no-cache-dir --require-hashes --no-deps -r requirements.lock
-# Then the service itself, built with the locked setuptools (no network fetch).
+# Then the publisher package (event models, key scheme, publish script) and the
+# service itself, built with the locked setuptools (no network fetch).
+COPY clients/python ./clients/python
 COPY pyproject.toml README.md ./
 # The browser client (/v1/client.js) is package data reached through the link
 # service/clients/js -> ../../clients/js: both must be in the build tree.
 COPY clients/js ./clients/js
 COPY service ./service
-RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation ./clients/python . \
     && python -m compileall -q /opt/venv
 
 # ---- runtime: the virtualenv and nothing else ----------------------------------

@@ -18,19 +18,19 @@ RUN_STAMP := $(VENV)/.installed-runtime
 
 .PHONY: run test test-latest lint bench lint-deploy lock lock-upgrade clean
 
-$(STAMP): $(LOCK) pyproject.toml
+$(STAMP): $(LOCK) pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e clients/python -e .
 	$(BIN)/python scripts/check-lock.py
 	touch $(STAMP)
 
-$(RUN_STAMP): $(RUN_LOCK) pyproject.toml
+$(RUN_STAMP): $(RUN_LOCK) pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || PYTHON=$(PYTHON) scripts/ensure-system-packages
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r $(RUN_LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e clients/python -e .
 	$(BIN)/python scripts/check-lock.py --runtime
 	touch $(RUN_STAMP)
 
@@ -72,10 +72,18 @@ lint-deploy: $(STAMP)
 # every pin that still satisfies pyproject.toml (adds, drops, narrows);
 # `make lock-upgrade` moves every pin to the newest allowed release (run
 # `make test-latest` first).
-PIP_COMPILE_FLAGS := --quiet --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
+# The publisher package (clients/python) is a dependency of the service that is
+# installed from this repository, not from an index: pip-compile resolves it from
+# a wheel built here (found through PIP_FIND_LINKS, which stays out of the
+# lock's header) and leaves it out of the locks as "unsafe" (naming it replaces
+# the default unsafe set, so pip and setuptools stay pinned as before).
+PUBLISHER_WHEELS := $(VENV)/publisher-wheel
+PIP_COMPILE_FLAGS := --quiet --generate-hashes --unsafe-package appointment-notify-publisher --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links --no-emit-trusted-host
 lock: $(STAMP)
-	$(BIN)/pip-compile $(PIP_COMPILE_FLAGS) $(LOCK_UPGRADE) --extra dev --output-file=$(LOCK) pyproject.toml
-	PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile $(PIP_COMPILE_FLAGS) $(LOCK_UPGRADE) --output-file=deploy/docker/requirements.lock pyproject.toml
+	rm -rf $(PUBLISHER_WHEELS)
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir $(PUBLISHER_WHEELS) clients/python
+	PIP_FIND_LINKS="$$PIP_FIND_LINKS $(abspath $(PUBLISHER_WHEELS))" $(BIN)/pip-compile $(PIP_COMPILE_FLAGS) $(LOCK_UPGRADE) --extra dev --output-file=$(LOCK) pyproject.toml
+	PIP_FIND_LINKS="$(abspath $(PUBLISHER_WHEELS))" PIP_CONFIG_FILE=/dev/null $(BIN)/pip-compile $(PIP_COMPILE_FLAGS) $(LOCK_UPGRADE) --output-file=deploy/docker/requirements.lock pyproject.toml
 
 lock-upgrade:
 	$(MAKE) lock LOCK_UPGRADE=--upgrade

@@ -177,9 +177,10 @@ async def wait_until(predicate, timeout_s: float, what: str) -> float:
 async def publish_one_each(redis_url: str, patients: list[str]) -> list[str]:
     """One event per patient through the service's own publish path (the code
     behind `POST /v1/events` and `notify publish`), as another instance would."""
+    from notify_publisher.events import EventCreate
+    from notify_publisher.keys import RedisKeys
+
     from service.brokers.redis import RedisBroker
-    from service.schemas.events import EventCreate
-    from service.services.channels import RedisKeys
     from service.services.publisher import publish
 
     keys = RedisKeys("notify:")

@@ -135,10 +135,13 @@ async def _ignore_reconnect(channels: Collection[str] | None, sweep: bool) -> No
     """`notify publish` never listens."""
 
 
-async def _publish_redis(settings: Settings, event_dict: dict[str, object]) -> dict[str, object]:
+async def _publish_redis(
+    settings: Settings, event_dict: dict[str, object], idempotency_key: str | None
+) -> dict[str, object]:
+    from notify_publisher.events import EventCreate
+    from notify_publisher.keys import RedisKeys
+
     from service.brokers.factory import build_broker
-    from service.schemas.events import EventCreate
-    from service.services.channels import RedisKeys
     from service.services.publisher import publish
 
     keys = RedisKeys(settings.key_prefix)
@@ -158,14 +161,19 @@ async def _publish_redis(settings: Settings, event_dict: dict[str, object]) -> d
             event=EventCreate.model_validate(event_dict),
             history_maxlen=settings.history_maxlen,
             history_ttl_s=settings.history_ttl_s,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            durability=settings.durability(),
         )
     finally:
         await broker.stop()
-    result: dict[str, object] = json.loads(stored.model_dump_json(exclude_none=True))
+    result: dict[str, object] = json.loads(stored.event.model_dump_json(exclude_none=True))
     return result
 
 
-def _publish_http(settings: Settings, event_dict: dict[str, object], url: str) -> dict[str, object]:
+def _publish_http(
+    settings: Settings, event_dict: dict[str, object], url: str, idempotency_key: str | None
+) -> dict[str, object]:
     """With the memory broker the events live in the server process: go through its API."""
     secret = settings.jwt_hmac_secret()
     if secret is None:
@@ -179,11 +187,11 @@ def _publish_http(settings: Settings, event_dict: dict[str, object], url: str) -
         scopes=[Scope.EVENTS_PUBLISH],
         ttl_s=60,
     )
+    headers = {"Authorization": f"Bearer {token}"}
+    if idempotency_key:
+        headers["Idempotency-Key"] = idempotency_key
     response = httpx.post(
-        f"{url.rstrip('/')}/v1/events",
-        json=event_dict,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
+        f"{url.rstrip('/')}/v1/events", json=event_dict, headers=headers, timeout=10
     )
     if response.status_code != 201:
         raise SystemExit(f"publish failed: HTTP {response.status_code} {response.text}")
@@ -199,9 +207,9 @@ def _publish(settings: Settings, args: argparse.Namespace) -> int:
     try:
         if settings.uses_memory_broker or args.url:
             url = args.url or f"http://{settings.host}:{settings.port}"
-            stored = _publish_http(settings, event_dict, url)
+            stored = _publish_http(settings, event_dict, url, args.idempotency_key)
         else:
-            stored = asyncio.run(_publish_redis(settings, event_dict))
+            stored = asyncio.run(_publish_redis(settings, event_dict, args.idempotency_key))
     except ValidationError as exc:
         print(f"invalid event: {exc}", file=sys.stderr)
         return 2
@@ -299,6 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("--clinician-id")
     pub.add_argument(
         "--url", help="publish through this server's HTTP API (default with memory://)"
+    )
+    pub.add_argument(
+        "--idempotency-key",
+        help="names the event: publishing again with the same key stores nothing new",
     )
     return parser
 

@@ -11,10 +11,11 @@ from functools import lru_cache
 from typing import Annotated, Literal, Self
 from urllib.parse import urlsplit
 
+from notify_publisher.batch import Durability
+from notify_publisher.config import IDEMPOTENCY_TTL_S, PUBLISH_WAIT_TIMEOUT_MS
+from notify_publisher.topology import Address, RedisMode, RedisTopology, parse_address
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-
-from service.brokers.topology import Address, RedisMode, RedisTopology, parse_address
 
 # Only ever valid outside production: `model_validator` below refuses both there.
 DEV_JWT_SECRET = "dev-insecure-secret-change-me-0123456789"  # noqa: S105
@@ -127,6 +128,19 @@ class Settings(BaseSettings):
     # Replay is read from history in pages of this size.
     history_page: int = Field(default=500, ge=10, le=10_000)
 
+    # --- Publishing --------------------------------------------------------------
+    # How long an `Idempotency-Key` (`idempotency_key=` in the library) is
+    # remembered: a retry within it answers the first id and stores nothing. The
+    # IETF draft suggests at least 24 hours; one small hash per key in Redis.
+    idempotency_ttl_s: int = Field(default=IDEMPOTENCY_TTL_S, ge=1, le=30 * 24 * 3600)
+    # Durable publishing: replicas that must acknowledge every publish (WAIT)
+    # before it is answered; 0 answers on the primary's word (asynchronous
+    # replication: a failover can lose it, and streams then get a `gap`).
+    publish_wait_replicas: int = Field(default=0, ge=0, le=16)
+    # WAIT's timeout (0 would block forever); not confirmed in time is a 503
+    # `not_durable`. Must stay under NOTIFY_REDIS_SOCKET_TIMEOUT_S.
+    publish_wait_timeout_ms: int = Field(default=PUBLISH_WAIT_TIMEOUT_MS, ge=1, le=60_000)
+
     # --- Capacity ----------------------------------------------------------------
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_subject: int = Field(default=10, ge=1)
@@ -198,6 +212,15 @@ class Settings(BaseSettings):
         for item in value:
             parse_address(item, default_port=26379)
         return value
+
+    @model_validator(mode="after")
+    def _check_publish_wait(self) -> Self:
+        if self.publish_wait_timeout_ms >= self.redis_socket_timeout_s * 1000:
+            raise ValueError(
+                "NOTIFY_PUBLISH_WAIT_TIMEOUT_MS must stay under NOTIFY_REDIS_SOCKET_TIMEOUT_S "
+                "(the connection would time out while WAIT still waits)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_redis_mode(self) -> Self:
@@ -346,6 +369,13 @@ class Settings(BaseSettings):
             ),
             tls=self.redis_tls,
         )
+
+    def durability(self, wait_replicas: int | None = None) -> Durability | None:
+        """What a publish waits for: `wait_replicas` (per call) or the setting."""
+        replicas = self.publish_wait_replicas if wait_replicas is None else wait_replicas
+        if replicas == 0:
+            return None
+        return Durability(replicas=replicas, timeout_ms=self.publish_wait_timeout_ms)
 
     @property
     def effective_redis_url(self) -> str:

@@ -19,6 +19,7 @@ from service.services.errors import (
     DomainError,
     EventTooLargeError,
     ForbiddenError,
+    IdempotencyKeyReusedError,
     InvalidEventError,
     NotFoundError,
     RateLimitedError,
@@ -33,12 +34,15 @@ _DESCRIPTIONS = {
     401: "No valid credential (one answer for every reason).",
     403: "Authenticated, but this role or scope may not do this.",
     404: "Not found, or somebody else's (indistinguishable).",
-    409: "Conflicts with a request still in progress: retry after `Retry-After` seconds.",
+    409: "Conflicts with a request still in progress (an Idempotency-Key whose first "
+    "request still waits for replicas): retry after `Retry-After` seconds.",
     413: "The body or event is above the event size limit.",
-    422: "The request does not have the expected shape: `errors` lists each field.",
+    422: "The request does not have the expected shape (`errors` lists each field), "
+    "or its Idempotency-Key was used for another event (`idempotency_key_reused`).",
     429: "Too many requests: retry after `Retry-After` seconds.",
-    503: "Redis unreachable or refusing (`code`: `redis_oom`, `redis_readonly` …), or over "
-    "capacity: retry after `Retry-After` seconds.",
+    503: "Redis unreachable or refusing (`code`: `redis_oom`, `redis_readonly` …), a durable "
+    "publish not confirmed by enough replicas (`not_durable`), or over capacity: retry "
+    "after `Retry-After` seconds (a publish with the same Idempotency-Key).",
 }
 
 
@@ -57,6 +61,7 @@ _STATUS: list[tuple[type[DomainError], int]] = [
     (NotFoundError, 404),
     (ConflictError, 409),
     (InvalidEventError, 400),
+    (IdempotencyKeyReusedError, 422),
     (EventTooLargeError, 413),
     (RateLimitedError, 429),
     (UnavailableError, 503),

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 import structlog
 from fastapi import FastAPI
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker, ReconnectHandler
 from service.brokers.factory import build_broker
@@ -21,7 +22,6 @@ from service.brokers.memory import MemoryBroker
 from service.config import Settings, get_settings
 from service.failures import BrokerTopologyError, BrokerUnavailableError
 from service.logging import configure_logging
-from service.services.channels import RedisKeys
 from service.services.control import handle_control
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader

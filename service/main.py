@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
+from notify_publisher.events import MAX_EVENT_BYTES
 from starlette.middleware.cors import CORSMiddleware
 
 from service.config import Settings, get_settings
@@ -21,7 +22,6 @@ from service.routers import (
     ws,
 )
 from service.routers.lean_streams import LeanStreamRoutes, stream_routes
-from service.schemas.events import MAX_EVENT_BYTES
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from typing import TypedDict
 
 import structlog
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
 from service.config import Settings
 from service.services.batching import KeyReader
-from service.services.channels import RedisKeys
 from service.services.history import HistoryReader
 from service.services.hub import CloseReason, Hub
 from service.services.keepalive import KeepAlive

@@ -10,8 +10,11 @@ with any number of processes, built by `service/brokers/factory.py`; and
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
+
+from notify_publisher.batch import Durability, Outcome
+from notify_publisher.request import PublishRequest
 
 StreamKey = tuple[int, int]
 
@@ -60,6 +63,9 @@ class HistoryPage:
 
 class Broker(abc.ABC):
     """One per process, created and closed by the lifespan."""
+
+    # Whether patient channels are shard channels (Cluster: SPUBLISH/SSUBSCRIBE).
+    sharded = False
 
     @abc.abstractmethod
     async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
@@ -118,11 +124,13 @@ class Broker(abc.ABC):
         """Drop the process' subscription to `channel`."""
 
     @abc.abstractmethod
-    async def publish_event(
-        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
-    ) -> str:
-        """Atomically append `event_json` to the history stream and publish it live
-        with the new entry id spliced in as `"id"`; returns that id."""
+    async def publish_events(
+        self, requests: Sequence[PublishRequest], durability: Durability | None
+    ) -> list[Outcome]:
+        """Run `publish.lua` (`notify_publisher`) for each request, in order: each
+        appends its event to the history stream and publishes it live with the new
+        entry id, atomically, or replays the id its idempotency key stored. With
+        `durability`, then waits for that many replicas (`NotDurableError`)."""
 
     @abc.abstractmethod
     async def publish_raw(self, channel: str, payload: str) -> int:

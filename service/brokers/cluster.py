@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from notify_publisher.topology import RedisMode, RedisTopology, mismatch
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -52,14 +53,12 @@ from service.brokers.redis import (
     command_retry,
     confirm,
     history_page,
-    mismatch,
     no_retry,
     server_kind,
     text,
     wait_confirmed,
 )
 from service.brokers.refusals import RecentRefusals
-from service.brokers.topology import RedisMode, RedisTopology
 from service.failures import BrokerTopologyError, BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
@@ -93,7 +92,8 @@ class _Shard:
 
 
 class ClusterBroker(RedisCommands):
-    publish_command = "SPUBLISH"
+    # Patient channels are shard channels (SPUBLISH/SSUBSCRIBE).
+    sharded = True
 
     def __init__(
         self,
@@ -128,7 +128,7 @@ class ClusterBroker(RedisCommands):
         )
         self.refusals = RecentRefusals()
         self._control = control_channel
-        self._register_publish_script()
+        self._build_runner(self._node_options)
         self._channels: set[str] = set()
         self._shards: dict[str, _Shard] = {}
         self._owner: dict[str, _Shard] = {}
@@ -207,6 +207,7 @@ class ClusterBroker(RedisCommands):
         for probe in self._probes.values():
             await probe.aclose()
         self._probes.clear()
+        await self._runner.aclose()
         await self.client.aclose()
 
     @property

@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from notify_publisher.topology import RedisMode, RedisTopology, mismatch
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from service.brokers.redis import UNAVAILABLE, mismatch, no_retry, server_kind
-from service.brokers.topology import RedisMode, RedisTopology
+from service.brokers.redis import UNAVAILABLE, no_retry, server_kind
 
 ANSWER_TIMEOUT_S = 2.0
 

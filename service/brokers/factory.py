@@ -1,11 +1,12 @@
-"""Builds the broker for the configured Redis topology (`service/brokers/topology.py`)."""
+"""Builds the broker for the configured Redis topology (`notify_publisher.topology`)."""
 
 from __future__ import annotations
+
+from notify_publisher.topology import RedisMode, RedisTopology
 
 from service.brokers.base import Broker
 from service.brokers.cluster import ClusterBroker
 from service.brokers.redis import RedisBroker
-from service.brokers.topology import RedisMode, RedisTopology
 
 
 def build_broker(

@@ -10,7 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+from notify_publisher.batch import Durability, Outcome
+from notify_publisher.errors import IdempotencyKeyReusedError, NotDurableError
+from notify_publisher.request import PublishRequest, PublishResult
 
 from service.brokers.base import (
     Broker,
@@ -37,6 +42,8 @@ class MemoryBroker(Broker):
         self._channels: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         self._values: dict[str, tuple[str, float]] = {}
+        # Idempotency records: key -> (id, fingerprint, published_at, expiry).
+        self._records: dict[str, tuple[str, str, str, float]] = {}
         # Field maps appended with `append_stream`, readable by in-process consumers.
         self.stream_records: dict[str, deque[tuple[str, dict[str, str]]]] = {}
         self._running = False
@@ -97,12 +104,42 @@ class MemoryBroker(Broker):
             stream.expires_at = time.time() + ttl_s
         return entry_id
 
-    async def publish_event(
-        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
-    ) -> str:
-        entry_id = self._append(history_key, event_json, maxlen=maxlen, ttl_s=ttl_s)
-        self._deliver(channel, splice_id(event_json, entry_id))
-        return entry_id
+    async def publish_events(
+        self, requests: Sequence[PublishRequest], durability: Durability | None
+    ) -> list[Outcome]:
+        """`publish.lua`'s semantics in memory (its KEYS and ARGV read the same
+        way); no replica ever confirms, so a durable publish is `NotDurableError`."""
+        outcomes: list[Outcome] = []
+        for request in requests:
+            history_key, record = request.keys[0], request.record_key
+            event_json, maxlen, ttl_s, channel = request.args[:4]
+            seen = self._records.get(record) if record is not None else None
+            if seen is not None and seen[3] < time.time():
+                seen = None
+            if seen is not None:
+                if seen[1] != request.args[5]:
+                    outcomes.append(
+                        IdempotencyKeyReusedError("this idempotency key was used for another event")
+                    )
+                    continue
+                result = PublishResult(id=seen[0], replayed=True, published_at=seen[2])
+            else:
+                entry_id = self._append(
+                    history_key, str(event_json), maxlen=int(maxlen), ttl_s=int(ttl_s)
+                )
+                self._deliver(str(channel), splice_id(str(event_json), entry_id))
+                published_at = str(request.args[7]) if record is not None else ""
+                if record is not None:
+                    expires = time.time() + int(request.args[6])
+                    self._records[record] = (entry_id, str(request.args[5]), published_at, expires)
+                result = PublishResult(id=entry_id, replayed=False, published_at=published_at)
+            if durability is not None:
+                outcomes.append(
+                    NotDurableError(event_id=result.id, wanted=durability.replicas, confirmed=0)
+                )
+            else:
+                outcomes.append(result)
+        return outcomes
 
     async def publish_raw(self, channel: str, payload: str) -> int:
         return self._deliver(channel, payload)

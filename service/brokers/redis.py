@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any, Final
 
 import structlog
+from notify_publisher.aio import AsyncRunner
+from notify_publisher.batch import Durability, Outcome
+from notify_publisher.errors import PublishRefusedError
+from notify_publisher.request import PublishRequest, PublishResult
+from notify_publisher.topology import RedisMode, RedisTopology, mismatch
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -37,31 +42,10 @@ from service.brokers.base import (
     ReconnectHandler,
 )
 from service.brokers.refusals import OTHER, RecentRefusals, refusal_for
-from service.brokers.topology import RedisMode, RedisTopology
 from service.failures import BrokerRefusedError, BrokerTopologyError, BrokerUnavailableError
 
 log = structlog.get_logger(__name__)
 
-
-def publish_script(command: str) -> str:
-    """One atomic step: append to the patient's history (trimmed, with a TTL), then
-    publish the event with its new id on the live channel (`PUBLISH`, or `SPUBLISH`
-    in Cluster: the channel shares the history's slot by its hash tag, so the script
-    touches one shard). `p` links each entry to the previous one so a reader can
-    tell a trimmed or lost history from a complete one.
-    KEYS[1] history stream; ARGV: event JSON, MAXLEN, TTL seconds, live channel."""
-    return f"""
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local prev = ''
-if #last > 0 then prev = last[1][1] end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1], 'p', prev)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('{command}', ARGV[4], '{{"id":"' .. id .. '",' .. string.sub(ARGV[1], 2))
-return id
-"""
-
-
-PUBLISH_SCRIPT: Final = publish_script("PUBLISH")
 
 # Errors that mean "Redis is unreachable or too slow", as opposed to a bug.
 UNAVAILABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
@@ -105,29 +89,6 @@ async def server_kind(client: Any) -> tuple[str, str]:
     return mode, str(replication.get("role", "master"))
 
 
-def mismatch(configured: RedisMode, where: str, found_mode: str, role: str) -> str | None:
-    """The one line that says why this Redis cannot serve `configured`, or None."""
-    advice = {
-        "cluster": "set NOTIFY_REDIS_MODE=cluster",
-        "sentinel": "point NOTIFY_REDIS_SENTINELS at it and set NOTIFY_REDIS_MODE=sentinel",
-        "standalone": "set NOTIFY_REDIS_MODE=standalone",
-    }
-    if found_mode != configured.value:
-        kind = {"cluster": "a Redis Cluster node", "sentinel": "a Sentinel"}.get(
-            found_mode, "a standalone Redis"
-        )
-        return (
-            f"NOTIFY_REDIS_MODE={configured.value} but {where} is {kind}: "
-            f"{advice.get(found_mode, 'check NOTIFY_REDIS_URL')}"
-        )
-    if configured is not RedisMode.CLUSTER and role != "master":
-        return (
-            f"{where} is a read-only replica: point NOTIFY_REDIS_URL at the primary "
-            "(or use NOTIFY_REDIS_MODE=sentinel)"
-        )
-    return None
-
-
 def queue_history_reads(pipe: Any, history_key: str, after_id: str, count: int) -> None:
     """The four reads of one history page: entries after `after_id`, whether the
     stream exists, its first and its newest id."""
@@ -159,7 +120,6 @@ class RedisCommands(Broker):
     `Redis`, or a `RedisCluster` that routes each key to its shard)."""
 
     client: Any
-    publish_command = "PUBLISH"
     # Set once the listener (Cluster: the control connection) is subscribed.
     _ready: asyncio.Event
     refusals: RecentRefusals
@@ -171,8 +131,13 @@ class RedisCommands(Broker):
             return False
         return True
 
-    def _register_publish_script(self) -> None:
-        self._publish = self.client.register_script(publish_script(self.publish_command))
+    def _build_runner(self, cluster_node_options: dict[str, Any] | None = None) -> None:
+        # Publishes go through the publisher package's runner: the same pipeline
+        # (script, then WAIT on the same connection) as every other publisher.
+        # One retry of a lost connection, with the same idempotency key.
+        self._runner = AsyncRunner(
+            self.client, retries=1, cluster_node_options=cluster_node_options
+        )
 
     async def _call(self, operation: str, coro: Any) -> Any:
         try:
@@ -205,15 +170,23 @@ class RedisCommands(Broker):
     async def ping(self) -> None:
         await self._call("ping", self.client.ping())
 
-    async def publish_event(
-        self, *, history_key: str, channel: str, event_json: str, maxlen: int, ttl_s: int
-    ) -> str:
-        result = await self._call(
-            "publish",
-            self._publish(keys=[history_key], args=[event_json, maxlen, ttl_s, channel]),
-        )
-        self.refusals.clear()
-        return text(result)
+    async def publish_events(
+        self, requests: Sequence[PublishRequest], durability: Durability | None
+    ) -> list[Outcome]:
+        try:
+            outcomes = await self._runner.run(requests, durability)
+        except PublishRefusedError as exc:
+            # Unreachable through the runner's retry (same idempotency keys).
+            metrics.REDIS_ERRORS.labels(operation="publish").inc()
+            raise BrokerUnavailableError("publish") from exc
+        for outcome in outcomes:
+            reply = outcome.__cause__ if isinstance(outcome, PublishRefusedError) else None
+            if isinstance(reply, RedisError):
+                # An error reply (OOM, READONLY, ...): counted, in readiness, a 503.
+                raise self._refused("publish", reply) from reply
+        if any(isinstance(o, PublishResult) for o in outcomes):
+            self.refusals.clear()
+        return outcomes
 
     async def publish_raw(self, channel: str, payload: str) -> int:
         return int(await self._call("publish", self.client.publish(channel, payload)))
@@ -292,7 +265,7 @@ class RedisBroker(RedisCommands):
         self._mode = mode
         self._where = where
         self._control = control_channel
-        self._register_publish_script()
+        self._build_runner()
         self._channels: set[str] = set()
         self._pending: dict[str, asyncio.Future[None]] = {}
         self._pubsub: PubSub | None = None
@@ -431,6 +404,7 @@ class RedisBroker(RedisCommands):
         for future in self._pending.values():
             if not future.done():
                 future.cancel()
+        await self._runner.aclose()
         await self.client.aclose()
         await self.client.connection_pool.disconnect()
         await self._pubsub_client.aclose()

@@ -8,9 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from notify_publisher.batch import Durability
+from notify_publisher.config import IDEMPOTENCY_TTL_S
+from notify_publisher.events import EventCreate
+from notify_publisher.keys import RedisKeys
+
 from service.brokers.base import Broker
-from service.schemas.events import EventCreate
-from service.services.channels import RedisKeys
 from service.services.publisher import publish
 
 
@@ -32,14 +35,21 @@ class ServicePublish:
     keys: RedisKeys
     history_maxlen: int
     history_ttl_s: int
+    # How long a row's key is remembered (NOTIFY_IDEMPOTENCY_TTL_S): a row
+    # published again within it is answered with its first id, stored once.
+    idempotency_ttl_s: int = IDEMPOTENCY_TTL_S
+    durability: Durability | None = None
 
     async def __call__(self, event: EventCreate, *, idempotency_key: str) -> str:
-        stored = await publish(
+        published = await publish(
             broker=self.broker,
             keys=self.keys,
             event=event,
             history_maxlen=self.history_maxlen,
             history_ttl_s=self.history_ttl_s,
+            idempotency_key=idempotency_key,
+            idempotency_ttl_s=self.idempotency_ttl_s,
+            durability=self.durability,
         )
-        assert stored.id is not None
-        return stored.id
+        assert published.event.id is not None
+        return published.event.id

@@ -37,11 +37,11 @@ from typing import Any, Final
 
 import psycopg
 import structlog
+from notify_publisher.events import EventCreate
 from pydantic import ValidationError
 
 from service import metrics
 from service.outbox.publishing import OutboxPublish
-from service.schemas.events import EventCreate
 from service.services.errors import EventTooLargeError, InvalidEventError
 
 log = structlog.get_logger(__name__)

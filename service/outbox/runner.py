@@ -10,6 +10,7 @@ import signal
 from collections.abc import Collection
 
 import structlog
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
 from service.brokers.factory import build_broker
@@ -18,7 +19,6 @@ from service.failures import BrokerUnavailableError
 from service.outbox.probes import ProbeServer
 from service.outbox.publishing import ServicePublish
 from service.outbox.relay import Backoff, OutboxRelay, RelayConfig
-from service.services.channels import RedisKeys
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +41,8 @@ def build_relay(settings: Settings, broker: Broker, keys: RedisKeys) -> OutboxRe
             keys=keys,
             history_maxlen=settings.history_maxlen,
             history_ttl_s=settings.history_ttl_s,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+            durability=settings.durability(),
         ),
         config=relay_config(settings),
     )

@@ -16,11 +16,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends
+from notify_publisher.events import EventCreate, EventResponse, EventType
 from pydantic import BaseModel
 from starlette.responses import HTMLResponse
 
 from service.deps.state import StateDep
-from service.schemas.events import EventCreate, EventResponse, EventType
 from service.services.errors import NotFoundError
 from service.services.publisher import publish
 from service.services.tokens import mint_token
@@ -103,7 +103,7 @@ async def demo_publish(state: DevState) -> EventResponse:
         history_maxlen=state.settings.history_maxlen,
         history_ttl_s=state.settings.history_ttl_s,
     )
-    return EventResponse.model_validate(stored.model_dump())
+    return EventResponse.model_validate(stored.event.model_dump())
 
 
 DEMO_HTML: Final = """<!doctype html>

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from fastapi.routing import APIRoute
+from notify_publisher.events import OPAQUE_ID_PATTERN
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,7 +30,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.deps.auth import get_sse_principal
 from service.errors import domain_error_response
 from service.routers.streams import SSEOpen, open_sse
-from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.errors import DomainError
 from service.services.history import valid_resume_id
 from service.state import AppState

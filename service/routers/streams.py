@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from notify_publisher.events import OPAQUE_ID_PATTERN
 from starlette.responses import Response
 
 from service import metrics
@@ -22,7 +23,6 @@ from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.errors import error_responses
 from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
-from service.schemas.events import OPAQUE_ID_PATTERN
 from service.services.channels import resolve_stream_scope
 from service.services.closing import ENDINGS, CloseReason
 from service.services.errors import UnavailableError

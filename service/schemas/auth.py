@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Self
 
+from notify_publisher.events import OpaqueId, Timestamp
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -13,8 +14,6 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
-
-from service.schemas.events import OpaqueId, Timestamp
 
 # `jti` values are opaque strings chosen by the identity provider; printable ASCII
 # without spaces keeps them safe in a Redis key and a log line.

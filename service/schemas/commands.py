@@ -11,9 +11,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Final, Literal
 
+from notify_publisher.events import OpaqueId, Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.schemas.events import OpaqueId, Timestamp
 from service.schemas.ws import ClientRef, CommandAction
 
 COMMAND_FORMAT_VERSION: Final = "1"

@@ -14,6 +14,7 @@ from __future__ import annotations
 from enum import IntEnum, StrEnum
 from typing import Annotated, Literal, Self
 
+from notify_publisher.events import EventStored, OpaqueId, StreamId, Timestamp
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,8 +23,6 @@ from pydantic import (
     TypeAdapter,
     model_validator,
 )
-
-from service.schemas.events import EventStored, OpaqueId, StreamId, Timestamp
 
 # A client's correlation id, echoed in the reply as `reply_to`.
 ClientRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]

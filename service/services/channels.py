@@ -1,4 +1,5 @@
-"""Redis key names and the security boundary: which stream a principal may open.
+"""The security boundary: which stream a principal may open (the Redis key names
+live in `notify_publisher.keys`, shared with the publisher package).
 
 `resolve_stream_scope` is the only place that decides whose events a connection
 receives; it is unit-tested for every role and claim combination.
@@ -10,49 +11,6 @@ from dataclasses import dataclass
 
 from service.services.errors import ForbiddenError, PatientNotFoundError
 from service.services.principal import Principal, Role
-
-
-@dataclass(frozen=True, slots=True)
-class RedisKeys:
-    """Every Redis key and channel the service uses, under one prefix.
-
-    The patient id is a hash tag (literal braces) in both per-patient names, in
-    every Redis mode: a patient's live channel and history stream then share one
-    Cluster slot, so the publish script (XADD + EXPIRE + SPUBLISH) runs on one
-    shard, and one key scheme serves standalone, Sentinel and Cluster alike (a
-    deployment can move between them). Patient ids never contain braces
-    (`OPAQUE_ID_PATTERN`)."""
-
-    prefix: str
-
-    def patient_channel(self, patient_id: str) -> str:
-        return f"{self.prefix}patient:{{{patient_id}}}"
-
-    def history(self, patient_id: str) -> str:
-        return f"{self.prefix}history:{{{patient_id}}}"
-
-    @property
-    def control(self) -> str:
-        return f"{self.prefix}control"
-
-    @property
-    def commands(self) -> str:
-        return f"{self.prefix}commands"
-
-    def ticket(self, ticket: str) -> str:
-        return f"{self.prefix}ticket:{ticket}"
-
-    def revoked_jti(self, jti: str) -> str:
-        return f"{self.prefix}revoked:jti:{jti}"
-
-    def revoked_sub(self, sub: str) -> str:
-        return f"{self.prefix}revoked:sub:{sub}"
-
-    def patient_from_channel(self, channel: str) -> str | None:
-        head = f"{self.prefix}patient:{{"
-        if channel.startswith(head) and channel.endswith("}"):
-            return channel[len(head) : -1] or None
-        return None
 
 
 @dataclass(frozen=True, slots=True)

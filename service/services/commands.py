@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
 
+from notify_publisher.keys import RedisKeys
+
 from service.brokers.base import Broker
 from service.schemas.commands import CommandRecord
 from service.schemas.ws import CommandAction
-from service.services.channels import RedisKeys
 from service.services.errors import ForbiddenError, NotFoundError, RateLimitedError
 from service.services.principal import Principal, Role
 

@@ -27,17 +27,18 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
 import structlog
+from notify_publisher.events import EventStored
+from notify_publisher.keys import RedisKeys
 
 from service import metrics
 from service.brokers.base import Broker
 from service.config import Settings
-from service.schemas.events import EventStored
 from service.schemas.ws import (
     GapMessage,
     SubscribedMessage,
     TokenExpiringMessage,
 )
-from service.services.channels import RedisKeys, StreamScope
+from service.services.channels import StreamScope
 from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError

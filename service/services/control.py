@@ -22,10 +22,10 @@ import json
 from typing import Annotated, Literal
 
 import structlog
+from notify_publisher.keys import RedisKeys
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.brokers.base import Broker
-from service.services.channels import RedisKeys
 from service.services.hub import CloseReason, Hub, Subscriber
 from service.services.principal import Principal
 

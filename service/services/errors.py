@@ -16,7 +16,10 @@ __all__ = [
     "ConflictError",
     "DomainError",
     "ForbiddenError",
+    "IdempotencyKeyInFlightError",
+    "IdempotencyKeyReusedError",
     "InvalidEventError",
+    "NotDurableError",
     "NotFoundError",
     "OverCapacityError",
     "PatientNotFoundError",
@@ -96,3 +99,31 @@ class EventTooLargeError(DomainError):
 class OverCapacityError(UnavailableError):
     code = "over_capacity"
     public_message = "over capacity"
+
+
+class IdempotencyKeyReusedError(DomainError):
+    """The `Idempotency-Key` already stored another event (HTTP 422, IETF draft)."""
+
+    code = "idempotency_key_reused"
+    public_message = "this Idempotency-Key was used for another event"
+
+
+class IdempotencyKeyInFlightError(ConflictError):
+    """The first request with this `Idempotency-Key` is still waiting for
+    replicas (HTTP 409, IETF draft): retry it later, with the same key."""
+
+    code = "idempotency_key_in_flight"
+    public_message = "a request with this Idempotency-Key is still in progress"
+
+
+class NotDurableError(UnavailableError):
+    """A durable publish (NOTIFY_PUBLISH_WAIT_REPLICAS) was stored on the primary
+    but fewer replicas than asked acknowledged it in time: a failover could still
+    lose it. Retry-able with the same key (the retry waits again, stores nothing)."""
+
+    code = "not_durable"
+    public_message = (
+        "stored on the primary, but not confirmed by enough replicas in time: "
+        "retry with the same Idempotency-Key"
+    )
+    retry_after_s = 1

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
+from notify_publisher.events import MAX_EVENT_BYTES, EventStored, is_stream_id
+from notify_publisher.keys import RedisKeys
 from pydantic import ValidationError
 
 from service import metrics
 from service.brokers.base import Broker, HistoryPage, HistoryRead, parse_stream_id, splice_id
-from service.schemas.events import MAX_EVENT_BYTES, EventStored, is_stream_id
 from service.services.batching import TickBatcher
-from service.services.channels import RedisKeys
 
 log = structlog.get_logger(__name__)
 

@@ -21,13 +21,13 @@ from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any
 
 import structlog
+from notify_publisher.events import MAX_EVENT_BYTES, EventStored
+from notify_publisher.keys import RedisKeys
 from pydantic import ValidationError
 
 from service import metrics
 from service.brokers.base import StreamKey as StreamKey
 from service.brokers.base import parse_stream_id as parse_stream_id
-from service.schemas.events import MAX_EVENT_BYTES, EventStored
-from service.services.channels import RedisKeys
 from service.services.closing import CloseReason as CloseReason
 from service.services.principal import Principal
 

@@ -1,16 +1,40 @@
-"""The one publish path used by the library, the `notify publish` CLI and the API."""
+"""The one publish path used by the `notify publish` CLI and the HTTP API; it runs
+the publisher package's script (`notify_publisher`), as every other publisher does."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import uuid
+from dataclasses import dataclass
+
+from notify_publisher import errors as publisher_errors
+from notify_publisher.batch import Durability
+from notify_publisher.events import EventCreate, EventStored
+from notify_publisher.keys import RedisKeys
+from notify_publisher.request import (
+    GENERATED_KEY_TTL_S,
+    build_request,
+    new_idempotency_key,
+    prepare_event,
+)
 
 from service.brokers.base import Broker
-from service.schemas.events import MAX_EVENT_BYTES, EventCreate, EventStored
-from service.services.channels import RedisKeys
-from service.services.errors import EventTooLargeError, InvalidEventError
+from service.services.errors import (
+    BrokerUnavailableError,
+    EventTooLargeError,
+    IdempotencyKeyInFlightError,
+    IdempotencyKeyReusedError,
+    InvalidEventError,
+    NotDurableError,
+)
 
-# `"id":"<ms>-<seq>",` as `splice_id` adds it: at most 20 + 1 + 20 digits.
-ID_FIELD_ALLOWANCE = len('"id":"",') + 41
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The stored event, and whether its idempotency key had stored it before
+    (then nothing new was stored or delivered)."""
+
+    event: EventStored
+    replayed: bool
 
 
 async def publish(
@@ -20,28 +44,48 @@ async def publish(
     event: EventCreate,
     history_maxlen: int,
     history_ttl_s: int,
-) -> EventStored:
+    idempotency_key: str | None = None,
+    idempotency_ttl_s: int = GENERATED_KEY_TTL_S,
+    durability: Durability | None = None,
+) -> Published:
     """Append `event` to its patient's history and publish it live, atomically.
 
-    Raises `InvalidEventError` for a business-rule violation,
-    `EventTooLargeError` above `MAX_EVENT_BYTES` (nothing is stored then) and
-    `BrokerUnavailableError` when Redis cannot be reached.
+    Raises `InvalidEventError` for a business-rule violation, `EventTooLargeError`
+    above `MAX_EVENT_BYTES` (nothing is stored then), `BrokerUnavailableError` when
+    Redis cannot be reached, `IdempotencyKeyReusedError` / `IdempotencyKeyInFlightError`
+    for a key that stored another event / still waits for replicas,
+    `BrokerRefusedError` when Redis refused the write (OOM, READONLY, ...) and
+    `NotDurableError` when too few replicas confirmed it in time.
+    Without `idempotency_key` one is made up for this call's own retry.
     """
-    violation = event.rule_violation()
-    if violation is not None:
-        raise InvalidEventError(violation)
-    stored = EventStored(**event.model_dump(), published_at=datetime.now(UTC))
-    event_json = stored.model_dump_json(exclude_none=True, exclude={"id"})
-    # With the `id` spliced in on the way out (about 40 bytes), a history entry
-    # must still pass the hub's and the replay's check of the same limit.
-    size = len(event_json.encode()) + ID_FIELD_ALLOWANCE
-    if size > MAX_EVENT_BYTES:
-        raise EventTooLargeError(size, MAX_EVENT_BYTES)
-    event_id = await broker.publish_event(
-        history_key=keys.history(event.patient_id),
-        channel=keys.patient_channel(event.patient_id),
-        event_json=event_json,
+    try:
+        prepared = prepare_event(event)
+    except publisher_errors.InvalidEventError as exc:
+        raise InvalidEventError(str(exc)) from None
+    except publisher_errors.EventTooLargeError as exc:
+        raise EventTooLargeError(exc.size, exc.limit) from None
+    request = build_request(
+        prepared,
+        keys=keys,
         maxlen=history_maxlen,
         ttl_s=history_ttl_s,
+        sharded=broker.sharded,
+        idempotency_key=idempotency_key or new_idempotency_key(),
+        idempotency_ttl_s=idempotency_ttl_s if idempotency_key else GENERATED_KEY_TTL_S,
+        hold_ms=durability.hold_ms if durability is not None else 0,
+        owner=uuid.uuid4().hex,
     )
-    return stored.model_copy(update={"id": event_id})
+    (outcome,) = await broker.publish_events([request], durability)
+    if isinstance(outcome, publisher_errors.IdempotencyKeyReusedError):
+        raise IdempotencyKeyReusedError()
+    if isinstance(outcome, publisher_errors.IdempotencyKeyInFlightError):
+        raise IdempotencyKeyInFlightError()
+    if isinstance(outcome, publisher_errors.NotDurableError):
+        raise NotDurableError()
+    if isinstance(outcome, publisher_errors.PublisherError):
+        # The brokers raise Redis' refusals themselves; nothing else is expected.
+        raise BrokerUnavailableError(outcome.code)
+    return Published(
+        event=prepared.stored(outcome.id, outcome.published_at or None),
+        replayed=outcome.replayed,
+    )

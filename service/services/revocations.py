@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Final
 
 import structlog
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
 from service.services.batching import KeyReader
-from service.services.channels import RedisKeys
 from service.services.control import announce_revocation, revokes_issued_at
 from service.services.errors import DomainError, UnauthorizedError
 from service.services.hub import CloseReason, Hub

@@ -19,10 +19,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import structlog
+from notify_publisher.events import EventStored
 
 from service import metrics
 from service.brokers.base import parse_stream_id
-from service.schemas.events import EventStored
 from service.services.channels import StreamScope
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import structlog
+from notify_publisher.keys import RedisKeys
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.brokers.base import Broker
 from service.services.batching import KeyReader
-from service.services.channels import RedisKeys
 from service.services.control import announce_ticket_deleted
 from service.services.errors import NotFoundError, UnauthorizedError
 from service.services.principal import Principal, Role

@@ -25,8 +25,8 @@ import jwt
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from notify_publisher.events import is_opaque_id
 
-from service.schemas.events import is_opaque_id
 from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal, Role
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from notify_publisher.events import MAX_EVENT_BYTES
 
 from service.config import Settings
 from service.main import create_app
-from service.schemas.events import MAX_EVENT_BYTES
 from service.services.principal import Role
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import settings_env

@@ -18,10 +18,10 @@ from collections.abc import Collection
 
 import httpx
 import pytest
+from notify_publisher.topology import RedisMode, RedisTopology
 from redis.crc import key_slot
 
 from service.brokers.factory import build_broker
-from service.brokers.topology import RedisMode, RedisTopology
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import run_app
 from tests.support.publishing import publish_one

@@ -4,8 +4,8 @@ real uvicorn (the browser-level proof is tests/e2e/; this pins the headers)."""
 from __future__ import annotations
 
 import httpx
+from notify_publisher.events import MAX_EVENT_BYTES
 
-from service.schemas.events import MAX_EVENT_BYTES
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import run_app
 from tests.support.sse import open_sse, opened

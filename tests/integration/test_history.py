@@ -8,14 +8,15 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from notify_publisher.events import MAX_EVENT_BYTES, EventCreate, EventStored
+from notify_publisher.keys import RedisKeys
+from notify_publisher.request import PublishRequest
+from notify_publisher.topology import RedisMode, RedisTopology
 
 from service import metrics
 from service.brokers.base import Broker
 from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
-from service.brokers.topology import RedisMode, RedisTopology
-from service.schemas.events import MAX_EVENT_BYTES, EventCreate, EventStored
-from service.services.channels import RedisKeys
 from service.services.errors import InvalidEventError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.publisher import publish
@@ -155,13 +156,14 @@ async def test_replay_drops_what_the_live_path_drops(broker: Broker) -> None:
     oversized = {**base, "data": {**base["data"], "note": "n" * MAX_EVENT_BYTES}}
     integer_time = {**base, "data": {**base["data"], "starts_at": 0}}
     for raw in (oversized, integer_time):
-        await broker.publish_event(
-            history_key=keys.history("pt_1"),
-            channel=keys.patient_channel("pt_1"),
-            event_json=json.dumps(raw, separators=(",", ":")),
-            maxlen=1000,
-            ttl_s=600,
+        # The publish script's KEYS and ARGV as a raw writer would send them.
+        raw_json = json.dumps(raw, separators=(",", ":"))
+        channel = keys.patient_channel("pt_1")
+        command = "SPUBLISH" if broker.sharded else "PUBLISH"
+        request = PublishRequest(
+            keys=(keys.history("pt_1"),), args=(raw_json, 1000, 600, channel, command)
         )
+        await broker.publish_events([request], None)
     last = (await publish_n(broker, 1))[0]
 
     def dropped(reason: str) -> float:

@@ -7,10 +7,10 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.factory import build_broker
 from service.config import Settings
-from service.services.channels import RedisKeys
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import ServiceProcess, running
 from tests.support.events import event_dict

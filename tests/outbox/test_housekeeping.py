@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 import psycopg
+from notify_publisher.events import EventCreate
 
 from service import metrics
 from service.outbox.relay import OutboxRelay, RelayConfig
-from service.schemas.events import EventCreate
 from tests.support.outbox import numbered_event
 
 

@@ -9,11 +9,12 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from notify_publisher.keys import RedisKeys
+
 from service.brokers.base import Broker, parse_stream_id
 from service.brokers.factory import build_broker
 from service.config import Settings
 from service.failures import BrokerUnavailableError
-from service.services.channels import RedisKeys
 from tests.support.publishing import publish_to
 from tests.support.sse import SSEStream
 from tests.support.waiting import eventually

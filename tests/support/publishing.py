@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from notify_publisher.events import EventCreate, EventStored
+from notify_publisher.keys import RedisKeys
+
 from service.brokers.base import Broker
-from service.schemas.events import EventCreate, EventStored
-from service.services.channels import RedisKeys
 from service.services.publisher import publish
 from tests.support.app_server import RunningApp
 from tests.support.events import event
@@ -31,8 +32,8 @@ async def publish_to(
         history_maxlen=maxlen,
         history_ttl_s=ttl_s,
     )
-    assert stored.id is not None
-    return stored
+    assert stored.event.id is not None
+    return stored.event
 
 
 async def publish_one(

@@ -9,10 +9,10 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from notify_publisher.keys import RedisKeys
+from notify_publisher.topology import RedisMode
 
-from service.brokers.topology import RedisMode
 from service.config import Settings
-from service.services.channels import RedisKeys
 
 
 def is_cluster(settings: Settings) -> bool:

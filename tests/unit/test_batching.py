@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from notify_publisher.keys import RedisKeys
 
 from service.services.batching import KeyReader, TickBatcher
-from service.services.channels import RedisKeys
 from service.services.hub import Hub, Subscriber
 
 KEYS = RedisKeys("u:")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from notify_publisher.keys import RedisKeys
 
-from service.services.channels import RedisKeys, StreamScope, resolve_stream_scope
+from service.services.channels import StreamScope, resolve_stream_scope
 from service.services.errors import ForbiddenError, PatientNotFoundError
 from service.services.principal import Principal, Role
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from notify_publisher.topology import RedisMode, RedisTopology
 
 from service.brokers.cluster import ClusterBroker
-from service.brokers.topology import RedisMode, RedisTopology
 from service.failures import BrokerUnavailableError
 
 

@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
+from notify_publisher.events import EventCreate
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.memory import MemoryBroker
 from service.schemas.commands import CommandRecord
-from service.schemas.events import EventCreate
 from service.schemas.ws import CommandAction
-from service.services.channels import RedisKeys
 from service.services.commands import (
     AppointmentNotFoundError,
     Command,

@@ -7,9 +7,9 @@ import json
 import time
 
 import pytest
+from notify_publisher.keys import RedisKeys
 
 from service.brokers.memory import MemoryBroker
-from service.services.channels import RedisKeys
 from service.services.control import handle_control, parse_control
 from service.services.errors import NotFoundError, UnauthorizedError
 from service.services.hub import CloseReason, Hub, Subscriber

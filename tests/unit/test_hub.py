@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from notify_publisher.events import MAX_EVENT_BYTES, EventStored
+from notify_publisher.keys import RedisKeys
 
-from service.schemas.events import MAX_EVENT_BYTES, EventStored
-from service.services.channels import RedisKeys
 from service.services.hub import CloseReason, Hub, Subscriber
 from tests.support.events import event_dict, event_json
 from tests.support.metrics import metric

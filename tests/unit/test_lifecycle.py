@@ -10,11 +10,12 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import pytest
+from notify_publisher.events import EventCreate
+from notify_publisher.keys import RedisKeys
 from structlog.testing import capture_logs
 
 from service.brokers.memory import MemoryBroker
-from service.schemas.events import EventCreate
-from service.services.channels import RedisKeys, StreamScope
+from service.services.channels import StreamScope
 from service.services.closing import CloseReason
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
@@ -58,8 +59,8 @@ class Parts:
             history_maxlen=100,
             history_ttl_s=3600,
         )
-        assert stored.id is not None
-        return stored.id
+        assert stored.event.id is not None
+        return stored.event.id
 
 
 async def _no_reconnect(_channels: object, _sweep: bool) -> None:

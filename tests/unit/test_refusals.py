@@ -11,6 +11,7 @@ import json
 from typing import Any
 
 import pytest
+from notify_publisher.request import PublishRequest, refusal
 from prometheus_client import REGISTRY
 from redis._parsers.base import BaseParser
 from redis.exceptions import RedisError
@@ -88,13 +89,17 @@ def test_every_listed_code_has_its_own_cause_and_the_rest_share_one() -> None:
 
 
 class _Refusing:
-    """Stands in for the registered publish script at the moment Redis refuses."""
+    """Stands in for the publish runner at the moment Redis refuses: the script's
+    reply is an error, which the runner hands back as the request's outcome."""
 
     def __init__(self, error: RedisError) -> None:
         self.error = error
 
-    async def __call__(self, **_: Any) -> Any:
-        raise self.error
+    async def run(self, requests: Any, durability: Any) -> list[Any]:
+        return [refusal(self.error) for _ in requests]
+
+    async def aclose(self) -> None:
+        """Nothing to close."""
 
 
 @pytest.mark.parametrize(("line", "cause"), REPLIES)
@@ -106,17 +111,12 @@ async def test_a_refused_publish_is_a_retryable_503_with_the_cause(line: str, ca
         pool_timeout_s=1,
         socket_timeout_s=1,
     )
-    broker._publish = _Refusing(reply_error(line))
+    broker._runner = _Refusing(reply_error(line))  # type: ignore[assignment]
     before = metric("notify_redis_refusals_total", cause=cause)
+    request = PublishRequest(keys=("t:history:{pt_1}",), args=("{}", 10, 60, "t:patient:{pt_1}"))
     try:
         with pytest.raises(BrokerRefusedError) as raised:
-            await broker.publish_event(
-                history_key="t:history:{pt_1}",
-                channel="t:patient:{pt_1}",
-                event_json="{}",
-                maxlen=10,
-                ttl_s=60,
-            )
+            await broker.publish_events([request], None)
     finally:
         await broker.stop()
     assert raised.value.cause == cause

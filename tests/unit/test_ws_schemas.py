@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 from typing import Any, get_args
 
 import pytest
+from notify_publisher.events import EventStored
 from pydantic import ValidationError
 
 from service.schemas.commands import CommandRecord
-from service.schemas.events import EventStored
 from service.schemas.ws import (
     CLIENT_MESSAGE,
     CLIENT_MODELS,

@@ -4,8 +4,8 @@
 - sentinel: a primary found (and followed across failovers) through Sentinels;
 - cluster: Redis Cluster, per-patient data and sharded pub/sub spread over shards.
 
-Built from the `NOTIFY_REDIS_*` settings (`Settings.redis_topology`); the brokers
-(`service/brokers/factory.py`) turn it into clients.
+Built from the `NOTIFY_REDIS_*` settings (the service's `Settings.redis_topology`,
+the publishers' `PublisherConfig.from_env`), or from a URL.
 """
 
 from __future__ import annotations
@@ -108,3 +108,26 @@ class RedisTopology:
         if self.mode is RedisMode.SENTINEL:
             return f"sentinel master {self.sentinel_master!r} via {hosts}"
         return f"cluster seeds {hosts}"
+
+
+def mismatch(configured: RedisMode, where: str, found_mode: str, role: str) -> str | None:
+    """The one line that says why this Redis cannot serve `configured`, or None."""
+    advice = {
+        "cluster": "set NOTIFY_REDIS_MODE=cluster",
+        "sentinel": "point NOTIFY_REDIS_SENTINELS at it and set NOTIFY_REDIS_MODE=sentinel",
+        "standalone": "set NOTIFY_REDIS_MODE=standalone",
+    }
+    if found_mode != configured.value:
+        kind = {"cluster": "a Redis Cluster node", "sentinel": "a Sentinel"}.get(
+            found_mode, "a standalone Redis"
+        )
+        return (
+            f"NOTIFY_REDIS_MODE={configured.value} but {where} is {kind}: "
+            f"{advice.get(found_mode, 'check NOTIFY_REDIS_URL')}"
+        )
+    if configured is not RedisMode.CLUSTER and role != "master":
+        return (
+            f"{where} is a read-only replica: point NOTIFY_REDIS_URL at the primary "
+            "(or use NOTIFY_REDIS_MODE=sentinel)"
+        )
+    return None

@@ -1,0 +1,343 @@
+"""`Publisher`: publish appointment events from asyncio code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import (
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+)
+
+from notify_publisher.batch import (
+    MOVED,
+    RETRY_ON,
+    Durability,
+    Outcome,
+    backoff_s,
+    ids_or_raise,
+    moved,
+    outcomes,
+    queue,
+    script_missing,
+)
+from notify_publisher.config import PublisherConfig
+from notify_publisher.errors import ConfigurationError, PublishRefusedError
+from notify_publisher.events import EventCreate
+from notify_publisher.plan import Plan, node_options
+from notify_publisher.request import SCRIPT, PublishRequest, PublishResult
+from notify_publisher.topology import RedisMode, mismatch
+
+EventInput = EventCreate | Mapping[str, Any]
+
+
+class _Moved(Exception):
+    """A Cluster slot or a primary moved: refresh, then send the batch again."""
+
+
+class AsyncRunner:
+    """Runs batches of `publish.lua` on an asyncio client: a `Redis` (standalone,
+    or Sentinel-managed) or a `RedisCluster` (one pipeline per shard primary, on
+    per-node clients built with `cluster_node_options`). The service's brokers
+    run their publishes through it too."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        retries: int,
+        cluster_node_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._client = client
+        self._retries = retries
+        self._node_options = dict(cluster_node_options or {})
+        self._nodes: dict[str, Redis] = {}
+
+    async def run(
+        self, requests: Sequence[PublishRequest], durability: Durability | None
+    ) -> list[Outcome]:
+        """Each request's outcome, in order; `PublishRefusedError("unavailable")`
+        when Redis stayed unreachable through every retry."""
+        last: BaseException | None = None
+        for attempt in range(self._retries + 1):
+            if attempt:
+                await asyncio.sleep(backoff_s(attempt - 1))
+            try:
+                return await self._once(requests, durability)
+            except (*RETRY_ON, _Moved) as exc:
+                # In Cluster a lost node may have been replaced: read the slot
+                # map again (a no-op for one server).
+                last = exc
+                await self._refresh()
+        raise PublishRefusedError(
+            "unavailable", f"Redis unreachable after {self._retries + 1} attempts"
+        ) from last
+
+    async def _once(
+        self, requests: Sequence[PublishRequest], durability: Durability | None
+    ) -> list[Outcome]:
+        if not isinstance(self._client, RedisCluster):
+            return await self._on(self._client, requests, durability)
+        # Reads the slot map once (at once when the client already did).
+        try:
+            await self._client.initialize()
+        except (RedisClusterException, ResponseError) as exc:
+            raise _Moved("no slot map") from exc
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(self._node_name(request.keys[0]), []).append(index)
+        answers = await asyncio.gather(
+            *(
+                self._on(self._nodes[name], [requests[i] for i in indexes], durability)
+                for name, indexes in groups.items()
+            )
+        )
+        results: list[Outcome | None] = [None] * len(requests)
+        for indexes, answer in zip(groups.values(), answers, strict=True):
+            for index, outcome in zip(indexes, answer, strict=True):
+                results[index] = outcome
+        return [r for r in results if r is not None]
+
+    def _node_name(self, key: str) -> str:
+        assert isinstance(self._client, RedisCluster)
+        try:
+            node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
+        except (KeyError, SlotNotCoveredError) as exc:
+            raise _Moved(f"no primary known for {key}") from exc
+        if node.name not in self._nodes:
+            # No retries inside redis-py (its default backs off for seconds on a
+            # dead node): `run` retries, after reading the slot map again.
+            self._nodes[node.name] = Redis(
+                host=node.host,
+                port=int(node.port),
+                retry=Retry(NoBackoff(), retries=0),
+                **self._node_options,
+            )
+        return node.name
+
+    async def _refresh(self) -> None:
+        if isinstance(self._client, RedisCluster):
+            try:
+                await self._client.nodes_manager.initialize()
+            except (*RETRY_ON, RedisError, RedisClusterException):
+                return  # the next attempt tries again
+
+    async def _on(
+        self, client: Redis, requests: Sequence[PublishRequest], durability: Durability | None
+    ) -> list[Outcome]:
+        for _ in range(2):
+            async with client.pipeline(transaction=False) as pipe:
+                queue(pipe, requests, durability)
+                replies = await pipe.execute(raise_on_error=False)
+            if not script_missing(replies):
+                break
+            await client.script_load(SCRIPT)
+        redirect = moved(replies)
+        if redirect is not None:
+            raise _Moved(str(redirect))
+        results, release = outcomes(requests, replies, durability)
+        if release:
+            async with client.pipeline(transaction=False) as pipe:
+                for record in release:
+                    pipe.hdel(record, "f", "o")
+                await pipe.execute(raise_on_error=False)
+        return results
+
+    async def aclose(self) -> None:
+        for node in self._nodes.values():
+            await node.aclose()
+        self._nodes.clear()
+
+
+def _async_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentinel | None]:
+    topology = config.topology
+    options = node_options(config)
+    no_retry = Retry(NoBackoff(), retries=0)
+    if topology.mode is RedisMode.CLUSTER:
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in topology.seed_addresses()],
+            require_full_coverage=False,
+            max_connections=config.max_connections,
+            retry=no_retry,
+            **options,
+        )
+        return cluster, None
+    if topology.mode is RedisMode.SENTINEL:
+        assert topology.sentinel_master is not None  # checked by PublisherConfig
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(topology.nodes),
+            sentinel_kwargs=Plan.sentinel_kwargs(config),
+            db=topology.db,
+            **options,
+        )
+        client: Redis = sentinel.master_for(
+            topology.sentinel_master,
+            connection_pool_class=_BlockingSentinelPool,
+            max_connections=config.max_connections,
+            timeout=config.pool_timeout_s,
+            retry=no_retry,
+            check_connection=True,
+        )
+        return client, sentinel
+    assert topology.url is not None  # checked by PublisherConfig
+    pool = BlockingConnectionPool.from_url(
+        topology.url,
+        max_connections=config.max_connections,
+        timeout=config.pool_timeout_s,
+        retry=no_retry,
+        **{k: v for k, v in options.items() if v is not None and k != "ssl"},
+    )
+    return Redis(connection_pool=pool), None
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
+    """Waits up to `timeout` for a free connection, like the standalone pool."""
+
+
+class Publisher:
+    """Publishes appointment events from asyncio code (one per process, shared).
+
+        async with Publisher.from_env() as publisher:
+            event_id = await publisher.publish(event)
+
+    Every publish is idempotent: `idempotency_key=` names the event for your own
+    retries (remembered `NOTIFY_IDEMPOTENCY_TTL_S`); without one the publisher
+    makes one up and reuses it for its own retries of a lost connection.
+    """
+
+    def __init__(self, config: PublisherConfig) -> None:
+        self.config = config
+        self._client, self._sentinel = _async_client(config)
+        self._runner = AsyncRunner(
+            self._client,
+            retries=config.retries,
+            cluster_node_options=node_options(config),
+        )
+        self._plan = Plan(config)
+        self._checked = False
+        self._check_lock = asyncio.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Publisher:
+        """A standalone Redis (`redis://`, `rediss://`, `unix://`); `options` are
+        `PublisherConfig` fields (`key_prefix`, `wait_replicas`, ...)."""
+        return cls(PublisherConfig.from_url(url, **options))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Publisher:
+        """From the service's `NOTIFY_REDIS_*` (and other `NOTIFY_*`) variables."""
+        return cls(PublisherConfig.from_env(environ))
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def connect(self) -> None:
+        """Reach Redis and check it is of the configured kind (done by the first
+        publish otherwise): `ConfigurationError` naming the setting when not."""
+        async with self._check_lock:
+            if self._checked:
+                return
+            try:
+                await self._check()
+            except RETRY_ON as exc:
+                raise PublishRefusedError(
+                    "unavailable", f"Redis ({self.config.topology.describe()}) did not answer"
+                ) from exc
+            self._checked = True
+
+    async def _check(self) -> None:
+        topology = self.config.topology
+        if isinstance(self._client, RedisCluster):
+            try:
+                await self._client.initialize()
+            except RedisClusterException as exc:
+                raise ConfigurationError(
+                    f"NOTIFY_REDIS_MODE=cluster but {topology.describe()} is not a Redis "
+                    f"Cluster: set NOTIFY_REDIS_MODE=standalone ({exc})"
+                ) from exc
+            return
+        server = await self._client.info("server")
+        replication = await self._client.info("replication")
+        problem = mismatch(
+            RedisMode.STANDALONE,
+            topology.describe(),
+            str(server.get("redis_mode", "standalone")),
+            str(replication.get("role", "master")),
+        )
+        if problem is not None:
+            raise ConfigurationError(problem)
+
+    async def publish(
+        self,
+        event: EventInput,
+        *,
+        idempotency_key: str | None = None,
+        wait_replicas: int | None = None,
+    ) -> str:
+        """Store `event` in its patient's history and deliver it live; returns its
+        id. `wait_replicas` (default `NOTIFY_PUBLISH_WAIT_REPLICAS`) makes it wait
+        for that many replicas, else `NotDurableError`."""
+        (result,) = await self.publish_results(
+            [event], idempotency_keys=[idempotency_key], wait_replicas=wait_replicas
+        )
+        return result.id
+
+    async def publish_many(
+        self,
+        events: Sequence[EventInput],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        wait_replicas: int | None = None,
+    ) -> list[str]:
+        """Publish every event in one pipeline (one per shard in Cluster); the ids
+        in order. Events of one patient are stored in the order given."""
+        results = await self.publish_results(
+            events, idempotency_keys=idempotency_keys, wait_replicas=wait_replicas
+        )
+        return [r.id for r in results]
+
+    async def publish_results(
+        self,
+        events: Sequence[EventInput],
+        *,
+        idempotency_keys: Sequence[str | None] | None = None,
+        wait_replicas: int | None = None,
+    ) -> list[PublishResult]:
+        """Like `publish_many`, with whether each was a replay of its key."""
+        requests, durability = self._plan.requests(events, idempotency_keys, wait_replicas)
+        if not requests:
+            return []
+        await self.connect()
+        return ids_or_raise(await self._runner.run(requests, durability))
+
+    async def aclose(self) -> None:
+        """Close every connection (the publisher cannot be used afterwards)."""
+        await self._runner.aclose()
+        await self._client.aclose()
+        if isinstance(self._client, Redis):
+            await self._client.connection_pool.disconnect()
+        if self._sentinel is not None:
+            for sentinel in self._sentinel.sentinels:
+                await sentinel.aclose()
+
+
+__all__ = ["MOVED", "AsyncRunner", "Publisher"]
