@@ -8,6 +8,7 @@
     python -m bench restart            # SIGTERM + restart with 5,000 SSE clients (bench/restart.py)
     python -m bench targets            # issue 15's table, every row (bench/targets.py)
     python -m bench shards             # unicast through 1 vs 3 Redis Cluster shards (bench/shards.py)
+    python -m bench half_open          # 4,000 half-open requests: cost and end (bench/half_open.py)
     python -m bench outbox             # the PostgreSQL outbox relay: rows/s with 1 and 2 relays, COMMIT -> client p50/p99
 
 Writes the markdown table to stdout and to bench/results/ (plus the raw JSON).
@@ -137,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import shards
 
         return shards.main(args[1:])
+    if args[:1] == ["half_open"]:
+        from bench import half_open
+
+        return half_open.main(args[1:])
     if args[:1] == ["outbox"]:
         from bench import outbox
 

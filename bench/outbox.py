@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from bench import report
+from bench import procstat, report
 from service.config import Settings
 from service.outbox.schema import migrate
 from tests.support.app_server import ServiceProcess
@@ -98,6 +98,7 @@ def throughput(
                     ],
                 )
                 log(f"   {relays} relay(s): {per_patient * patients} rows inserted, committing")
+                cpu_before = sum(procstat.cpu_s(proc.pid) for proc in procs)
                 started = time.perf_counter()
             with psycopg.connect(dsn, autocommit=True) as poll:
 
@@ -109,6 +110,7 @@ def throughput(
 
                 wait_until(drained, 600, "the relays to drain", 0.01)
             elapsed = time.perf_counter() - started
+        cpu_s = sum(procstat.cpu_s(proc.pid) for proc in procs) - cpu_before
         shares = [proc.metric("notify_outbox_published_total") for proc in procs]
     finally:
         for proc in procs:
@@ -126,6 +128,8 @@ def throughput(
         "patients": patients,
         "seconds": round(elapsed, 3),
         "rows_per_s": round(total / elapsed),
+        # Load-independent: the relays' own CPU per 1,000 rows (the machine is shared).
+        "relay_cpu_ms_per_1000_rows": round(cpu_s * 1e6 / total),
         "published_per_relay": shares,
         "patients_out_of_order_or_duplicated": len(wrong),
     }
@@ -223,13 +227,13 @@ def render(result: dict[str, Any]) -> str:
         f"Run {result['when']}; {result['machine'].get('cpu', '?')}, "
         f"{os.cpu_count()} cores (shared: other work runs on this machine).",
         "",
-        "| relays | rows | patients | seconds | rows/s | published per relay | wrong patients |",
-        "|---|---|---|---|---|---|---|",
+        "| relays | rows | patients | seconds | rows/s | relay CPU per 1,000 rows | published per relay | wrong patients |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["throughput"]:
         lines.append(
             f"| {row['relays']} | {row['rows']:,} | {row['patients']:,} | {row['seconds']} | "
-            f"**{row['rows_per_s']:,}** | {', '.join(str(int(s)) for s in row['published_per_relay'])} | "
+            f"**{row['rows_per_s']:,}** | {row['relay_cpu_ms_per_1000_rows']} ms | {', '.join(str(int(s)) for s in row['published_per_relay'])} | "
             f"{row['patients_out_of_order_or_duplicated']} |"
         )
     lat = result["latency"]

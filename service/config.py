@@ -314,7 +314,7 @@ class Settings(BaseSettings):
             raise ValueError("NOTIFY_JWT_JWKS_URL must be an https:// URL")
         if self.jwt_public_key:
             # Imported here: parsing needs `cryptography`, settings should not at import.
-            from service.services.tokens import algorithms_for_key, load_public_key
+            from service.keys import algorithms_for_key, load_public_key
 
             try:
                 key = load_public_key(self.jwt_public_key.get_secret_value())

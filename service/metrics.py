@@ -115,7 +115,8 @@ OUTBOX_PUBLISHED = Counter(
 )
 OUTBOX_FAILURES = Counter(
     "notify_outbox_failures_total",
-    "Relay failures that are retried with backoff, by reason (redis, database).",
+    "Relay failures that are retried with backoff, by reason (redis_unavailable, "
+    "database_unavailable, publish_error).",
     ["reason"],
 )
 OUTBOX_SET_ASIDE = Counter(
@@ -131,27 +132,8 @@ TRANSPORTS = ("sse", "ws")
 EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
 HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
 CAPACITY_LIMITS = ("process", "subject")
-# The refusal causes (service/brokers/refusals.py: one per Redis error reply code,
-# `redis_error` for the rest; the 503's `code`), and what else makes readiness say
-# "degraded".
-REFUSAL_CAUSES = (
-    "redis_oom",
-    "redis_readonly",
-    "redis_noscript",
-    "redis_busy",
-    "redis_loading",
-    "redis_masterdown",
-    "redis_clusterdown",
-    "redis_tryagain",
-    "redis_moved",
-    "redis_noreplicas",
-    "redis_misconf",
-    "redis_noperm",
-    "redis_execabort",
-    "redis_crossslot",
-    "redis_error",
-)
-DEGRADED_CAUSES = ("redis_shards_down", *REFUSAL_CAUSES)
+HEADER_TIMEOUT_STAGES = ("before_request", "in_headers")
+OUTBOX_FAILURE_REASONS = ("redis_unavailable", "database_unavailable", "publish_error")
 
 
 def _export_zero_series() -> None:
@@ -166,12 +148,12 @@ def _export_zero_series() -> None:
         EVENTS_RECEIVED.labels(outcome=outcome)
     for reason in HISTORY_DROP_REASONS:
         HISTORY_ENTRIES_DROPPED.labels(reason=reason)
+    for stage in HEADER_TIMEOUT_STAGES:
+        HEADER_TIMEOUTS.labels(stage=stage)
     # The publish path's errors are alerted on (NotifyPublishErrors).
     REDIS_ERRORS.labels(operation="publish")
-    for cause in REFUSAL_CAUSES:
-        REDIS_REFUSALS.labels(cause=cause)
-    for cause in DEGRADED_CAUSES:
-        READY_DEGRADED.labels(cause=cause)
+    for reason in OUTBOX_FAILURE_REASONS:
+        OUTBOX_FAILURES.labels(reason=reason)
 
 
 _export_zero_series()

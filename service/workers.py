@@ -8,9 +8,12 @@ a connect storm lands unevenly. With `SO_REUSEPORT` every worker has its own
 socket and accept queue on the same address, and the kernel hashes each new
 connection (its address 4-tuple) to one of them: an even spread, whatever each
 loop is doing (measured: bench/results/NOTES.md, issue 23). The price, the same as
-for nginx's `reuseport`: connections still queued on a worker's socket when that
-worker stops are reset; at shutdown every worker stops anyway, and a worker that
-dies is replaced by uvicorn's supervisor at once.
+for nginx's `reuseport`: the kernel does not look at load either, so a worker
+whose loop stalls (a long GC pause, a blocked call) keeps receiving its share,
+which waits in its own queue instead of going to the other worker; and
+connections still queued on a worker's socket when that worker stops are reset
+(at shutdown every worker stops anyway; a worker that dies is replaced by
+uvicorn's supervisor at once).
 
 uvicorn's supervisor (`uvicorn.supervisors.Multiprocess`) stays: it spawns,
 watches, restarts and signals the workers. It hands its `sockets` to each spawned

@@ -54,7 +54,11 @@ export interface NotifyClientOptions {
   path?: string;
   /** WebSocket only: subscribe to one appointment instead of the whole stream. */
   appointmentId?: string;
-  /** Resume from this id (e.g. kept in sessionStorage). */
+  /**
+   * Resume from this id (e.g. kept in sessionStorage). A tab that joins a leading tab
+   * receives events from then on (and takes the leader's resume point); its own id
+   * counts when it leads.
+   */
   lastEventId?: string | null;
   /** First reconnect delay after a failure (doubles each time, jittered). Default 1000. */
   initialBackoffMs?: number;

@@ -8,6 +8,8 @@ import time
 
 from notify_publisher.refusals import OTHER, REFUSALS, Refusal, refusal_for
 
+from service import metrics
+
 __all__ = ["OTHER", "REFUSALS", "RecentRefusals", "Refusal", "refusal_for"]
 
 
@@ -34,3 +36,12 @@ class RecentRefusals:
     def causes(self) -> list[str]:
         now = time.monotonic()
         return sorted(c for c, at in self._seen.items() if now - at < self.window_s)
+
+
+def _export_zero_series() -> None:
+    """Every cause's counter exists from the start, at 0 (service/metrics.py says why)."""
+    for refusal in (*REFUSALS.values(), OTHER):
+        metrics.REDIS_REFUSALS.labels(cause=refusal.cause)
+
+
+_export_zero_series()

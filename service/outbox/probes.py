@@ -11,10 +11,32 @@ import json
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client.metrics_core import Metric
 
 # A probe's request line and headers fit in far less; anything longer is refused.
 MAX_REQUEST_BYTES = 8192
 READ_TIMEOUT_S = 5.0
+
+
+# The families that mean something in a relay process: its own, the Redis failures of
+# its publishes, and the process' own. service/metrics.py defines notify serve's too
+# (open streams, the pub/sub listener ...), which would read 0 here: a relay pod
+# would count as a pod whose listener is down, and NotifyRedisListenerDown
+# (deploy/prometheus) would page for every relay pod.
+RELAY_FAMILIES = (
+    "notify_outbox_",
+    "notify_redis_errors",
+    "notify_redis_refusals",
+    "process_",
+    "python_",
+)
+
+
+class RelayMetrics:
+    """The default registry, narrowed to `RELAY_FAMILIES` (a prometheus_client collector)."""
+
+    def collect(self) -> list[Metric]:
+        return [m for m in REGISTRY.collect() if m.name.startswith(RELAY_FAMILIES)]
 
 
 class ProbeServer:
@@ -42,7 +64,7 @@ class ProbeServer:
             body = json.dumps({"status": "ready" if ready else "not_ready", **details})
             return (200 if ready else 503), "application/json", body.encode()
         if path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
+            return 200, CONTENT_TYPE_LATEST, generate_latest(RelayMetrics())
         return 404, "application/json", b'{"detail":"not found"}'
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -42,7 +42,7 @@ from pydantic import ValidationError
 
 from service import metrics
 from service.outbox.publishing import OutboxPublish
-from service.services.errors import EventTooLargeError, InvalidEventError
+from service.services.errors import EventTooLargeError, InvalidEventError, UnavailableError
 
 log = structlog.get_logger(__name__)
 
@@ -277,7 +277,7 @@ class OutboxRelay:
 
     async def _database_down(self, exc: BaseException, backoff: Backoff, stage: str) -> None:
         self.database_ok = False
-        metrics.OUTBOX_FAILURES.labels(reason="database").inc()
+        metrics.OUTBOX_FAILURES.labels(reason="database_unavailable").inc()
         delay = backoff.next_delay()
         # The exception's class only: a message may carry the host or the user.
         log.warning(
@@ -297,10 +297,16 @@ class OutboxRelay:
             backoff.reset()
             if result.retry_error is not None:
                 self.redis_ok = False
-                metrics.OUTBOX_FAILURES.labels(reason="redis").inc()
+                reason = (
+                    "redis_unavailable"
+                    if isinstance(result.retry_error, UnavailableError)
+                    else "publish_error"
+                )
+                metrics.OUTBOX_FAILURES.labels(reason=reason).inc()
                 delay = redis_backoff.next_delay()
                 log.warning(
                     "outbox_publish_failed",
+                    reason=reason,
                     error=type(result.retry_error).__name__,
                     published=len(result.published),
                     retry_in_s=round(delay, 2),

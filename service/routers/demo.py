@@ -2,8 +2,9 @@
 
 The page mints a development token for the demo patient server-side (the same
 minting as `notify token`), opens its stream with `/v1/client.js`, shows each event
-as it arrives (with its id) and the connection state, and publishes a sample event
-through the publish service at the press of a button. It recovers by itself when
+as it arrives (with its id), the connection state, the resume point and whether this
+tab leads (holds the connection its browser's tabs share) or follows, and publishes a
+sample event through the publish service at the press of a button. It recovers by itself when
 the server restarts (that is the client's job). With `NOTIFY_ENV=production` every
 route here is a 404: a production service mints no tokens and publishes nothing on
 a browser's say-so.
@@ -157,6 +158,7 @@ DEMO_HTML: Final = """<!doctype html>
     <div><div class="label">Transport</div><div class="value" id="transport">EventSource</div></div>
     <div><div class="label">Events received</div><div class="value" id="count">0</div></div>
     <div><div class="label">Resume point (last id)</div><div class="value" id="last-id">none</div></div>
+    <div><div class="label">This tab</div><div class="value" id="role">starting</div></div>
     <button id="publish" type="button">Publish a sample event</button>
   </div>
   <h2>Events, newest first</h2>
@@ -175,7 +177,12 @@ const log = (line) => {
   const time = new Date().toLocaleTimeString();
   $("log").textContent = `${time}  ${line}\\n` + $("log").textContent;
 };
-window.demo = { events: [], states: [], gaps: 0 };
+window.demo = { events: [], states: [], roles: [], gaps: 0 };
+const ROLES = {
+  leader: "leads: holds the stream for all tabs",
+  follower: "follows: events come from the leading tab",
+  solo: "connects on its own",
+};
 
 async function getToken() {
   const response = await fetch("/demo/token", { method: "POST" });
@@ -224,6 +231,15 @@ const client = new NotifyClient({
     $("state").dataset.state = state;
     $("last-id").textContent = client.lastEventId ?? "none";
     log(`connection ${state}`);
+  },
+  onResumePoint: (id) => {
+    $("last-id").textContent = id;
+  },
+  onRoleChange: (role) => {
+    window.demo.roles.push(role);
+    $("role").textContent = ROLES[role];
+    $("role").dataset.role = role;
+    log(`this tab ${ROLES[role]}`);
   },
   onClosed: (reason) => log(`closed by the server: ${reason} (no reconnect)`),
   onError: (error) => log(`error: ${error.message}`),

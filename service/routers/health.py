@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Literal
+from typing import Final, Literal
 
 from fastapi import APIRouter
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
@@ -13,6 +13,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.responses import JSONResponse, Response
 
 from service import metrics
+from service.brokers.refusals import OTHER, REFUSALS
 from service.deps.state import StateDep
 from service.schemas.health import LiveResponse, ReadyResponse
 from service.services.errors import UnavailableError
@@ -44,7 +45,7 @@ async def ready(state: StateDep) -> JSONResponse:
     is_ready = broker_ok and listener_up and not state.draining and not saturated
     causes = state.broker.recent_refusals()
     if shards_down:
-        causes.insert(0, "redis_shards_down")
+        causes.insert(0, SHARDS_DOWN_CAUSE)
     publish_degraded(causes)
     status: Literal["ready", "degraded", "not_ready"] = "ready" if is_ready else "not_ready"
     if is_ready and causes:
@@ -62,10 +63,30 @@ async def ready(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if is_ready else 503)
 
 
+SHARDS_DOWN_CAUSE: Final = "redis_shards_down"
+_degraded_causes: set[str] = set()
+
+
+def _export_zero_series() -> None:
+    """Every cause readiness can report exists from the start, at 0 (see
+    service/metrics.py): a dashboard shows 0, not nothing, and an alert can tell."""
+    for refusal in (*REFUSALS.values(), OTHER):
+        metrics.READY_DEGRADED.labels(cause=refusal.cause)
+    metrics.READY_DEGRADED.labels(cause=SHARDS_DOWN_CAUSE)
+
+
+_export_zero_series()
+
+
 def publish_degraded(causes: list[str]) -> None:
-    """`notify_ready_degraded{cause}`: 1 for each current cause, 0 for the others."""
-    for cause in metrics.DEGRADED_CAUSES:
-        metrics.READY_DEGRADED.labels(cause=cause).set(1 if cause in causes else 0)
+    """`notify_ready_degraded{cause}`: 1 for each current cause, 0 for the causes
+    that were set before and have cleared (the label set stays bounded: the
+    refusal codes and `redis_shards_down`)."""
+    for cause in _degraded_causes - set(causes):
+        metrics.READY_DEGRADED.labels(cause=cause).set(0)
+    for cause in causes:
+        metrics.READY_DEGRADED.labels(cause=cause).set(1)
+    _degraded_causes.update(causes)
 
 
 @router.get("/metrics", include_in_schema=False)

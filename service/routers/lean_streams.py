@@ -8,7 +8,8 @@ the framework: the route search through every router, `solve_dependencies`
 exception wrappers around them. This ASGI layer, inside the edge middleware
 (request id, access line, CORS), answers the three SSE routes itself with the
 very functions the FastAPI routes call: `get_sse_principal` (ticket or bearer,
-revocation), `valid_resume_id`, `open_sse` (scope, draining, admission, the
+revocation), `sse_open` (the one reading of the SSE parameters, defined in
+`service/routers/streams.py`), `open_sse` (scope, draining, admission, the
 stream) and the one domain-error mapping. The FastAPI routes stay registered:
 they are the OpenAPI document, and they answer whatever this layer does not
 take (HEAD, a parameter FastAPI would refuse with its 422, a process not started).
@@ -29,14 +30,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps.auth import get_sse_principal
 from service.errors import domain_error_response
-from service.routers.streams import SSEOpen, open_sse
+from service.routers.streams import (
+    LAST_EVENT_ID_HEADER,
+    LAST_EVENT_ID_QUERY,
+    LAST_EVENT_ID_QUERY_MAX,
+    open_sse,
+    sse_open,
+)
 from service.services.errors import DomainError
-from service.services.history import valid_resume_id
 from service.state import AppState
 
 PREFIX: Final = "/v1/patients/"
-# `Query(alias="last_event_id", max_length=64)` on the FastAPI routes.
-MAX_LAST_EVENT_ID_QUERY: Final = 64
 _OPAQUE_ID: Final = re.compile(OPAQUE_ID_PATTERN)
 
 
@@ -66,8 +70,8 @@ class LeanStreamRoutes:
             return
         route, params = matched
         conn = HTTPConnection(scope)
-        query = conn.query_params.get("last_event_id")
-        if query is not None and len(query) > MAX_LAST_EVENT_ID_QUERY:
+        query = conn.query_params.get(LAST_EVENT_ID_QUERY)
+        if query is not None and len(query) > LAST_EVENT_ID_QUERY_MAX:
             await self.app(scope, receive, send)  # FastAPI's 422, word for word
             return
         scope["route"] = route
@@ -91,11 +95,12 @@ class LeanStreamRoutes:
         state: AppState, request: Request, params: dict[str, str], query: str | None
     ) -> Response:
         try:
-            principal = await get_sse_principal(request, state)
-            # The header wins: it is what EventSource sends on its own reconnects.
-            resume_from = valid_resume_id(request.headers.get("last-event-id") or query)
-            sse = SSEOpen(
-                request=request, state=state, principal=principal, resume_from=resume_from
+            sse = await sse_open(
+                request,
+                state,
+                await get_sse_principal(request, state),
+                last_event_id=request.headers.get(LAST_EVENT_ID_HEADER),
+                last_event_id_query=query,
             )
             return open_sse(
                 sse,

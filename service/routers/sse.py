@@ -23,8 +23,6 @@ from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
 from service.services.keepalive import KeepAlive, SendWatch
 
-HEARTBEAT = b": keep-alive\n\n"
-
 
 class LeanEventSourceResponse(EventSourceResponse, SendWatch):
     """Headers, HEAD handling and framing from sse-starlette; a lighter stream loop.

@@ -9,7 +9,6 @@ stream carrying a jittered `retry:` and `event: reconnect`, then the end. Only
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Final
@@ -22,7 +21,7 @@ from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.errors import error_responses
-from service.routers.sse import HEARTBEAT, LeanEventSourceResponse
+from service.routers.sse import LeanEventSourceResponse
 from service.services.channels import resolve_stream_scope
 from service.services.closing import ENDINGS, CloseReason
 from service.services.errors import UnavailableError
@@ -31,6 +30,7 @@ from service.services.hub import Delivery
 from service.services.principal import Principal
 from service.services.streams import StreamSession, jittered_retry_ms
 from service.state import AppState
+from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
 
 router = APIRouter(prefix="/v1/patients", tags=["streams"])
 
@@ -39,18 +39,23 @@ SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
 
 PatientId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
 AppointmentId = Annotated[str, Path(pattern=OPAQUE_ID_PATTERN)]
-LastEventIdHeader = Annotated[str | None, Header(alias="Last-Event-ID")]
-LastEventIdQuery = Annotated[str | None, Query(alias="last_event_id", max_length=64)]
-
-
-def _frame(event: str, data: dict[str, object], retry_ms: int | None = None) -> bytes:
-    retry = f"retry: {retry_ms}\n" if retry_ms is not None else ""
-    return f"{retry}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+# An SSE open's parameters, defined once for both front doors: the FastAPI routes
+# (below, for validation and the OpenAPI document) and the lean path
+# (`service/routers/lean_streams.py`), which both end in `sse_open`.
+LAST_EVENT_ID_HEADER: Final = "Last-Event-ID"
+LAST_EVENT_ID_QUERY: Final = "last_event_id"
+LAST_EVENT_ID_QUERY_MAX: Final = 64
+LastEventIdHeader = Annotated[str | None, Header(alias=LAST_EVENT_ID_HEADER)]
+LastEventIdQuery = Annotated[
+    str | None, Query(alias=LAST_EVENT_ID_QUERY, max_length=LAST_EVENT_ID_QUERY_MAX)
+]
 
 
 def retry_later_response(state: AppState, reason: str) -> Response:
     """The SSE refusal a browser will retry: 200, `retry:`, `event: reconnect`, end."""
-    body = _frame("reconnect", {"reason": reason}, jittered_retry_ms(state.settings.sse_retry_ms))
+    body = json_block(
+        "reconnect", {"reason": reason}, jittered_retry_ms(state.settings.sse_retry_ms)
+    )
     return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
 
 
@@ -60,11 +65,11 @@ def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
     if ending.sse_event is None:
         return b""
     if ending.reconnect is not None:
-        return _frame(
+        return json_block(
             "reconnect", {"reason": ending.public}, jittered_retry_ms(state.settings.sse_retry_ms)
         )
     # Expired, revoked or deleted credentials: reconnecting with them will fail.
-    return _frame("closed", {"reason": ending.public})
+    return json_block("closed", {"reason": ending.public})
 
 
 async def _stream_body(
@@ -77,7 +82,7 @@ async def _stream_body(
         async with session.subscribed(resume_from=resume_from) as replay:
             # First bytes only once the channel is subscribed: a client that has seen
             # `retry:` knows every event published from now on reaches it.
-            retry = f"retry: {jittered_retry_ms(state.settings.sse_retry_ms)}\n\n"
+            retry = retry_block(jittered_retry_ms(state.settings.sse_retry_ms))
             if replay.fresh:
                 # An id-only block: sets the EventSource's last event id without
                 # dispatching an event, so its next reconnect resumes from here. Then
@@ -86,25 +91,24 @@ async def _stream_body(
                 # it to resume after the browser gave up (a block without `id:` keeps
                 # the id just set).
                 head = replay.resume_point
-                yield f"{retry}id: {head}\n\n".encode() + _frame("resume_point", {"id": head})
+                yield retry + id_block(head) + json_block("resume_point", {"id": head})
             else:
-                yield retry.encode()
+                yield retry
             if replay.start.gap:
-                yield _frame("gap", {"oldest_id": replay.start.oldest_id})
+                yield json_block("gap", {"oldest_id": replay.start.oldest_id})
             async for page in session.replayed(replay):
-                yield b"".join([Delivery.from_event(event).sse for event in page])
+                yield b"".join([event_block(Delivery.from_event(event)) for event in page])
             # Not kept for the stream's life (its history page and iterator).
             del replay
             while True:
                 await subscriber.wait()
                 items = subscriber.drain()
                 if items:
-                    yield b"".join([item.sse for item in items])
+                    yield b"".join([event_block(item) for item in items])
                     SSE_DELIVERIES.inc(len(items))
                     subscriber.heartbeat_due = False
                 elif subscriber.heartbeat_due:
                     subscriber.heartbeat_due = False
-                    # A comment: browsers ignore it, proxies and the ALB see bytes.
                     yield HEARTBEAT
                 reason = subscriber.close_reason
                 if reason is not None:
@@ -134,6 +138,8 @@ async def sse_open(
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
 ) -> SSEOpen:
+    """The one reading of an SSE open's parameters: FastAPI's dependency, and what
+    the lean path calls with the same values."""
     # The header wins: it is what EventSource sends on its own reconnects.
     resume_from = valid_resume_id(last_event_id or last_event_id_query)
     return SSEOpen(request=request, state=state, principal=principal, resume_from=resume_from)

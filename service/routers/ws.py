@@ -69,6 +69,7 @@ from service.services.keepalive import SendWatch
 from service.services.principal import Principal
 from service.services.streams import jittered_retry_ms
 from service.state import AppState
+from service.wire.ws import message_text
 
 log = structlog.get_logger("service.ws")
 
@@ -112,7 +113,7 @@ async def _close(websocket: WebSocket, state: AppState, ending: Ending) -> None:
                     reason=ending.reconnect,
                     retry_ms=jittered_retry_ms(state.settings.sse_retry_ms),
                 )
-                await websocket.send_text(hint.encode())
+                await websocket.send_text(message_text(hint))
             await websocket.close(code=int(ending.ws_code), reason=ending.ws_reason)
 
 
@@ -200,7 +201,9 @@ async def _serve(
             # The drain began between the handshake and now: it did not see us.
             conn.control.close(CloseReason.SHUTDOWN)
         conn.reply(
-            AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to).encode()
+            message_text(
+                AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to)
+            )
         )
         closing = await _run(websocket, state, conn)
         if closing is not None:
@@ -285,7 +288,7 @@ def _reply_error(
 ) -> Ending | None:
     if code in _GARBAGE and conn.note_invalid():
         return TOO_MANY_INVALID
-    conn.reply(ErrorMessage(code=code, message=message, reply_to=reply_to).encode())
+    conn.reply(message_text(ErrorMessage(code=code, message=message, reply_to=reply_to)))
     return None
 
 
@@ -349,7 +352,7 @@ async def _dispatch(
     conn: WsConnection,
 ) -> None:
     if isinstance(message, PingMessage):
-        conn.reply(PongMessage(reply_to=message.id).encode())
+        conn.reply(message_text(PongMessage(reply_to=message.id)))
     elif isinstance(message, AckMessage):
         conn.acks += 1
     elif isinstance(message, SubscribeMessage):
@@ -359,7 +362,7 @@ async def _dispatch(
         await conn.subscribe(scope, since=message.since, reply_to=message.id)
     elif isinstance(message, UnsubscribeMessage):
         ids = await conn.unsubscribe(message.subscription_id)
-        conn.reply(UnsubscribedMessage(subscription_ids=ids, reply_to=message.id).encode())
+        conn.reply(message_text(UnsubscribedMessage(subscription_ids=ids, reply_to=message.id)))
     elif isinstance(message, CommandMessage):
         if not conn.command_limiter.try_take():
             raise CommandRateLimitedError()
@@ -377,10 +380,12 @@ async def _dispatch(
             maxlen=state.settings.commands_maxlen,
         )
         conn.commands += 1
-        conn.reply(CommandAcceptedMessage(command_id=command_id, reply_to=message.id).encode())
+        conn.reply(message_text(CommandAcceptedMessage(command_id=command_id, reply_to=message.id)))
     else:
         principal = await authenticate(state, message.token)
         conn.extend(principal)
         conn.reply(
-            AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=message.id).encode()
+            message_text(
+                AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=message.id)
+            )
         )

@@ -160,9 +160,6 @@ class _ServerMessage(BaseModel):
     # generated schema still lists it as required.
     model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
 
-    def encode(self) -> str:
-        return self.model_dump_json(exclude_none=True)
-
 
 class _Reply(_ServerMessage):
     reply_to: ClientRef | None = Field(default=None, description="The request's `id`, if any.")

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
 
 import structlog
-from notify_publisher.events import EventStored
 from notify_publisher.keys import RedisKeys
 
 from service import metrics
@@ -43,7 +42,7 @@ from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError
 from service.services.history import HistoryReader
-from service.services.hub import Delivery, Hub, Subscriber, Waker, ws_frames
+from service.services.hub import Delivery, Hub, Subscriber, Waker
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
 from service.services.streams import (
@@ -54,6 +53,7 @@ from service.services.streams import (
     release,
     schedule_expiry,
 )
+from service.wire.ws import delivery_texts, event_text, message_text
 
 log = structlog.get_logger("service.ws")
 
@@ -197,7 +197,7 @@ class WsConnection:
         )
 
     def _warn_expiring(self, expires_at: int) -> None:
-        self.reply(TokenExpiringMessage(expires_at=expires_at).encode())
+        self.reply(message_text(TokenExpiringMessage(expires_at=expires_at)))
 
     # --- what the reader does --------------------------------------------------------
 
@@ -342,7 +342,7 @@ class WsConnection:
                 for delivery in items:
                     if delivery.appointment_id is not None:
                         self.owned.remember(delivery.appointment_id)
-            for frame in ws_frames(items):
+            for frame in delivery_texts(items):
                 await send(frame)
             self._count(items)
 
@@ -373,27 +373,29 @@ class WsConnection:
         # Set by `subscribe` before the subscription is queued for this writer.
         assert replay is not None
         await send(
-            SubscribedMessage(
-                subscription_id=subscription.id,
-                patient_id=scope.patient_id,
-                appointment_id=scope.appointment_id,
-                resumed=not replay.fresh,
-                resume_point=replay.resume_point,
-                reply_to=subscription.reply_to,
-            ).encode()
+            message_text(
+                SubscribedMessage(
+                    subscription_id=subscription.id,
+                    patient_id=scope.patient_id,
+                    appointment_id=scope.appointment_id,
+                    resumed=not replay.fresh,
+                    resume_point=replay.resume_point,
+                    reply_to=subscription.reply_to,
+                )
+            )
         )
         if self._subscriptions.get(subscription.id) is not subscription:
             return  # unsubscribed meanwhile: `unsubscribed` follows
         if replay.start.gap:
             await send(
-                GapMessage(
-                    oldest_id=replay.start.oldest_id, subscription_id=subscription.id
-                ).encode()
+                message_text(
+                    GapMessage(oldest_id=replay.start.oldest_id, subscription_id=subscription.id)
+                )
             )
         remember = self._remembers(subscription)
         async for page in subscription.session.replayed(replay):
             for event in page:
-                await send(_event_frame(event))
+                await send(event_text(event.model_dump_json(exclude_none=True)))
                 if remember:
                     self.owned.remember(event.appointment_id)
             self.delivered += len(page)
@@ -435,8 +437,3 @@ class WsConnection:
             invalid_messages=self.invalid_messages,
             close_reason=reason.value,
         )
-
-
-def _event_frame(event: EventStored) -> str:
-    # The same bytes as `Delivery.ws_text` for a live event.
-    return f'{{"type":"event","event":{event.model_dump_json(exclude_none=True)}}}'

@@ -2,7 +2,8 @@
 connection of that channel in this process.
 
 - The broker's single listener calls `Hub.on_message` for every message; the hub
-  validates it once, encodes it once per channel, and offers it to each subscriber
+  validates it once, makes one `Delivery` per channel (framed once, on first use,
+  by `service/wire/`), and offers it to each subscriber
   with `put_nowait` into a bounded queue. A full queue closes that subscriber as
   "too slow" (it resumes from history); nobody ever waits for a slow client.
 - A subscriber's writer wakes once, drains everything queued, and writes it in one
@@ -36,10 +37,11 @@ SUBSCRIBE_BATCH = metrics.REDIS_BATCH_SIZE.labels(operation="subscribe")
 
 
 class Delivery:
-    """One event (or control notice) encoded once, for every subscriber of a channel."""
+    """One event (or control notice) from the hub, for every subscriber of a channel.
+    Its SSE block and WebSocket text are built once, by `service/wire/`, on first
+    use, and kept here (`sse`, `ws`) for the channel's other subscribers."""
 
     __slots__ = (
-        "_ws",
         "appointment_id",
         "id",
         "id_key",
@@ -48,6 +50,7 @@ class Delivery:
         "payload",
         "published_at",
         "sse",
+        "ws",
     )
 
     def __init__(
@@ -66,9 +69,8 @@ class Delivery:
         self.id_key: StreamKey | None = parse_stream_id(event_id) if event_id else None
         self.appointment_id = appointment_id
         self.published_at = published_at
-        id_line = f"id: {event_id}\n" if event_id else ""
-        self.sse = f"{id_line}event: {kind}\ndata: {payload}\n\n".encode()
-        self._ws: str | None = None
+        self.sse: bytes | None = None
+        self.ws: str | None = None
 
     @classmethod
     def from_event(cls, event: EventStored) -> Delivery:
@@ -84,40 +86,6 @@ class Delivery:
     def gap(cls, oldest_id: str | None) -> Delivery:
         """History no longer holds everything after the client's last id: refetch."""
         return cls(kind="gap", payload=json.dumps({"oldest_id": oldest_id}))
-
-    @property
-    def ws_text(self) -> str:
-        """The WebSocket frame, built on first use and then shared."""
-        if self._ws is None:
-            if self.is_event:
-                self._ws = f'{{"type":"event","event":{self.payload}}}'
-            else:
-                self._ws = f'{{"type":"{self.kind}",{self.payload[1:]}'
-        return self._ws
-
-
-def ws_frames(items: list[Delivery]) -> list[str]:
-    """WebSocket frames for `items`, in order: a run of several events becomes one
-    `events` frame (encoded from the per-channel payloads, no re-serialisation);
-    a lone event or a control notice keeps its own shared frame."""
-    frames: list[str] = []
-    run: list[Delivery] = []
-
-    def flush_run() -> None:
-        if len(run) == 1:
-            frames.append(run[0].ws_text)
-        elif run:
-            frames.append('{"type":"events","events":[' + ",".join(d.payload for d in run) + "]}")
-        run.clear()
-
-    for item in items:
-        if item.is_event:
-            run.append(item)
-        else:
-            flush_run()
-            frames.append(item.ws_text)
-    flush_run()
-    return frames
 
 
 class Waker:

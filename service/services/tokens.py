@@ -24,9 +24,9 @@ from typing import Any, Final
 import jwt
 import structlog
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from notify_publisher.events import is_opaque_id
 
+from service.keys import PublicKey, algorithms_for_key, load_public_key
 from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal, Role
 
@@ -41,9 +41,6 @@ MAX_TOKEN_LENGTH = 8192
 MAX_HEADER_SEGMENT = 1024
 
 HMAC_ALGORITHMS: Final = frozenset({"HS256", "HS384", "HS512"})
-RSA_ALGORITHMS: Final = frozenset({"RS256", "RS384", "RS512"})
-# Each ECDSA algorithm is bound to exactly one curve (RFC 7518 §3.4).
-EC_CURVES: Final = {"ES256": "secp256r1", "ES384": "secp384r1"}
 
 # A JWKS fetch that takes longer than this counts as an outage.
 JWKS_FETCH_TIMEOUT_S: Final = 5.0
@@ -58,32 +55,6 @@ class KeysUnavailableError(UnavailableError):
     """No verification key could be obtained (JWKS unreachable, nothing cached)."""
 
     code = "keys_unavailable"
-
-
-PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
-
-
-def algorithms_for_key(key: object) -> frozenset[str]:
-    """The asymmetric algorithms this public key can verify."""
-    if isinstance(key, rsa.RSAPublicKey):
-        return RSA_ALGORITHMS
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        return frozenset(alg for alg, curve in EC_CURVES.items() if key.curve.name == curve)
-    return frozenset()
-
-
-def load_public_key(pem: str) -> PublicKey:
-    """Parse a PEM public key (RSA or EC); `ValueError` for anything else.
-
-    Literal `\\n` sequences are accepted, as environment variables often carry them."""
-    text = pem.strip().replace("\\n", "\n")
-    try:
-        key = load_pem_public_key(text.encode())
-    except (ValueError, TypeError) as exc:
-        raise ValueError("not a PEM-encoded public key") from exc
-    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
-        raise ValueError("only RSA and EC public keys are supported")
-    return key
 
 
 @dataclass(frozen=True, slots=True)

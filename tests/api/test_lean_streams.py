@@ -69,6 +69,8 @@ def cases(tokens: Tokens) -> list[tuple[str, dict[str, str]]]:
         (f"{ME}?last_event_id={'1' * 65}", patient),  # FastAPI's 422
         (f"{ME}?last_event_id=not-an-id", patient),
         (ME, {**patient, "Last-Event-ID": "1-0"}),
+        (f"{ME}?last_event_id=5-0", {**patient, "Last-Event-ID": "1-0"}),  # the header wins
+        (f"{ME}?last_event_id=5-0", patient),
         (ME, patient),
     ]
 

@@ -93,9 +93,11 @@ def fast_rules(path: Path, for_duration: str) -> Path:
 # exports it. The live tests check each `SERVE` metric against a real `notify serve`;
 # the others are listed here on purpose, with the reason they are not checked there.
 SERVE = "notify serve"
-RELAY = "notify relay (the outbox, issue 22): exported by the relay, never by notify serve"
+# notify serve's registry holds the outbox metrics too (service/metrics.py), at 0:
+# only the relay's values mean anything: test_prometheus_relay_live.py looks for
+# them in a real relay's, test_prometheus_live.py not in notify serve's.
+RELAY = "notify relay (the outbox)"
 KUBE_STATE = "kube-state-metrics"
-REFUSALS = "notify serve once issue 21 (Redis refusals) lands; absent until then"
 
 
 @dataclass(frozen=True)
@@ -117,10 +119,11 @@ METRICS: dict[str, Metric] = {
     "notify_listener_reconnects_total": Metric("counter", SERVE),
     "notify_redis_errors_total": Metric("counter", SERVE),
     "notify_task_restarts_total": Metric("counter", SERVE),
+    "notify_header_timeouts_total": Metric("counter", SERVE),
     "notify_delivery_latency_seconds": Metric("histogram", SERVE),
     "notify_stream_duration_seconds": Metric("histogram", SERVE),
-    "notify_redis_refusals_total": Metric("counter", REFUSALS),
-    "notify_ready_degraded": Metric("gauge", REFUSALS),
+    "notify_redis_refusals_total": Metric("counter", SERVE),
+    "notify_ready_degraded": Metric("gauge", SERVE),
     "notify_outbox_backlog_rows": Metric("gauge", RELAY),
     "notify_outbox_oldest_pending_age_seconds": Metric("gauge", RELAY),
     "notify_outbox_published_total": Metric("counter", RELAY),
@@ -142,8 +145,3 @@ def family(series: str) -> str:
 
 def rule_metrics() -> set[str]:
     return {family(m) for rule in alerts() for m in metric_names(rule["expr"])}
-
-
-def defined_in_service(name: str) -> bool:
-    """Whether the service's source names this metric (then notify serve exports it)."""
-    return any(name in path.read_text() for path in (ROOT / "service").rglob("*.py"))

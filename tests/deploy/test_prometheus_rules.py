@@ -21,6 +21,7 @@ from .prometheus import (
     RUNBOOK,
     alert,
     alerts,
+    fast_rules,
     find_binary,
     metric_names,
     rule_groups,
@@ -33,11 +34,11 @@ RUNBOOK_PREFIX = "https://git.example.com/notify/blob/main/docs/runbook.md#"
 SEVERITIES = {"critical", "warning"}
 # Label values an annotation may print: pods, transports, causes; never anything
 # that could name a patient, an appointment or an event.
-# Template actions allowed in annotations: a label above, or the value, formatted.
+PRINTABLE_LABELS = {"pod", "namespace", "transport", "cause", "reason", "operation", "task"}
+# Template actions allowed in annotations: a label, or the value, formatted.
 TEMPLATE_ACTION = re.compile(
     r" (\$labels\.\w+|\$value|\$value \| (humanize|humanizeDuration|printf `%\.[02]f`)) "
 )
-PRINTABLE_LABELS = {"pod", "namespace", "transport", "cause", "reason", "operation", "task"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -106,6 +107,17 @@ def test_every_runbook_alert_section_is_an_alert() -> None:
     assert sections == {a["alert"] for a in alerts()}
 
 
+def test_the_runbook_inhibit_rules_name_existing_alerts_and_labels() -> None:
+    (block,) = re.findall(r"```yaml\n(inhibit_rules:.*?)```", RUNBOOK.read_text(), re.S)
+    names = {a["alert"] for a in alerts()}
+    for rule in yaml.safe_load(block)["inhibit_rules"]:
+        for matcher in rule["source_matchers"] + rule["target_matchers"]:
+            pattern = re.fullmatch(r'alertname=~?"([\w|]+)"', matcher)
+            assert pattern, matcher
+            assert set(pattern.group(1).split("|")) <= names, matcher
+        assert set(rule["equal"]) <= {"namespace", "pod"}
+
+
 def test_annotations_print_only_labels_without_patient_data() -> None:
     for rule in alerts():
         for text in rule["annotations"].values():
@@ -149,6 +161,14 @@ def test_the_near_limit_threshold_is_80_percent_of_the_deployed_limit() -> None:
 def test_pod_alerts_select_the_deployed_namespace() -> None:
     namespace = yaml.safe_load((K8S_DIR / "kustomization.yaml").read_text())["namespace"]
     assert f'namespace="{namespace}"' in alert("NotifyPodNotReady")["expr"]
+
+
+def test_the_live_test_transform_changes_only_for_durations(tmp_path: Path) -> None:
+    fast = yaml.safe_load(fast_rules(tmp_path / "rules.yaml", "2s").read_text())
+    shipped = [r for g in rule_groups() for r in g["rules"]]
+    loaded = [r for g in fast["groups"] for r in g["rules"]]
+    assert loaded == [{**r, "for": "2s"} if "for" in r else r for r in shipped]
+    assert any("for" not in r for r in shipped)
 
 
 def test_every_metric_an_alert_uses_is_known() -> None:

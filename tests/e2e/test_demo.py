@@ -1,10 +1,13 @@
 """`/demo` (development only) in Chromium: the client from /v1/client.js, events
-published by its button arriving with their ids, and recovery across a restart."""
+published by its button arriving with their ids, recovery across a restart, the
+resume point before any event, and which tab leads."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+import httpx
 from playwright.sync_api import Browser
 
 from tests.e2e.conftest import WAIT_MS, Stack, open_page
@@ -43,3 +46,35 @@ def test_demo_page_shows_live_events_and_survives_a_restart(
         page.screenshot(path=str(shot), full_page=True)
         assert shot.stat().st_size > 10_000
         print(f"demo screenshot: {shot}")
+
+
+def test_demo_shows_the_resume_point_and_which_tab_leads(browser: Browser, stack: Stack) -> None:
+    stack.ensure()
+    head = httpx.post(f"{stack.base_url}/demo/events", timeout=10).json()["id"]
+    context = browser.new_context()
+    try:
+        first, second = context.new_page(), context.new_page()
+        for page in (first, second):
+            page.goto(f"{stack.base_url}/demo")
+            page.wait_for_function("() => window.demo?.client?.state === 'open'", timeout=WAIT_MS)
+        # A patient with history: the resume point is its head before any event arrives.
+        for page in (first, second):
+            page.wait_for_function(
+                "(head) => document.getElementById('last-id').textContent >= head",
+                arg=head,
+                timeout=WAIT_MS,
+            )
+            assert page.inner_text("#last-id") != "none"
+        roles = sorted(page.get_attribute("#role", "data-role") or "" for page in (first, second))
+        assert roles == ["follower", "leader"]
+        assert "leads" in (first.inner_text("#role") + second.inner_text("#role"))
+        # The follower shows what the leader's stream delivers.
+        first.click("#publish")
+        for page in (first, second):
+            page.wait_for_function("() => window.demo.events.length === 1", timeout=WAIT_MS)
+        ids = [page.evaluate("() => window.demo.events[0].id") for page in (first, second)]
+        assert ids[0] == ids[1]
+        assert first.inner_text("#last-id") == second.inner_text("#last-id") == ids[0]
+    finally:
+        with contextlib.suppress(Exception):
+            context.close()

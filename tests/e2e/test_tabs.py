@@ -12,13 +12,24 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext
 
-from tests.e2e.conftest import BrowserPage, NetworkLog, Stack, StaticSite, mint, new_patient
+from tests.e2e.conftest import (
+    HISTORY_MAXLEN,
+    BrowserPage,
+    NetworkLog,
+    Stack,
+    StaticSite,
+    mint,
+    new_patient,
+)
+from tests.support.app_server import ServiceProcess
+from tests.support.events import event
 
 # Every callback of one tab, in window.seen; `share` and `transport` per tab.
 START = """
@@ -188,6 +199,7 @@ def test_leader_gone_while_events_flow_loses_and_repeats_nothing(
             others[0].until(lambda: [role(t) for t in others].count("leader") == 1, "a new leader")
             (new_leader,) = [t for t in others if role(t) == "leader"]
             lead_at_ms = new_leader.js("() => window.seen.leadAt")
+            print(f"{ending} leader: a new one after {lead_at_ms - gone_at_ms:.0f} ms")
             assert lead_at_ms - gone_at_ms < 2000, "the lock passes on at once"
             # Events keep flowing through the new leader's stream for a while.
             count = len(published)
@@ -285,3 +297,63 @@ def test_negative_control_without_sharing_the_seventh_tab_hangs(
         # One tab goes: its connection is free, and the seventh opens at once.
         six[0].page.close()
         seventh.wait("() => window.client.state === 'open'")
+
+
+def test_gap_and_resume_after_an_outage_reach_every_tab_once(
+    browser: Browser, tabs_stack: Stack, allowed_site: StaticSite, tmp_path: Path
+) -> None:
+    """No service behind nginx for a while; meanwhile more events than history keeps
+    are published (through a process nginx does not know). The leader resumes from
+    its last id: the gap and what history still holds reach every tab, once."""
+    stack = tabs_stack
+    patient = new_patient()
+    with browser_context(browser) as context:
+        tabs = open_tabs(context, stack, allowed_site, mint(patient), 3)
+        leader = settled(tabs)
+        first = stack.publish(patient, "ap_0")
+        wait_events(tabs, [first])
+        stack.stop_service()
+        leader.wait("() => window.client.state === 'reconnecting'")
+        aside = ServiceProcess(stack.settings({}), log_path=str(tmp_path / "aside.log"))
+        aside.start(timeout_s=60)
+        try:
+            missed = [
+                httpx.post(
+                    f"{aside.base_url}/v1/events",
+                    json=event(patient, f"ap_{n}"),
+                    headers={"Authorization": f"Bearer {stack.publisher}"},
+                    timeout=10,
+                ).json()["id"]
+                for n in range(1, HISTORY_MAXLEN + 3)
+            ]
+        finally:
+            aside.stop()
+        stack.start_service()
+        kept = missed[-HISTORY_MAXLEN:]
+        wait_events(tabs, [first, *kept])
+        for tab in tabs:
+            got = seen(tab)
+            assert got["events"] == [first, *kept]
+            assert got["gaps"] == [{"oldest_id": kept[0]}]
+            assert got["states"][-2:] == ["reconnecting", "open"]
+        # Only the leader reconnected.
+        assert [len(t.net.streams()) > 0 for t in tabs].count(True) == 1
+
+
+def test_revocation_closes_every_tab_for_good(
+    browser: Browser, tabs_stack: Stack, allowed_site: StaticSite
+) -> None:
+    stack = tabs_stack
+    patient = new_patient()
+    with browser_context(browser) as context:
+        tabs = open_tabs(context, stack, allowed_site, mint(patient), 3)
+        leader = settled(tabs)
+        stack.revoke_subject(patient)
+        for tab in tabs:
+            tab.wait("() => window.seen.closed.length === 1")
+            assert seen(tab)["closed"] == ["revoked"]
+            assert tab.js("() => window.client.state") == "closed"
+        # Nobody took over with the revoked credentials: one stream, ever.
+        wait_streams(leader, stack, 0)
+        assert [len(t.net.streams()) for t in tabs] == [1 if t is leader else 0 for t in tabs]
+        assert all(role(t) != "leader" or t is leader for t in tabs)

@@ -5,8 +5,10 @@ pack`, then `npm install <tarball>` into a scratch project (CommonJS by default,
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -34,14 +36,27 @@ NPM_CACHE = ROOT / ".cache" / "npm"
 # The EventSource implementation the README names for Node, pinned (and its one
 # dependency, so that nothing floats).
 EVENTSOURCE = ("eventsource@4.1.1", "eventsource-parser@3.0.6")
+# The type check of the declarations, as a TypeScript user's project runs it.
+TYPESCRIPT = "typescript@5.9.3"
 # Small, so that a gap is a few publishes away.
 HISTORY_MAXLEN = 5
 
 
+@functools.cache
 def node() -> str:
+    """/usr/bin/node (or the PATH's), checked once to be Node 20 or newer."""
     found = shutil.which("node")
     if found is None:
         pytest.fail("node is missing: apt-get install nodejs npm (Node 20+)", pytrace=False)
+    version = subprocess.run(
+        [found, "--version"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout.strip()
+    if int(version.lstrip("v").split(".")[0]) < 20:
+        pytest.fail(
+            f"node {version}: the client needs Node 20+ (Debian 12's nodejs is 18; "
+            "NodeSource's nodejs 20 or Debian 13's)",
+            pytrace=False,
+        )
     return found
 
 
@@ -91,10 +106,19 @@ class Project:
 
 @pytest.fixture(scope="package")
 def project(packed: Packed, tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A scratch `npm init` project with the tarball and the pinned eventsource."""
+    """A scratch `npm init` project with the tarball, the pinned eventsource and
+    TypeScript."""
     directory = tmp_path_factory.mktemp("scratch")
     npm("init", "-y", cwd=directory)
-    npm("install", "--no-audit", "--no-fund", str(packed.tarball), *EVENTSOURCE, cwd=directory)
+    npm(
+        "install",
+        "--no-audit",
+        "--no-fund",
+        str(packed.tarball),
+        *EVENTSOURCE,
+        TYPESCRIPT,
+        cwd=directory,
+    )
     return Project(dir=directory)
 
 
@@ -141,6 +165,19 @@ class Service:
         assert response.status_code == 201, response.text
         event_id: str = response.json()["id"]
         return event_id
+
+    def open_streams(self) -> float:
+        """The process' `notify_open_streams{transport="sse"}` gauge, as scraped."""
+        text = httpx.get(f"{self.base_url}/metrics", timeout=10).text
+        match = re.search(r'^notify_open_streams\{transport="sse"\} (\S+)$', text, re.M)
+        return float(match.group(1)) if match else 0.0
+
+    def wait_open_streams(self, count: int, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.open_streams() != count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.open_streams()} open SSE streams, not {count}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
         self.proc.stop()

@@ -198,3 +198,23 @@ def test_without_an_implementation_on_error_not_a_crash(
     client.wait_kind("closed")
     assert client.of("closed")[0]["reason"] == "unsupported"
     finish_cleanly(client)
+
+
+def test_websocket_resume_point_at_subscribe(project: Project, service: Service) -> None:
+    """A fresh client's `lastEventId` is the history head from `subscribed`, before
+    any event."""
+    patient = new_patient()
+    head = service.publish(patient, "ap_0")
+    client = run_client(
+        project,
+        service,
+        patient,
+        flavour="cjs",
+        transport="websocket",
+        eventsource=False,
+        node_flags=("--experimental-websocket", "--no-warnings"),
+    )
+    (resume,) = client.wait_kind("resume_point")
+    assert resume["id"] == head
+    assert client.of("event") == []
+    assert finish_cleanly(client)["lastEventId"] == head

@@ -202,3 +202,56 @@ async def test_same_patient_writers_commit_in_id_order_and_a_lower_id_committing
         await x.wait_events(2)
         assert appointment_ids(x) == ["ap_first", "ap_second"]
         assert appointment_ids(y) == ["ap_other"]
+
+
+async def test_a_commit_wakes_the_relay_through_listen_notify(
+    make_settings: SettingsFactory, outbox_dsn: str, tokens: Tokens
+) -> None:
+    """Polling once a minute: a row committed now arrives well before the next
+    poll could fetch it, because the commit's NOTIFY woke the relay."""
+    settings = make_settings(
+        outbox_dsn=outbox_dsn, outbox_relay_enabled=True, outbox_poll_interval_s=60
+    )
+    async with (
+        run_app(settings) as app,
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_n"))) as sse,
+        await psycopg.AsyncConnection.connect(outbox_dsn, autocommit=True) as backend,
+    ):
+        await opened(sse)
+
+        async def listening() -> bool:
+            cursor = await backend.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = 'LISTEN notify_outbox'"
+            )
+            return await cursor.fetchone() == (1,)
+
+        await eventually(listening, what="the relay's LISTEN")
+        async with backend.transaction():
+            await insert(backend, event("pt_n", "ap_woken"))
+        (frame,) = await sse.wait_events(1, timeout_s=20)
+        assert frame.json()["appointment_id"] == "ap_woken"
+
+
+async def test_polling_finds_rows_whose_notification_never_came(
+    make_settings: SettingsFactory, outbox_dsn: str, tokens: Tokens
+) -> None:
+    """The safety net: with the NOTIFY trigger disabled, rows still flow."""
+    settings = make_settings(
+        outbox_dsn=outbox_dsn, outbox_relay_enabled=True, outbox_poll_interval_s=0.2
+    )
+    async with (
+        run_app(settings) as app,
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        open_sse(http, "/v1/patients/me/events", headers=bearer(tokens.patient("pt_q"))) as sse,
+        await psycopg.AsyncConnection.connect(outbox_dsn, autocommit=True) as backend,
+    ):
+        await opened(sse)
+        await backend.execute(
+            "ALTER TABLE notify_outbox DISABLE TRIGGER notify_outbox_after_insert"
+        )
+        async with backend.transaction():
+            await insert(backend, numbered_event("pt_q", 1))
+            await insert(backend, numbered_event("pt_q", 2))
+        await sse.wait_events(2)
+        assert appointment_ids(sse) == ["ap_1", "ap_2"]

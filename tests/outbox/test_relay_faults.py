@@ -73,6 +73,7 @@ def test_relay_waits_for_postgresql_and_says_so(
             30,
             "retries in the log",
         )
+        assert relay.metric('notify_outbox_failures_total{reason="database_unavailable"}') >= 2
         own_postgres.start()
         wait_until(relay.ready, 30, "ready once PostgreSQL is back")
         total = insert_many(dsn, patients=3, per_patient=5)

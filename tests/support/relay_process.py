@@ -45,6 +45,11 @@ class RelayProcess:
             time.sleep(0.05)
         raise AssertionError("relay did not become ready")
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def live(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
             return httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200

@@ -96,3 +96,18 @@ def test_token_command_refused_in_production() -> None:
     assert result.returncode == 2
     assert b"refused in production" in result.stderr
     assert result.stdout == b""
+
+
+def test_outbox_settings() -> None:
+    dsn = "postgresql://relay:pw@db:5432/clinic"
+    settings = build(outbox_dsn=dsn, redis_url="redis://r:6379/0")
+    assert settings.outbox_dsn is not None
+    assert settings.outbox_dsn.get_secret_value() == dsn
+    assert "pw" not in repr(settings)
+    assert settings.outbox_relay_enabled is False
+    with pytest.raises(ValidationError, match="postgresql://"):
+        build(outbox_dsn="mysql://db/clinic")
+    with pytest.raises(ValidationError, match="NOTIFY_OUTBOX_DSN"):
+        build(outbox_relay_enabled=True, redis_url="redis://r:6379/0")
+    with pytest.raises(ValidationError, match="NOTIFY_REDIS_URL"):
+        build(outbox_relay_enabled=True, outbox_dsn=dsn)

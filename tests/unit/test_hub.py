@@ -10,6 +10,8 @@ from notify_publisher.events import MAX_EVENT_BYTES, EventStored
 from notify_publisher.keys import RedisKeys
 
 from service.services.hub import CloseReason, Hub, Subscriber
+from service.wire.sse import event_block
+from service.wire.ws import delivery_text
 from tests.support.events import event_dict, event_json
 from tests.support.metrics import metric
 
@@ -70,8 +72,9 @@ async def test_event_encoded_once_and_shared(hub: Hub) -> None:
     hub.on_message("u:patient:{pt_1}", event_json("pt_1").encode())
     (da,), (db,) = a.drain(), b.drain()
     assert da is db  # one Delivery object, one encoding, for every subscriber
-    assert da.sse.startswith(b"event: appointment.rescheduled\ndata: {")
-    assert json.loads(da.ws_text)["event"]["patient_id"] == "pt_1"
+    assert event_block(da).startswith(b"event: appointment.rescheduled\ndata: {")
+    assert json.loads(delivery_text(da))["event"]["patient_id"] == "pt_1"
+    assert event_block(db) is event_block(da)  # framed once, shared
     assert other.drain() == []
 
 

@@ -8,6 +8,8 @@ import asyncio
 from prometheus_client import REGISTRY
 
 from service import metrics
+from service.brokers.refusals import OTHER, REFUSALS
+from service.routers import health
 from service.services import connections
 from service.services.limits import Limit
 from service.services.supervisor import Supervisor
@@ -30,6 +32,14 @@ def test_known_label_values_are_exported_before_any_event() -> None:
     for reason in metrics.HISTORY_DROP_REASONS:
         assert exported("notify_history_entries_dropped_total", reason=reason)
     assert exported("notify_redis_errors_total", operation="publish")
+    for stage in metrics.HEADER_TIMEOUT_STAGES:
+        assert exported("notify_header_timeouts_total", stage=stage)
+    for refusal in (*REFUSALS.values(), OTHER):
+        assert exported("notify_redis_refusals_total", cause=refusal.cause)
+        assert exported("notify_ready_degraded", cause=refusal.cause)
+    assert exported("notify_ready_degraded", cause=health.SHARDS_DOWN_CAUSE)
+    for reason in metrics.OUTBOX_FAILURE_REASONS:
+        assert exported("notify_outbox_failures_total", reason=reason)
 
 
 def test_the_label_sets_are_the_ones_the_code_uses() -> None:

@@ -30,7 +30,8 @@ from service.schemas.ws import (
     SubscribeMessage,
     TokenExpiringMessage,
 )
-from service.services.hub import Delivery, ws_frames
+from service.services.hub import Delivery
+from service.wire.ws import delivery_text, delivery_texts, message_text
 
 EVENT: dict[str, Any] = {
     "id": "1700000000000-0",
@@ -125,20 +126,20 @@ def test_client_types_match_the_union() -> None:
 
 
 def test_live_event_frame_matches_the_event_message_model() -> None:
-    """`Delivery.ws_text` is built by string concatenation for speed: it must still be
+    """`delivery_text` is built by string concatenation for speed: it must still be
     exactly what `EventMessage` describes."""
     stored = EventStored.model_validate(EVENT)
-    frame = Delivery.from_event(stored).ws_text
+    frame = delivery_text(Delivery.from_event(stored))
     parsed = SERVER_MESSAGE.validate_json(frame)
     assert isinstance(parsed, EventMessage)
     assert parsed.event == stored
-    assert json.loads(frame) == json.loads(EventMessage(event=stored).encode())
+    assert json.loads(frame) == json.loads(message_text(EventMessage(event=stored)))
 
 
 def test_hub_gap_frame_matches_the_gap_model() -> None:
-    parsed = SERVER_MESSAGE.validate_json(Delivery.gap(None).ws_text)
+    parsed = SERVER_MESSAGE.validate_json(delivery_text(Delivery.gap(None)))
     assert parsed == GapMessage(oldest_id=None)
-    parsed = SERVER_MESSAGE.validate_json(Delivery.gap("1700000000000-0").ws_text)
+    parsed = SERVER_MESSAGE.validate_json(delivery_text(Delivery.gap("1700000000000-0")))
     assert isinstance(parsed, GapMessage)
     assert parsed.oldest_id == "1700000000000-0"
 
@@ -149,11 +150,11 @@ def test_server_messages_round_trip() -> None:
         ErrorMessage(code=ErrorCode.NOT_FOUND, message="not found"),
         TokenExpiringMessage(expires_at=1_800_000_000),
     ):
-        encoded = message.encode()
+        encoded = message_text(message)
         assert json.loads(encoded)["type"] == message.type
         assert SERVER_MESSAGE.validate_json(encoded) == message
     # Absent optional fields are left out, not sent as null.
-    assert PongMessage().encode() == '{"type":"pong"}'
+    assert message_text(PongMessage()) == '{"type":"pong"}'
 
 
 def test_every_server_model_is_in_the_union() -> None:
@@ -199,12 +200,12 @@ def test_queued_events_are_batched_in_order_around_control_notices() -> None:
         for i in range(5)
     ]
     gap = Delivery.gap("1700000000000-0")
-    frames = ws_frames([events[0], events[1], gap, events[2], events[3], events[4]])
+    frames = delivery_texts([events[0], events[1], gap, events[2], events[3], events[4]])
     parsed = [SERVER_MESSAGE.validate_json(frame) for frame in frames]
     assert [type(p) for p in parsed] == [EventsMessage, GapMessage, EventsMessage]
     first, _, last = parsed
     assert isinstance(first, EventsMessage)
     assert isinstance(last, EventsMessage)
     assert [e.id for e in first.events + last.events] == [f"1700000000000-{i}" for i in range(5)]
-    assert ws_frames([events[0]]) == [events[0].ws_text]
-    assert ws_frames([]) == []
+    assert delivery_texts([events[0]]) == [delivery_text(events[0])]
+    assert delivery_texts([]) == []
