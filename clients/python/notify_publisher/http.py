@@ -14,6 +14,12 @@ another 4xx (the request itself is wrong: retrying cannot help) nor a 500. Every
 attempt of one publish carries the same `Idempotency-Key` (the caller's, or one
 generated once per event), so a retry after a lost response is answered with the
 first attempt's result and the event is stored and delivered once.
+
+Once the retries are spent: `PublishRefusedError`, whose `cause` is the service's
+503 code (`redis_oom`, `not_durable` …), `unavailable` when the service never
+answered, or `http_429` / `http_502` / `http_504`. Other answers raise at once:
+`InvalidEventError` (400, 413, 422), `IdempotencyKeyReusedError` (422),
+`IdempotencyKeyInFlightError` (409), `PublishRejectedError` (401, 403, 404, 500 …).
 """
 
 from __future__ import annotations
