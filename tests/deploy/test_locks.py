@@ -81,6 +81,8 @@ def test_make_run_installs_the_runtime_lock_only(tmp_path: Path) -> None:
     assert any(f"-r {IMAGE_LOCK.relative_to(ROOT)}" in c for c in installs), installs
     assert not any(DEV_LOCK.name in c or "[dev]" in c for c in commands), commands
     assert any("check-lock.py --runtime" in c for c in commands)
+    # The service imports the publisher package (clients/python): installed with it.
+    assert any("-e clients/python -e ." in c for c in installs), installs
     assert commands[-1].endswith("notify serve")
     runtime = pins(IMAGE_LOCK)
     assert not [tool for tool in DEV_ONLY if tool in runtime]

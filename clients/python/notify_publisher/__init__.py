@@ -5,7 +5,9 @@
     with SyncPublisher.from_env() as publisher:      # NOTIFY_REDIS_URL, ...
         event_id = publisher.publish(event)
 
-`Publisher` is the asyncio twin. The event models, the Redis key scheme and the
+`Publisher` is the asyncio twin. `SyncHttpPublisher` and `HttpPublisher` publish
+through the service's HTTP API instead (`POST /v1/events`, a service token), for
+backends that cannot reach Redis. The event models, the Redis key scheme and the
 publish script (`publish.lua`) live here once; the service imports them.
 """
 
@@ -23,6 +25,12 @@ from notify_publisher.errors import (
     PublishRefusedError,
 )
 from notify_publisher.events import AppointmentData, EventCreate, EventStored, EventType
+from notify_publisher.http import (
+    HttpPublisher,
+    PublishRejectedError,
+    RetryPolicy,
+    SyncHttpPublisher,
+)
 from notify_publisher.keys import RedisKeys
 from notify_publisher.request import SCRIPT, PublishResult
 from notify_publisher.topology import RedisMode, RedisTopology
@@ -35,11 +43,13 @@ __all__ = [
     "EventStored",
     "EventTooLargeError",
     "EventType",
+    "HttpPublisher",
     "IdempotencyKeyInFlightError",
     "IdempotencyKeyReusedError",
     "InvalidEventError",
     "NotDurableError",
     "PublishRefusedError",
+    "PublishRejectedError",
     "PublishResult",
     "Publisher",
     "PublisherConfig",
@@ -47,5 +57,7 @@ __all__ = [
     "RedisKeys",
     "RedisMode",
     "RedisTopology",
+    "RetryPolicy",
+    "SyncHttpPublisher",
     "SyncPublisher",
 ]
