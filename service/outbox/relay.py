@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -38,18 +37,21 @@ from typing import Any, Final
 import psycopg
 import structlog
 from notify_publisher.events import EventCreate
+from notify_publisher.keys import is_idempotency_key
 from pydantic import ValidationError
 
 from service import metrics
 from service.outbox.publishing import OutboxPublish
-from service.services.errors import EventTooLargeError, InvalidEventError, UnavailableError
+from service.services.errors import (
+    EventTooLargeError,
+    IdempotencyKeyReusedError,
+    InvalidEventError,
+    UnavailableError,
+)
 
 log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL: Final = "notify_outbox"
-# An idempotency key as the publish path accepts it: 1 to 255 visible ASCII
-# characters. A row whose key breaks this is set aside, never silently re-keyed.
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 # Each patient's oldest pending row among the oldest pending rows, locked; a
 # locked head (another relay's) is skipped with its whole patient.
@@ -183,7 +185,8 @@ class PoisonRowError(Exception):
 
 def parse_row(row: OutboxRow) -> EventCreate:
     """The row's event, or `PoisonRowError`."""
-    if row.idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(row.idempotency_key):
+    # A key the publish path would refuse: the row is set aside, never re-keyed.
+    if row.idempotency_key is not None and not is_idempotency_key(row.idempotency_key):
         raise PoisonRowError(
             "invalid_idempotency_key", "idempotency_key: 1 to 255 visible ASCII characters"
         )
@@ -381,6 +384,10 @@ class OutboxRelay:
                         result.set_aside.append((row.id, "rule", exc.public_message))
                     except EventTooLargeError as exc:
                         result.set_aside.append((row.id, "too_large", exc.public_message))
+                    except IdempotencyKeyReusedError as exc:
+                        # The row's key already published another event: this
+                        # one can never be (the same event again is a replay).
+                        result.set_aside.append((row.id, exc.code, exc.public_message))
                     except Exception as exc:
                         result.retry_error = exc
                         return
