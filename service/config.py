@@ -166,7 +166,7 @@ class Settings(BaseSettings):
     outbox_dsn: SecretStr | None = None
     # Also run the relay as a task of `notify serve` (off: run `notify relay`).
     outbox_relay_enabled: bool = False
-    # Rows per claim (one transaction), patients published at once, the polling
+    # Rows per claim (one transaction), publish pipelines in flight, the polling
     # safety net under LISTEN/NOTIFY, and how long published rows are kept.
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
     outbox_publish_concurrency: int = Field(default=16, ge=1, le=256)

@@ -27,9 +27,8 @@ import asyncio
 import contextlib
 import json
 import random
-import re
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,18 +37,24 @@ from typing import Any, Final
 import psycopg
 import structlog
 from notify_publisher.events import EventCreate
+from notify_publisher.keys import is_idempotency_key
 from pydantic import ValidationError
 
 from service import metrics
+from service.failures import DomainError
 from service.outbox.publishing import OutboxPublish
-from service.services.errors import EventTooLargeError, InvalidEventError, UnavailableError
+from service.services.errors import (
+    EventTooLargeError,
+    IdempotencyKeyReusedError,
+    InvalidEventError,
+    UnavailableError,
+)
 
 log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL: Final = "notify_outbox"
-# An idempotency key as the publish path accepts it: 1 to 255 visible ASCII
-# characters. A row whose key breaks this is set aside, never silently re-keyed.
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# Rows of one round sent as one pipeline (one request each way per pipeline).
+ROUND_PIPELINE: Final = 64
 
 # Each patient's oldest pending row among the oldest pending rows, locked; a
 # locked head (another relay's) is skipped with its whole patient.
@@ -129,7 +134,8 @@ class RelayConfig:
     batch_size: int = 500
     # Patients per claim: each gets up to batch_size / patients rows.
     claim_patients: int = 100
-    # Patients published at once (one Redis round trip each in flight).
+    # Pipelines of one round in flight at once (a round: each claimed patient's
+    # next row; `ROUND_PIPELINE` rows per pipeline).
     publish_concurrency: int = 16
     # The safety net under LISTEN/NOTIFY.
     poll_interval_s: float = 1.0
@@ -183,7 +189,8 @@ class PoisonRowError(Exception):
 
 def parse_row(row: OutboxRow) -> EventCreate:
     """The row's event, or `PoisonRowError`."""
-    if row.idempotency_key is not None and not _IDEMPOTENCY_KEY.fullmatch(row.idempotency_key):
+    # A key the publish path would refuse: the row is set aside, never re-keyed.
+    if row.idempotency_key is not None and not is_idempotency_key(row.idempotency_key):
         raise PoisonRowError(
             "invalid_idempotency_key", "idempotency_key: 1 to 255 visible ASCII characters"
         )
@@ -361,36 +368,57 @@ class OutboxRelay:
         return result
 
     async def _publish_rows(self, rows: list[OutboxRow]) -> BatchResult:
-        by_patient: dict[str, list[OutboxRow]] = defaultdict(list)
-        for row in rows:
-            by_patient[row.patient_id].append(row)
+        """Round after round, each patient's next row: a round's rows go out as
+        pipelines, so a patient's row is only sent once its previous one is stored."""
+        pending: dict[str, deque[OutboxRow]] = defaultdict(deque)
+        for row in rows:  # in id order
+            pending[row.patient_id].append(row)
         result = BatchResult()
-        gate = asyncio.Semaphore(self.config.publish_concurrency)
-
-        async def one_patient(patient_rows: list[OutboxRow]) -> None:
-            async with gate:
-                for row in patient_rows:  # in id order: stop at the first retryable failure
-                    if result.retry_error is not None:
-                        return
-                    try:
-                        event = parse_row(row)
-                        published_id = await self._publish(event, idempotency_key=row.publish_key)
-                    except PoisonRowError as exc:
-                        result.set_aside.append((row.id, exc.reason, exc.detail))
-                    except InvalidEventError as exc:
-                        result.set_aside.append((row.id, "rule", exc.public_message))
-                    except EventTooLargeError as exc:
-                        result.set_aside.append((row.id, "too_large", exc.public_message))
-                    except Exception as exc:
-                        result.retry_error = exc
-                        return
-                    else:
-                        result.published.append((row.id, published_id))
-
-        async with asyncio.TaskGroup() as group:
-            for patient_rows in by_patient.values():
-                group.create_task(one_patient(patient_rows))
+        while pending and result.retry_error is None:
+            round_rows: list[tuple[OutboxRow, EventCreate]] = []
+            for patient in list(pending):
+                row = pending[patient].popleft()
+                if not pending[patient]:
+                    del pending[patient]
+                try:
+                    round_rows.append((row, parse_row(row)))
+                except PoisonRowError as exc:
+                    result.set_aside.append((row.id, exc.reason, exc.detail))
+            try:
+                answers = await self._publish_round(round_rows)
+            except Exception as exc:
+                # The round as a whole: its stored rows are replays next time.
+                result.retry_error = exc
+                break
+            for (row, _), answer in zip(round_rows, answers, strict=True):
+                if isinstance(answer, str):
+                    result.published.append((row.id, answer))
+                elif isinstance(answer, InvalidEventError):
+                    result.set_aside.append((row.id, "rule", answer.public_message))
+                elif isinstance(answer, EventTooLargeError | IdempotencyKeyReusedError):
+                    # Too large, or its key already published another event (the
+                    # same event again would have been a replay): never publishable.
+                    result.set_aside.append((row.id, answer.code, answer.public_message))
+                else:
+                    # Worth retrying: this patient's later rows wait for it.
+                    result.retry_error = answer
+                    pending.pop(row.patient_id, None)
         return result
+
+    async def _publish_round(
+        self, round_rows: list[tuple[OutboxRow, EventCreate]]
+    ) -> list[str | DomainError]:
+        """One round in pipelines of `ROUND_PIPELINE` rows, `publish_concurrency`
+        of them in flight at once."""
+        gate = asyncio.Semaphore(self.config.publish_concurrency)
+        items = [(event, row.publish_key) for row, event in round_rows]
+
+        async def chunk(start: int) -> list[str | DomainError]:
+            async with gate:
+                return await self._publish(items[start : start + ROUND_PIPELINE])
+
+        chunks = await asyncio.gather(*(chunk(i) for i in range(0, len(items), ROUND_PIPELINE)))
+        return [answer for answers in chunks for answer in answers]
 
     async def _housekeeping(self, conn: psycopg.AsyncConnection[Any]) -> None:
         now = time.monotonic()

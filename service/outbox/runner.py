@@ -88,7 +88,7 @@ async def run_relay(settings: Settings) -> None:
     broker = build_broker(
         settings.redis_topology(),
         control_channel=keys.control,
-        # One connection per patient published at once, and one spare.
+        # One connection per publish pipeline in flight, and one spare.
         max_connections=settings.outbox_publish_concurrency + 1,
         pool_timeout_s=settings.redis_pool_timeout_s,
         socket_timeout_s=settings.redis_socket_timeout_s,

@@ -52,7 +52,11 @@ def assert_ships_the_client(wheel: Path) -> None:
 @pytest.mark.slow
 def test_wheel_ships_the_browser_client(tmp_path: Path) -> None:
     assert (ROOT / "service" / "clients" / "js").resolve() == ROOT / "clients" / "js"
-    assert_ships_the_client(build_wheel(ROOT, tmp_path))
+    wheel = build_wheel(ROOT, tmp_path)
+    assert_ships_the_client(wheel)
+    # `notify outbox migrate` in the image reads the outbox's SQL from the package.
+    shipped = zipfile.ZipFile(wheel).read("service/outbox/schema.sql")
+    assert shipped == (ROOT / "service" / "outbox" / "schema.sql").read_bytes()
 
 
 def docker_context(into: Path) -> None:

@@ -5,16 +5,18 @@ backlog gauges."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import psycopg
-from notify_publisher.events import EventCreate
 
 from service import metrics
+from service.failures import DomainError
+from service.outbox.publishing import RoundItem
 from service.outbox.relay import OutboxRelay, RelayConfig
 from tests.support.outbox import numbered_event
 
 
-async def never_publish(event: EventCreate, *, idempotency_key: str) -> str:
+async def never_publish(items: Sequence[RoundItem]) -> list[str | DomainError]:
     raise AssertionError("housekeeping never publishes")
 
 

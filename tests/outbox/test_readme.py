@@ -1,8 +1,13 @@
-"""The README's outbox SQL, run exactly as printed, reaches the patient's stream."""
+"""The README's outbox blocks (the SQL transaction, the Python `enqueue`), run
+exactly as printed, reach the patient's stream, in order."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -16,12 +21,28 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 MARKER = "<!-- the block below is run by tests/outbox/test_readme.py -->"
 
 
-def readme_sql() -> str:
+def marked_blocks() -> dict[str, str]:
+    """The blocks right after the marker, by language."""
     text = README.read_text()
-    after = text[text.index(MARKER) + len(MARKER) :]
-    found = re.match(r"\s*```sql\n(.*?)```", after, re.S)
-    assert found is not None, "the SQL block after the marker"
-    return found.group(1)
+    blocks = {}
+    for part in text.split(MARKER)[1:]:
+        found = re.match(r"\s*```(\w+)\n(.*?)```", part, re.S)
+        assert found is not None, "a code block after the marker"
+        blocks[found.group(1)] = found.group(2)
+    assert set(blocks) == {"sql", "python"}
+    return blocks
+
+
+def run_python(code: str, dsn: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY_")}
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**env, "NOTIFY_OUTBOX_DSN": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 async def test_the_readme_outbox_transaction_is_delivered(
@@ -31,9 +52,9 @@ async def test_the_readme_outbox_transaction_is_delivered(
     async with await psycopg.AsyncConnection.connect(outbox_dsn, autocommit=True) as backend:
         # The clinic's own table that the example transaction changes.
         await backend.execute(
-            "CREATE TABLE appointments (id text PRIMARY KEY, starts_at timestamptz)"
+            "CREATE TABLE appointments (id text PRIMARY KEY, starts_at timestamptz, status text)"
         )
-        await backend.execute("INSERT INTO appointments VALUES ('ap_19c2', now())")
+        await backend.execute("INSERT INTO appointments VALUES ('ap_19c2', now(), 'scheduled')")
         async with (
             run_app(settings) as app,
             httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
@@ -42,8 +63,20 @@ async def test_the_readme_outbox_transaction_is_delivered(
             ) as sse,
         ):
             await opened(sse)
-            await backend.execute(readme_sql().encode(), prepare=False)
-            (frame,) = await sse.wait_events(1)
-    body = frame.json()
-    assert (body["type"], body["appointment_id"]) == ("appointment.rescheduled", "ap_19c2")
-    assert body["data"]["starts_at"] == "2026-12-01T14:00:00Z"
+            blocks = marked_blocks()
+            await backend.execute(blocks["sql"].encode(), prepare=False)
+            done = await asyncio.to_thread(run_python, blocks["python"], outbox_dsn)
+            assert done.returncode == 0, done.stderr
+            await sse.wait_events(2)
+        cursor = await backend.execute("SELECT status FROM appointments")
+        assert await cursor.fetchone() == ("cancelled",)
+    rescheduled, cancelled = (frame.json() for frame in sse.of_type())
+    assert (rescheduled["type"], rescheduled["appointment_id"]) == (
+        "appointment.rescheduled",
+        "ap_19c2",
+    )
+    assert rescheduled["data"]["starts_at"] == "2026-12-01T14:00:00Z"
+    assert (cancelled["type"], cancelled["data"]["status"]) == (
+        "appointment.cancelled",
+        "cancelled",
+    )

@@ -85,8 +85,14 @@ async def test_poison_rows_are_set_aside_and_rows_behind_them_flow(
             poison_ids.append(await insert(backend, broken_rule))
             poison_ids.append(await insert(backend, numbered_event("pt_p", 3), "bad key"))
             await insert(backend, numbered_event("pt_p", 4))
-        await sse.wait_events(3)
-        assert appointment_ids(sse) == ["ap_1", "ap_2", "ap_4"]
+            # One key, two events: the second can never be published. The same
+            # event again under its key is a replay: stored and delivered once.
+            first_of_key = await insert(backend, numbered_event("pt_p", 5), "dup-1")
+            poison_ids.append(await insert(backend, numbered_event("pt_p", 6), "dup-1"))
+            replay = await insert(backend, numbered_event("pt_p", 5), "dup-1")
+            await insert(backend, numbered_event("pt_p", 7))
+        await sse.wait_events(5)
+        assert appointment_ids(sse) == ["ap_1", "ap_2", "ap_4", "ap_5", "ap_7"]
 
         async def batch_committed() -> bool:
             cursor = await backend.execute(
@@ -99,13 +105,23 @@ async def test_poison_rows_are_set_aside_and_rows_behind_them_flow(
             "SELECT id, reason, error, event->>'appointment_id' FROM notify_outbox_dead ORDER BY id"
         )
         dead = await cursor.fetchall()
+        cursor = await backend.execute(
+            "SELECT count(DISTINCT published_id) FROM notify_outbox WHERE id = ANY(%s)",
+            ([first_of_key, replay],),
+        )
+        assert await cursor.fetchone() == (1,)
     assert [row[0] for row in dead] == poison_ids
-    assert [row[1] for row in dead] == ["invalid", "rule", "invalid_idempotency_key"]
+    assert [row[1] for row in dead] == [
+        "invalid",
+        "rule",
+        "invalid_idempotency_key",
+        "idempotency_key_reused",
+    ]
     # The error says what is wrong, never the values (no PHI).
     assert "type" in json.loads(dead[0][2])[0]["loc"]
     assert all("secret_name" not in row[2] for row in dead)
     assert dead[0][3] == "ap_secret_name"  # the row itself is kept for a human
-    assert metrics.OUTBOX_SET_ASIDE._value.get() - set_aside_before == 3
+    assert metrics.OUTBOX_SET_ASIDE._value.get() - set_aside_before == 4
 
 
 def test_migrate_is_idempotent_and_plain_sql_inserts_work(
