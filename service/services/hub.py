@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, Protocol
@@ -130,6 +131,7 @@ class Subscriber:
         "delivered",
         "dropped",
         "heartbeat_due",
+        "next_heartbeat",
         "principal",
         "skip_through",
         "transport",
@@ -156,6 +158,9 @@ class Subscriber:
         self.delivered = 0
         self.dropped = 0
         self.heartbeat_due = False
+        # Monotonic time of the next keep-alive (`services/keepalive.py`), pushed
+        # back by every write of its stream (SSE only).
+        self.next_heartbeat = math.inf
         # After a replay, live events up to this id were already sent: skip them.
         self.skip_through: StreamKey | None = None
 
@@ -184,8 +189,9 @@ class Subscriber:
             self.close_reason = reason
         self._wakeup.set()
 
-    def request_heartbeat(self) -> None:
-        """Wake the writer for a keep-alive even though nothing is queued."""
+    def heartbeat(self) -> None:
+        """Wake the writer for a keep-alive even though nothing is queued (the
+        process' keep-alive ticker calls it when the stream was quiet)."""
         self.heartbeat_due = True
         self._wakeup.set()
 
