@@ -420,7 +420,7 @@ class RedisBroker(RedisCommands):
         while not self._stopping:
             pubsub = self._pubsub_client.pubsub()
             try:
-                await self._subscribe_all(pubsub)
+                await self._subscribe_all(pubsub, resync=connected_before)
                 self._pubsub = pubsub
                 self._up = True
                 self._ready.set()
@@ -452,16 +452,22 @@ class RedisBroker(RedisCommands):
         self._pubsub = None
         metrics.LISTENER_UP.set(0)
 
-    async def _subscribe_all(self, pubsub: PubSub) -> None:
+    async def _subscribe_all(self, pubsub: PubSub, *, resync: bool) -> None:
+        """Subscribe every channel. On a reconnect (`resync`) the messages that
+        arrive before the confirmations are dropped, as Cluster's shard
+        connections do: the `Resync` queued right after backfills every channel
+        from history (and re-checks control), whereas a message taken before it
+        would move its channel's last id past events the backfill must read."""
+        handle = self._handle_confirmation if resync else self._handle
         channels = [self._control, *sorted(self._channels)]
         await pubsub.subscribe(*channels)
-        await confirm(pubsub, channels, "subscribe", self._handle)
+        await confirm(pubsub, channels, "subscribe", handle)
         # Subscribed meanwhile: `subscribe()` saw no connection and left them to
         # this (re)connect, whose backfill follows.
         late = sorted(self._channels - set(channels))
         if late:
             await pubsub.subscribe(*late)
-            await confirm(pubsub, late, "subscribe", self._handle)
+            await confirm(pubsub, late, "subscribe", handle)
 
     async def _read_forever(self, pubsub: PubSub) -> None:
         while not self._stopping:
@@ -476,7 +482,11 @@ class RedisBroker(RedisCommands):
             data = message["data"]
             self.inbox.put_message(channel, data if isinstance(data, bytes) else str(data).encode())
         elif kind == "subscribe":
-            future = self._pending.pop(channel, None)
+            self._handle_confirmation(message)
+
+    def _handle_confirmation(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "subscribe":
+            future = self._pending.pop(text(message.get("channel", b"")), None)
             if future is not None and not future.done():
                 future.set_result(None)
 

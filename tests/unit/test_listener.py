@@ -7,14 +7,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from notify_publisher.events import EventStored
 from notify_publisher.keys import RedisKeys
+from notify_publisher.topology import RedisMode
+from redis.asyncio import Redis
 
 from service.brokers.base import Inbox, Resync
 from service.brokers.memory import MemoryBroker
+from service.brokers.redis import RedisBroker
 from service.services.closing import CloseReason
 from service.services.hub import Hub, Subscriber
 from service.services.listener import HubListener
@@ -152,3 +157,41 @@ async def test_stopped_mid_backfill_releases_and_queues_a_full_resync(
     assert [d.id for d in s.drain()] == ["20-2"]
     assert await running.broker.inbox.take() == [Resync(None, sweep=True)]
     running.start()
+
+
+class ScriptedPubSub:
+    """A pub/sub connection that answers with `replies`, in order."""
+
+    def __init__(self, *replies: dict[str, Any]) -> None:
+        self.replies = deque(replies)
+        self.subscribed: list[str] = []
+
+    async def subscribe(self, *channels: str) -> None:
+        self.subscribed.extend(channels)
+
+    async def get_message(self, timeout: float) -> dict[str, Any] | None:  # noqa: ASYNC109
+        return self.replies.popleft() if self.replies else None
+
+
+@pytest.mark.parametrize("resync", [False, True])
+async def test_a_reconnect_drops_messages_read_before_its_confirmations(resync: bool) -> None:
+    """On a reconnect every channel is backfilled right after its SUBSCRIBE is
+    confirmed; a message taken before the `Resync` would move the channel's last
+    id past the events the backfill must read, so it is left to the backfill.
+    (The first connect has nothing to backfill: it keeps them.)"""
+    broker = RedisBroker(
+        client=Redis(),
+        pubsub_client=Redis(),
+        control_channel=KEYS.control,
+        mode=RedisMode.STANDALONE,
+        where="test",
+    )
+    await broker.subscribe(CHANNEL)  # no connection yet: left to the (re)connect
+    pubsub = ScriptedPubSub(
+        {"type": "message", "channel": CHANNEL.encode(), "data": with_id("30-5")},
+        {"type": "subscribe", "channel": KEYS.control.encode(), "data": 1},
+        {"type": "subscribe", "channel": CHANNEL.encode(), "data": 2},
+    )
+    await broker._subscribe_all(pubsub, resync=resync)  # type: ignore[arg-type]
+    assert pubsub.subscribed == [KEYS.control, CHANNEL]
+    assert len(broker.inbox) == (0 if resync else 1)
