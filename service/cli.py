@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -127,14 +127,6 @@ def _event_from_args(args: argparse.Namespace) -> dict[str, object]:
     }
 
 
-def _ignore_message(channel: str, raw: bytes) -> None:
-    """`notify publish` never listens."""
-
-
-async def _ignore_reconnect(channels: Collection[str] | None, sweep: bool) -> None:
-    """`notify publish` never listens."""
-
-
 async def _publish_redis(
     settings: Settings, event_dict: dict[str, object], idempotency_key: str | None
 ) -> dict[str, object]:
@@ -154,7 +146,7 @@ async def _publish_redis(
     )
     try:
         # Connects and refuses a Redis of another kind than NOTIFY_REDIS_MODE.
-        await broker.start(on_message=_ignore_message, on_reconnect=_ignore_reconnect)
+        await broker.start()
         stored = await publish(
             broker=broker,
             keys=keys,

@@ -1,6 +1,9 @@
 """Start-up and shutdown, in order.
 
 Start: settings → logging → Redis (PING, fail fast) → listener → ready.
+Nothing is wired here: the broker appends what it receives to its inbox and the
+hub's listener (`service/services/listener.py`) pulls it; this module only builds
+the parts and starts and stops them in order.
 Stop (SIGTERM): readiness 503 at once → every stream told to reconnect, spread over
 a jitter window → streams end → (uvicorn runs the lifespan shutdown) listener stops
 → pool closes. All inside `NOTIFY_SHUTDOWN_GRACE_S`.
@@ -9,28 +12,25 @@ a jitter window → streams end → (uvicorn runs the lifespan shutdown) listene
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import structlog
 from fastapi import FastAPI
 from notify_publisher.keys import RedisKeys
 
-from service.brokers.base import Broker, ReconnectHandler
+from service.brokers.base import Broker
 from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
 from service.config import Settings, get_settings
 from service.failures import BrokerTopologyError, BrokerUnavailableError
 from service.logging import configure_logging
-from service.services.control import handle_control
-from service.services.errors import UnavailableError
 from service.services.history import HistoryReader
 from service.services.hub import Hub
 from service.services.keepalive import KeepAlive
 from service.services.limits import ConnectionLimiter
-from service.services.revocations import sweep_live_streams
+from service.services.listener import HubListener
 from service.services.supervisor import Supervisor
-from service.services.tickets import TicketStore
 from service.services.tokens import TokenConfig, TokenVerifier
 from service.signals import chain_exit_signals
 from service.state import AppState, LifespanState
@@ -55,14 +55,9 @@ def build_state(settings: Settings) -> AppState:
             socket_timeout_s=settings.redis_socket_timeout_s,
         )
     history = HistoryReader(broker=broker, keys=keys, page_size=settings.history_page)
-    hub = Hub(
-        keys=keys,
-        subscribe=broker.subscribe,
-        unsubscribe=broker.unsubscribe,
-        # Issue 15: the channels new in one loop iteration in one SUBSCRIBE.
-        subscribe_many=broker.subscribe_many,
-        backfill_reader=lambda pid, after, _timeout: history.read_all_after(pid, after),
-    )
+    # Issue 15: the hub subscribes the channels new in one loop iteration with
+    # one `subscribe_many`; it backfills from `history` after a resync.
+    hub = Hub(keys=keys, broker=broker, history=history)
     verifier = TokenVerifier(
         TokenConfig(
             algorithms=tuple(settings.jwt_algorithms),
@@ -95,45 +90,6 @@ def build_state(settings: Settings) -> AppState:
     )
 
 
-def _route_message(state: AppState) -> Callable[[str, bytes], None]:
-    control = state.keys.control
-
-    def on_message(channel: str, raw: bytes) -> None:
-        if channel == control:
-            # Revocations and ticket deletions (format: services/control.py).
-            handle_control(state.hub, raw)
-            return
-        state.hub.on_message(channel, raw)
-
-    return on_message
-
-
-def _on_reconnect(state: AppState) -> ReconnectHandler:
-    """After the listener (or one Cluster shard's connection) was away: backfill the
-    missed events, then, if control messages may have been missed too, close the
-    streams whose revocation or ticket deletion was announced meanwhile."""
-
-    async def on_reconnect(channels: Collection[str] | None, sweep: bool) -> None:
-        if channels is None or channels:
-            await state.hub.backfill(channels)
-        if not sweep:
-            return
-        try:
-            await sweep_live_streams(
-                hub=state.hub,
-                broker=state.broker,
-                keys=state.keys,
-                tickets=TicketStore(broker=state.broker, keys=state.keys),
-            )
-        except UnavailableError:
-            log.warning("revocation_sweep_failed")
-        except Exception:
-            # Never let the re-check take the listener down with it.
-            log.exception("revocation_sweep_crashed")
-
-    return on_reconnect
-
-
 # After the last reconnect hint of a drain: time for the streams to close.
 DRAIN_MARGIN_S = 1.0
 
@@ -162,9 +118,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
     configure_logging(fmt=settings.effective_log_format, level=settings.log_level)
     state = build_state(settings)
     try:
-        await state.broker.start(
-            on_message=_route_message(state), on_reconnect=_on_reconnect(state)
-        )
+        await state.broker.start()
     except BrokerTopologyError as exc:
         # One line that says what to change; the process must not serve (and say
         # "ready") on a Redis it cannot use.
@@ -175,12 +129,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         log.error("redis_unreachable", reason=str(exc), redis=settings.redis_topology().describe())
         await state.broker.stop()
         raise
-    if state.broker.has_listener:
-        state.supervisor.spawn("pubsub-listener", state.broker.run_listener)
-        if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
-            await state.supervisor.stop(timeout_s=2)
-            await state.broker.stop()
-            raise RuntimeError("the Redis pub/sub listener did not start")
+    # The hub's listener pulls what the broker receives (and runs the broker's
+    # connection loop, when it has one).
+    listener = HubListener(broker=state.broker, hub=state.hub, keys=state.keys)
+    state.supervisor.spawn("pubsub-listener", listener.run)
+    if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
+        await state.supervisor.stop(timeout_s=2)
+        await state.broker.stop()
+        raise RuntimeError("the Redis pub/sub listener did not start")
     state.supervisor.spawn("sse-keepalive", state.keepalive.run)
     jwks = state.verifier.jwks
     if jwks is not None:

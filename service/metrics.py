@@ -13,7 +13,8 @@ OPEN_STREAMS = Gauge(
 )
 EVENTS_RECEIVED = Counter(
     "notify_events_received_total",
-    "Messages received from the broker, by outcome (delivered, invalid, duplicate, no_subscriber).",
+    "Messages received from the broker, by outcome (delivered, invalid, duplicate, no_subscriber, "
+    "overflow: dropped by a full inbox, then resynced from history).",
     ["outcome"],
 )
 HISTORY_ENTRIES_DROPPED = Counter(
@@ -129,7 +130,7 @@ OUTBOX_SET_ASIDE = Counter(
 # alert on "any event dropped" would miss the first drop), and a dashboard panel
 # would be empty instead of 0 (deploy/prometheus, deploy/grafana rely on this).
 TRANSPORTS = ("sse", "ws")
-EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber")
+EVENT_OUTCOMES = ("delivered", "invalid", "duplicate", "no_subscriber", "overflow")
 HISTORY_DROP_REASONS = ("too_large", "invalid", "rule")
 CAPACITY_LIMITS = ("process", "subject")
 HEADER_TIMEOUT_STAGES = ("before_request", "in_headers")

@@ -10,11 +10,16 @@ with any number of processes, built by `service/brokers/factory.py`; and
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable, Collection, Sequence
+import asyncio
+from collections import deque
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import Final
 
 from notify_publisher.batch import Durability, Outcome
 from notify_publisher.request import PublishRequest
+
+from service import metrics
 
 StreamKey = tuple[int, int]
 
@@ -25,12 +30,77 @@ def parse_stream_id(value: str) -> StreamKey:
     return int(ms), int(seq or 0)
 
 
-# Called by the listener for every pub/sub message: (channel, raw payload).
-MessageHandler = Callable[[str, bytes], None]
-# Called after the listener re-established subscriptions following a loss:
-# (channels to backfill from history, None for every active one; whether control
-# messages may have been missed, so live streams must be re-checked).
-ReconnectHandler = Callable[[Collection[str] | None, bool], Awaitable[None]]
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The listener was away (or channels moved to another connection): backfill
+    `channels` from history (None: every active one), and, with `sweep`, re-check
+    live streams because control messages may have been missed."""
+
+    channels: tuple[str, ...] | None
+    sweep: bool
+
+
+# What the broker's inbox holds, in arrival order: a pub/sub message (channel,
+# raw payload) or a `Resync`.
+Inbound = tuple[str, bytes] | Resync
+
+# Messages the inbox holds before it drops new ones and asks for a full resync.
+INBOX_LIMIT: Final = 65_536
+
+
+class Inbox:
+    """The one-way hand-over from the broker's connections to its one reader (the
+    hub's listener, `service/services/listener.py`). The connections only append,
+    never wait and call nothing; the reader takes everything queued in one go.
+
+    Bounded: past `limit` a message is dropped (counted as `overflow`) and the
+    next batch ends with `Resync(None, sweep=True)`, so the reader backfills every
+    channel from history and re-checks live streams instead of losing anything."""
+
+    __slots__ = ("_items", "_limit", "_overflowed", "_waiter")
+
+    def __init__(self, limit: int = INBOX_LIMIT) -> None:
+        self._items: deque[Inbound] = deque()
+        self._limit = limit
+        self._overflowed = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_message(self, channel: str, raw: bytes) -> None:
+        if len(self._items) >= self._limit:
+            self._overflowed = True
+            metrics.EVENTS_RECEIVED.labels(outcome="overflow").inc()
+            self._wake()
+            return
+        self._items.append((channel, raw))
+        self._wake()
+
+    def put_resync(self, channels: Collection[str] | None, *, sweep: bool) -> None:
+        # Never dropped: a resync is what repairs a drop.
+        self._items.append(Resync(None if channels is None else tuple(channels), sweep))
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def take(self) -> list[Inbound]:
+        """Everything queued, oldest first; waits while there is nothing."""
+        while not self._items and not self._overflowed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items = list(self._items)
+        self._items.clear()
+        if self._overflowed:
+            self._overflowed = False
+            items.append(Resync(None, sweep=True))
+        return items
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,22 +132,34 @@ class HistoryPage:
 
 
 class Broker(abc.ABC):
-    """One per process, created and closed by the lifespan."""
+    """One per process, created and closed by the lifespan.
+
+    Data flows one way: the broker's pub/sub connections append what they receive
+    to `inbox` (messages, and a `Resync` after every loss), and the hub's listener
+    pulls it (`next_messages`). The broker calls nothing of its reader."""
 
     # Whether patient channels are shard channels (Cluster: SPUBLISH/SSUBSCRIBE).
     sharded = False
 
+    def __init__(self) -> None:
+        self.inbox = Inbox()
+
+    async def next_messages(self) -> list[Inbound]:
+        """What arrived since the last call, in order; waits while nothing did."""
+        return await self.inbox.take()
+
     @abc.abstractmethod
-    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
-        """Connect (fail fast when unreachable) and start the listener."""
+    async def start(self) -> None:
+        """Connect (fail fast when unreachable); `run_listener` then receives."""
 
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop the listener and release every connection."""
 
     async def run_listener(self) -> None:
-        """The listener loop of a broker whose messages come from a server; the
-        lifespan runs it under the supervisor. An in-process broker has none."""
+        """The connection loop of a broker whose messages come from a server; the
+        hub's listener (`services/listener.py`) runs it beside its pulling. An
+        in-process broker has none."""
         raise NotImplementedError
 
     @property

@@ -43,7 +43,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError, ResponseError, SlotNotCoveredError
 
 from service import metrics
-from service.brokers.base import HistoryPage, HistoryRead, MessageHandler, ReconnectHandler
+from service.brokers.base import HistoryPage, HistoryRead
 from service.brokers.redis import (
     LISTENER_POLL_S,
     UNAVAILABLE,
@@ -104,6 +104,7 @@ class ClusterBroker(RedisCommands):
         pool_timeout_s: float,
         socket_timeout_s: float,
     ) -> None:
+        super().__init__()
         username, password = topology.credentials()
         self._where = topology.describe()
         self._seeds = topology.seed_addresses()
@@ -145,14 +146,10 @@ class ClusterBroker(RedisCommands):
         self._probes: dict[str, Redis] = {}
         # Half the per-node pool for one batch of plain commands (see `_gather`).
         self._concurrency = asyncio.Semaphore(max(1, max_connections // 2))
-        self._on_message: MessageHandler | None = None
-        self._on_reconnect: ReconnectHandler | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
-    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
-        self._on_message = on_message
-        self._on_reconnect = on_reconnect
+    async def start(self) -> None:
         await self._check_seed()
         try:
             await self.client.initialize()
@@ -290,8 +287,9 @@ class ClusterBroker(RedisCommands):
                 if connected_before:
                     metrics.LISTENER_RECONNECTS.inc()
                     log.info("listener_reconnected", channels=len(self._channels))
-                    if self._on_reconnect is not None:
-                        await self._on_reconnect((), True)
+                    # Control messages may have been missed (the shard
+                    # connections backfill their own channels).
+                    self.inbox.put_resync((), sweep=True)
                 connected_before = True
                 attempt = 0
                 while not self._stopping:
@@ -315,10 +313,10 @@ class ClusterBroker(RedisCommands):
                 await _close(pubsub, client)
 
     def _handle_control(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "message" and self._on_message is not None:
+        if message.get("type") == "message":
             data = message["data"]
             channel = text(message.get("channel", b""))
-            self._on_message(channel, data if isinstance(data, bytes) else str(data).encode())
+            self.inbox.put_message(channel, data if isinstance(data, bytes) else str(data).encode())
 
     # --- shard connections ---------------------------------------------------------
 
@@ -384,7 +382,7 @@ class ClusterBroker(RedisCommands):
                 # once): subscribe them now (their confirmation, read below,
                 # backfills them); channels dropped meanwhile are let go.
                 await self._catch_up(shard, pubsub, set(wanted))
-                await self._backfill_confirmed(shard, wanted)
+                self._backfill_confirmed(shard, wanted)
                 await self._read_shard(shard, pubsub)
             except SHARD_ERRORS as exc:
                 if self._stopping:
@@ -431,16 +429,16 @@ class ClusterBroker(RedisCommands):
             kind = message.get("type")
             channel = text(message.get("channel", b""))
             if kind == "smessage":
-                if self._on_message is not None and channel in shard.channels:
+                if channel in shard.channels:
                     data = message["data"]
-                    self._on_message(
+                    self.inbox.put_message(
                         channel, data if isinstance(data, bytes) else str(data).encode()
                     )
             elif kind == "ssubscribe":
                 future = shard.pending.pop(channel, None)
                 if future is not None and not future.done():
                     future.set_result(None)
-                await self._backfill_confirmed(shard, [channel])
+                self._backfill_confirmed(shard, [channel])
             elif kind == "sunsubscribe" and channel in shard.channels:
                 # Not asked for: the server dropped us because the slot moved
                 # (migration, or a failover demoted this primary).
@@ -451,13 +449,14 @@ class ClusterBroker(RedisCommands):
                     # Still ours by the refreshed map: subscribe again here.
                     await pubsub.ssubscribe(channel)
 
-    async def _backfill_confirmed(self, shard: _Shard, channels: list[str]) -> None:
+    def _backfill_confirmed(self, shard: _Shard, channels: list[str]) -> None:
         todo = [c for c in channels if c in shard.backfill]
         if not todo:
             return
         shard.backfill.difference_update(todo)
-        if self._on_reconnect is not None:
-            await self._on_reconnect(todo, False)
+        # Queued behind every message read before it: the hub marks them as
+        # backfilling before it takes anything newer of theirs.
+        self.inbox.put_resync(todo, sweep=False)
 
     async def _refresh_slots(self) -> None:
         """Re-read the slot map and move every channel whose slot has a new owner."""

@@ -7,7 +7,6 @@ which is why settings refuse it with more than one worker and in production.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -21,8 +20,6 @@ from service.brokers.base import (
     Broker,
     HistoryEntry,
     HistoryPage,
-    MessageHandler,
-    ReconnectHandler,
     parse_stream_id,
     splice_id,
 )
@@ -37,8 +34,8 @@ class _Stream:
 
 class MemoryBroker(Broker):
     def __init__(self, *, control_channel: str) -> None:
+        super().__init__()
         self._control = control_channel
-        self._on_message: MessageHandler | None = None
         self._channels: set[str] = set()
         self._streams: dict[str, _Stream] = {}
         self._values: dict[str, tuple[str, float]] = {}
@@ -48,8 +45,7 @@ class MemoryBroker(Broker):
         self.stream_records: dict[str, deque[tuple[str, dict[str, str]]]] = {}
         self._running = False
 
-    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
-        self._on_message = on_message
+    async def start(self) -> None:
         self._channels.add(self._control)
         self._running = True
 
@@ -71,10 +67,11 @@ class MemoryBroker(Broker):
         self._channels.discard(channel)
 
     def _deliver(self, channel: str, payload: str) -> int:
-        if channel not in self._channels or self._on_message is None:
+        if channel not in self._channels:
             return 0
-        # Delivered on a later loop iteration, like a message read from a socket.
-        asyncio.get_running_loop().call_soon(self._on_message, channel, payload.encode())
+        # Read by the hub's listener on a later loop iteration, like a message
+        # read from a socket.
+        self.inbox.put_message(channel, payload.encode())
         return 1
 
     def _live_stream(self, key: str) -> _Stream | None:

@@ -3,9 +3,10 @@
 `service/brokers/cluster.py`).
 
 The listener owns the pub/sub connection. It subscribes every active channel on
-connect, reads in a loop, and on any connection error closes it, waits with capped
-exponential backoff and starts over (resubscribing everything, then asking the
-hub to backfill what was missed). While it is away `listener_up` is False and the
+connect, reads in a loop appending every message to the broker's inbox (which the
+hub's listener pulls), and on any connection error closes it, waits with capped
+exponential backoff and starts over (resubscribing everything, then queueing a
+`Resync` so that the hub backfills what was missed). While it is away `listener_up` is False and the
 readiness probe says 503. With Sentinel, every (re)connect asks the Sentinels
 where the primary is, so the listener follows a failover by itself.
 """
@@ -38,8 +39,6 @@ from service.brokers.base import (
     HistoryEntry,
     HistoryPage,
     HistoryRead,
-    MessageHandler,
-    ReconnectHandler,
 )
 from service.brokers.refusals import OTHER, RecentRefusals, refusal_for
 from service.failures import BrokerRefusedError, BrokerTopologyError, BrokerUnavailableError
@@ -258,6 +257,7 @@ class RedisBroker(RedisCommands):
         where: str,
         sentinel: Sentinel | None = None,
     ) -> None:
+        super().__init__()
         self.client = client
         self.refusals = RecentRefusals()
         self._sentinel = sentinel
@@ -271,8 +271,6 @@ class RedisBroker(RedisCommands):
         self._pubsub: PubSub | None = None
         self._up = False
         self._stopping = False
-        self._on_message: MessageHandler | None = None
-        self._on_reconnect: ReconnectHandler | None = None
         self._ready = asyncio.Event()
 
     @classmethod
@@ -382,9 +380,7 @@ class RedisBroker(RedisCommands):
 
     # --- lifecycle -------------------------------------------------------------
 
-    async def start(self, *, on_message: MessageHandler, on_reconnect: ReconnectHandler) -> None:
-        self._on_message = on_message
-        self._on_reconnect = on_reconnect
+    async def start(self) -> None:
         try:
             found_mode, role = await server_kind(self.client)
         except (*UNAVAILABLE, RedisError) as exc:
@@ -418,13 +414,13 @@ class RedisBroker(RedisCommands):
         return self._up
 
     async def run_listener(self) -> None:
-        """The listener loop; the lifespan runs it under a supervisor."""
+        """The connection loop; the hub's listener runs it (under the supervisor)."""
         attempt = 0
         connected_before = False
         while not self._stopping:
             pubsub = self._pubsub_client.pubsub()
             try:
-                await self._subscribe_all(pubsub)
+                await self._subscribe_all(pubsub, resync=connected_before)
                 self._pubsub = pubsub
                 self._up = True
                 self._ready.set()
@@ -432,8 +428,8 @@ class RedisBroker(RedisCommands):
                 if connected_before:
                     metrics.LISTENER_RECONNECTS.inc()
                     log.info("listener_reconnected", channels=len(self._channels))
-                    if self._on_reconnect is not None:
-                        await self._on_reconnect(None, True)
+                    # Every channel may have missed events, and control messages too.
+                    self.inbox.put_resync(None, sweep=True)
                 connected_before = True
                 attempt = 0
                 await self._read_forever(pubsub)
@@ -456,16 +452,22 @@ class RedisBroker(RedisCommands):
         self._pubsub = None
         metrics.LISTENER_UP.set(0)
 
-    async def _subscribe_all(self, pubsub: PubSub) -> None:
+    async def _subscribe_all(self, pubsub: PubSub, *, resync: bool) -> None:
+        """Subscribe every channel. On a reconnect (`resync`) the messages that
+        arrive before the confirmations are dropped, as Cluster's shard
+        connections do: the `Resync` queued right after backfills every channel
+        from history (and re-checks control), whereas a message taken before it
+        would move its channel's last id past events the backfill must read."""
+        handle = self._handle_confirmation if resync else self._handle
         channels = [self._control, *sorted(self._channels)]
         await pubsub.subscribe(*channels)
-        await confirm(pubsub, channels, "subscribe", self._handle)
+        await confirm(pubsub, channels, "subscribe", handle)
         # Subscribed meanwhile: `subscribe()` saw no connection and left them to
         # this (re)connect, whose backfill follows.
         late = sorted(self._channels - set(channels))
         if late:
             await pubsub.subscribe(*late)
-            await confirm(pubsub, late, "subscribe", self._handle)
+            await confirm(pubsub, late, "subscribe", handle)
 
     async def _read_forever(self, pubsub: PubSub) -> None:
         while not self._stopping:
@@ -478,10 +480,13 @@ class RedisBroker(RedisCommands):
         channel = text(message.get("channel", b""))
         if kind == "message":
             data = message["data"]
-            if self._on_message is not None:
-                self._on_message(channel, data if isinstance(data, bytes) else str(data).encode())
+            self.inbox.put_message(channel, data if isinstance(data, bytes) else str(data).encode())
         elif kind == "subscribe":
-            future = self._pending.pop(channel, None)
+            self._handle_confirmation(message)
+
+    def _handle_confirmation(self, message: dict[str, Any]) -> None:
+        if message.get("type") == "subscribe":
+            future = self._pending.pop(text(message.get("channel", b"")), None)
             if future is not None and not future.done():
                 future.set_result(None)
 

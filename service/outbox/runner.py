@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Collection
 
 import structlog
 from notify_publisher.keys import RedisKeys
@@ -48,21 +47,13 @@ def build_relay(settings: Settings, broker: Broker, keys: RedisKeys) -> OutboxRe
     )
 
 
-def _ignore_message(channel: str, raw: bytes) -> None:
-    """The relay only publishes."""
-
-
-async def _ignore_reconnect(channels: Collection[str] | None, sweep: bool) -> None:
-    """The relay only publishes."""
-
-
 async def _start_broker(broker: Broker, settings: Settings) -> None:
     """Connect to Redis, retrying while it is unreachable (a topology mismatch is a
     configuration error and ends the process)."""
     backoff = Backoff(0.2, 10.0)
     while True:
         try:
-            await broker.start(on_message=_ignore_message, on_reconnect=_ignore_reconnect)
+            await broker.start()
         except BrokerUnavailableError:
             delay = backoff.next_delay()
             log.warning(

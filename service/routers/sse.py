@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
-from service.services.keepalive import KeepAlive, SendWatch
+from service.services.keepalive import Heartbeats, KeepAlive, SendWatch
 
 
 class LeanEventSourceResponse(EventSourceResponse, SendWatch):
@@ -29,8 +29,9 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
 
     `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
     client goes away (or stops reading) and must make the iterator finish;
-    `on_heartbeat` asks the iterator for a keep-alive comment. `keepalive` decides
-    when (one task for all streams: `service/services/keepalive.py`)."""
+    `heartbeats` (the stream's subscription) is handed to `keepalive` (one task for
+    all streams: `service/services/keepalive.py`), which wakes it for a keep-alive
+    when this response wrote nothing for a while; every write pushes that back."""
 
     def __init__(
         self,
@@ -39,7 +40,7 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
         headers: dict[str, str],
         keepalive: KeepAlive,
         on_disconnect: Callable[[], None],
-        on_heartbeat: Callable[[], None],
+        heartbeats: Heartbeats,
     ) -> None:
         super().__init__(content, headers=headers, ping=0, sep="\n")
         # Serialises the library's ping task with its writer; neither runs here
@@ -48,7 +49,8 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
         self._content = content
         self._keepalive = keepalive
         self._on_disconnect = on_disconnect
-        SendWatch.__init__(self, on_heartbeat)
+        self._heartbeats = heartbeats
+        SendWatch.__init__(self)
 
     # --- ASGI -----------------------------------------------------------------------
 
@@ -81,7 +83,7 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
             # Any other server: a listener task, owned by this response (cancelled
             # in `finally`, never outlives it).
             watcher = asyncio.create_task(self._watch_disconnect(receive))
-        self._keepalive.add(self)
+        self._keepalive.add(self, heartbeats=self._heartbeats)
         try:
             await send(
                 {
@@ -94,7 +96,7 @@ class LeanEventSourceResponse(EventSourceResponse, SendWatch):
                 self.send_started = now = time.monotonic()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.send_started = 0.0
-                self.next_heartbeat = now + self._keepalive.heartbeat_s
+                self._heartbeats.next_heartbeat = now + self._keepalive.heartbeat_s
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not self.aborted:

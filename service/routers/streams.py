@@ -177,7 +177,7 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
         headers=SSE_HEADERS,
         keepalive=state.keepalive,
         on_disconnect=lambda: subscriber.close(CloseReason.CLIENT_GONE),
-        on_heartbeat=subscriber.request_heartbeat,
+        heartbeats=subscriber,
     )
 
 

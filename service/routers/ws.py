@@ -238,7 +238,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
     writer = asyncio.create_task(conn.write(send), name="ws-write")
     watch.task = writer
     # No heartbeats: uvicorn's protocol pings keep a WebSocket alive.
-    state.keepalive.add(watch, heartbeats=False)
+    state.keepalive.add(watch)
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         if writer not in done and _requested_close(reader):

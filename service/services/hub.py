@@ -1,8 +1,8 @@
 """Local fan-out: one pub/sub message becomes one `Delivery`, shared by every
 connection of that channel in this process.
 
-- The broker's single listener calls `Hub.on_message` for every message; the hub
-  validates it once, makes one `Delivery` per channel (framed once, on first use,
+- The hub's listener (`service/services/listener.py`) pulls every message the
+  broker received and hands it to `Hub.on_message`; the hub validates it once, makes one `Delivery` per channel (framed once, on first use,
   by `service/wire/`), and offers it to each subscriber
   with `put_nowait` into a bounded queue. A full queue closes that subscriber as
   "too slow" (it resumes from history); nobody ever waits for a slow client.
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Coroutine
-from typing import Any
+from collections.abc import Callable, Collection, Coroutine
+from typing import Any, Protocol
 
 import structlog
 from notify_publisher.events import MAX_EVENT_BYTES, EventStored
@@ -130,6 +131,7 @@ class Subscriber:
         "delivered",
         "dropped",
         "heartbeat_due",
+        "next_heartbeat",
         "principal",
         "skip_through",
         "transport",
@@ -156,6 +158,9 @@ class Subscriber:
         self.delivered = 0
         self.dropped = 0
         self.heartbeat_due = False
+        # Monotonic time of the next keep-alive (`services/keepalive.py`), pushed
+        # back by every write of its stream (SSE only).
+        self.next_heartbeat = math.inf
         # After a replay, live events up to this id were already sent: skip them.
         self.skip_through: StreamKey | None = None
 
@@ -184,8 +189,9 @@ class Subscriber:
             self.close_reason = reason
         self._wakeup.set()
 
-    def request_heartbeat(self) -> None:
-        """Wake the writer for a keep-alive even though nothing is queued."""
+    def heartbeat(self) -> None:
+        """Wake the writer for a keep-alive even though nothing is queued (the
+        process' keep-alive ticker calls it when the stream was quiet)."""
         self.heartbeat_due = True
         self._wakeup.set()
 
@@ -210,7 +216,22 @@ class Subscriber:
         return len(self._items)
 
 
-BackfillReader = Callable[[str, str, float], Awaitable[tuple[list[EventStored], bool, str | None]]]
+class ChannelBroker(Protocol):
+    """What the hub asks of the broker: the process' subscriptions (`Broker`)."""
+
+    async def subscribe(self, channel: str) -> None: ...
+
+    async def subscribe_many(self, channels: list[str]) -> None: ...
+
+    async def unsubscribe(self, channel: str) -> None: ...
+
+
+class BackfillSource(Protocol):
+    """Where a channel's missed events are read from (`HistoryReader`)."""
+
+    async def read_all_after(
+        self, patient_id: str, after_id: str
+    ) -> tuple[list[EventStored], bool, str | None]: ...
 
 
 class _Channel:
@@ -230,11 +251,17 @@ class _Channel:
         self.last_key: StreamKey | None = None
         # Fallback start of a backfill when nothing with an id was delivered yet.
         self.since_ms = int(time.time() * 1000)
-        self.backfilling = False
+        # Backfills queued or running for it (several may overlap: a listener
+        # reconnect and a Cluster shard's); live messages wait while > 0.
+        self.backfilling = 0
         self.pending: list[bytes] = []
         # Resolved once the broker confirmed the subscription (None: confirmed, or
         # nobody waits any more); every attach of the channel waits on it.
         self.subscribed: asyncio.Future[None] | None = None
+
+
+# Channels whose live messages wait for a backfill (`Hub.begin_backfill`).
+HeldChannels = list[_Channel]
 
 
 class Hub:
@@ -250,15 +277,11 @@ class Hub:
         self,
         *,
         keys: RedisKeys,
-        subscribe: Callable[[str], Awaitable[None]],
-        unsubscribe: Callable[[str], Awaitable[None]],
-        backfill_reader: BackfillReader | None = None,
-        subscribe_many: Callable[[list[str]], Awaitable[None]] | None = None,
+        broker: ChannelBroker,
+        history: BackfillSource | None = None,
     ) -> None:
         self._keys = keys
-        self._subscribe = subscribe
-        self._subscribe_many = subscribe_many
-        self._unsubscribe = unsubscribe
+        self._broker = broker
         self._channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()
         self._all: set[Subscriber] = set()
@@ -268,7 +291,7 @@ class Hub:
         self._subscribing: set[asyncio.Task[None]] = set()
         self._subscriber: asyncio.Task[None] | None = None
         # Reads what a channel missed while the listener was away (None: no history).
-        self.backfill_reader = backfill_reader
+        self.history = history
 
     # --- membership --------------------------------------------------------------
 
@@ -332,12 +355,10 @@ class Hub:
             live = [(n, c) for n, c in batch if self._channels.get(n) is c]
             SUBSCRIBE_BATCH.observe(len(live))
             try:
-                if len(live) == 1 or (live and self._subscribe_many is None):
-                    for name, _ in live:
-                        await self._subscribe(name)
+                if len(live) == 1:
+                    await self._broker.subscribe(live[0][0])
                 elif live:
-                    assert self._subscribe_many is not None
-                    await self._subscribe_many([name for name, _ in live])
+                    await self._broker.subscribe_many([name for name, _ in live])
             except BaseException as exc:
                 for name, channel in batch:
                     # Not subscribed: every attach waiting on it fails and leaves.
@@ -352,7 +373,7 @@ class Hub:
                 if not channel.subscribers:
                     # Its only attaches were cancelled while it was being subscribed.
                     del self._channels[name]
-                    await self._unsubscribe(name)
+                    await self._broker.unsubscribe(name)
         for _, channel in batch:
             self._settle(channel, None)
 
@@ -360,7 +381,7 @@ class Hub:
         async with self._lock:
             if not channel.subscribers and self._channels.get(name) is channel:
                 del self._channels[name]
-                await self._unsubscribe(name)
+                await self._broker.unsubscribe(name)
 
     @staticmethod
     def _settle(channel: _Channel, exc: BaseException | None) -> None:
@@ -387,7 +408,7 @@ class Hub:
             channel.subscribers.discard(subscriber)
             if not channel.subscribers:
                 del self._channels[name]
-                await self._unsubscribe(name)
+                await self._broker.unsubscribe(name)
 
     def _forget(self, subscriber: Subscriber) -> None:
         self._all.discard(subscriber)
@@ -428,7 +449,7 @@ class Hub:
                 closed += 1
         return closed
 
-    # --- the listener's entry point ----------------------------------------------
+    # --- what the listener hands over ---------------------------------------------
 
     def on_message(self, channel_name: str, raw: bytes) -> None:
         """Validate one raw pub/sub message and fan it out. Never raises for bad input."""
@@ -489,31 +510,42 @@ class Hub:
 
     # --- recovery after the broker reconnected ------------------------------------
 
-    async def backfill(
-        self, channel_names: Collection[str] | None = None, timeout_s: float = 5.0
-    ) -> None:
+    async def backfill(self, channel_names: Collection[str] | None = None) -> None:
         """Replay from history what each active channel (or each of `channel_names`:
         one Cluster shard's) missed while the listener was away; live messages
         arriving meanwhile wait and are deduplicated."""
-        reader = self.backfill_reader
-        if reader is None:
-            return
+        await self.finish_backfill(self.begin_backfill(channel_names))
+
+    def begin_backfill(self, channel_names: Collection[str] | None = None) -> HeldChannels:
+        """Hold back the live messages of each active channel (or of each of
+        `channel_names`) from now on, until `finish_backfill` of what this returns.
+        Synchronous, so that the listener calls it before it takes a newer message."""
+        if self.history is None:
+            return []
         if channel_names is None:
             channels = list(self._channels.values())
         else:
             channels = [c for n in channel_names if (c := self._channels.get(n)) is not None]
         for channel in channels:
-            channel.backfilling = True
+            channel.backfilling += 1
+        return channels
+
+    async def finish_backfill(self, channels: HeldChannels) -> None:
+        """Read each of `channels`' missed events from history and fan them out,
+        then the live messages held back meanwhile (deduplicated by id)."""
+        reader = self.history
         try:
             for channel in channels:
+                if reader is None:
+                    break
                 after = (
                     f"{channel.last_key[0]}-{channel.last_key[1]}"
                     if channel.last_key is not None
                     else None
                 )
                 try:
-                    events, gap, oldest = await reader(
-                        channel.patient_id, after or f"{channel.since_ms}-0", timeout_s
+                    events, gap, oldest = await reader.read_all_after(
+                        channel.patient_id, after or f"{channel.since_ms}-0"
                     )
                 except Exception:
                     log.exception("backfill_failed")
@@ -524,9 +556,16 @@ class Hub:
                 for event in events:
                     self._fan_out(channel, event)
         finally:
-            for channel in channels:
-                channel.backfilling = False
-                pending, channel.pending = channel.pending, []
-                for raw in pending:
-                    if channel.subscribers:
-                        self._dispatch(channel, raw)
+            self.release_backfill(channels)
+
+    def release_backfill(self, channels: HeldChannels) -> None:
+        """Let `channels`' held-back live messages go (a backfill ended, or will not
+        run); a channel another backfill still holds keeps waiting for that one."""
+        for channel in channels:
+            channel.backfilling -= 1
+            if channel.backfilling:
+                continue
+            pending, channel.pending = channel.pending, []
+            for raw in pending:
+                if channel.subscribers:
+                    self._dispatch(channel, raw)

@@ -1,8 +1,13 @@
 """One task keeps every SSE stream of the process alive, instead of a timer per
 stream per wake-up (which profiling showed to cost a third of the event loop under
-broadcast load): it asks streams that wrote nothing for `heartbeat_s` for a
-heartbeat, and aborts writers stuck in one send longer than `send_timeout_s`
-(a peer that stopped reading, or a half-open TCP connection).
+broadcast load): it asks subscriptions whose stream wrote nothing for
+`heartbeat_s` for a heartbeat, and aborts writers stuck in one send longer than
+`send_timeout_s` (a peer that stopped reading, or a half-open TCP connection).
+
+The heartbeat goes one way, services to services to the writer: the ticker calls
+the subscription's `heartbeat()` (`services/hub.py:Subscriber`), which wakes the
+stream's writer like a delivery does; the writer (`routers/streams.py`) takes it
+as a keep-alive comment. Nothing here calls back into a router.
 
 Heartbeats come from a heap ordered by due time and are handed out every
 `HEARTBEAT_TICK_S`, so they stay spread out as the streams' writes spread them;
@@ -16,43 +21,40 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-import math
 import time
-from collections.abc import Callable
 from typing import Any, Final, Protocol
 
 HEARTBEAT_TICK_S: Final = 0.1
 STALL_CHECK_S: Final = 1.0
 
 
-class KeptAlive(Protocol):
-    # Monotonic time of the next heartbeat, pushed back by every write.
-    next_heartbeat: float
+class Watched(Protocol):
+    """A writer watched for stalls."""
+
     # Monotonic start of the send in progress, 0.0 when none.
     send_started: float
-
-    def heartbeat(self) -> None: ...
 
     def abort(self) -> None: ...
 
 
+class Heartbeats(Protocol):
+    """What takes a stream's heartbeats: its subscription (`Subscriber`)."""
+
+    # Monotonic time of the next heartbeat, pushed back by every write.
+    next_heartbeat: float
+
+    def heartbeat(self) -> None: ...
+
+
 class SendWatch:
     """One writer as the ticker sees it (both transports): `send_started` while a
-    send is in progress, `abort` cancels the writer's task once a send is stuck;
-    `heartbeat` calls `on_heartbeat` (SSE) or does nothing (WebSocket: uvicorn's
-    protocol pings keep it alive). The SSE response mixes it in, so an SSE stream
-    pays no extra object for it."""
+    send is in progress, `abort` cancels the writer's task once a send is stuck.
+    The SSE response mixes it in, so an SSE stream pays no extra object for it."""
 
-    def __init__(self, on_heartbeat: Callable[[], None] | None = None) -> None:
-        self.next_heartbeat = math.inf
+    def __init__(self) -> None:
         self.send_started = 0.0
         self.task: asyncio.Task[Any] | None = None
         self.aborted = False
-        self._on_heartbeat = on_heartbeat
-
-    def heartbeat(self) -> None:
-        if self._on_heartbeat is not None:
-            self._on_heartbeat()
 
     def abort(self) -> None:
         self.aborted = True
@@ -63,7 +65,6 @@ class SendWatch:
         """Forget the task: its stored exception holds frames that hold this watch,
         a cycle otherwise."""
         self.task = None
-        self._on_heartbeat = None
 
 
 class _Entry:
@@ -72,28 +73,29 @@ class _Entry:
 
     __slots__ = ("stream",)
 
-    def __init__(self, stream: KeptAlive) -> None:
-        self.stream: KeptAlive | None = stream
+    def __init__(self, stream: Heartbeats | None) -> None:
+        self.stream: Heartbeats | None = stream
 
 
 class KeepAlive:
     def __init__(self, *, heartbeat_s: float, send_timeout_s: float) -> None:
         self.heartbeat_s = heartbeat_s
         self.send_timeout_s = send_timeout_s
-        self._streams: dict[KeptAlive, _Entry] = {}
+        self._streams: dict[Watched, _Entry] = {}
         self._due: list[tuple[float, int, _Entry]] = []
         self._order = itertools.count()
         self._next_stall_check = 0.0
 
-    def add(self, stream: KeptAlive, *, heartbeats: bool = True) -> None:
-        """Watch `stream` for stalled sends and, with `heartbeats`, keep it alive."""
-        entry = self._streams[stream] = _Entry(stream)
-        if heartbeats:
-            stream.next_heartbeat = time.monotonic() + self.heartbeat_s
-            heapq.heappush(self._due, (stream.next_heartbeat, next(self._order), entry))
+    def add(self, watch: Watched, *, heartbeats: Heartbeats | None = None) -> None:
+        """Watch `watch`'s writer for stalled sends and, with `heartbeats` (the
+        stream's subscription), keep the stream alive."""
+        entry = self._streams[watch] = _Entry(heartbeats)
+        if heartbeats is not None:
+            heartbeats.next_heartbeat = time.monotonic() + self.heartbeat_s
+            heapq.heappush(self._due, (heartbeats.next_heartbeat, next(self._order), entry))
 
-    def discard(self, stream: KeptAlive) -> None:
-        entry = self._streams.pop(stream, None)
+    def discard(self, watch: Watched) -> None:
+        entry = self._streams.pop(watch, None)
         if entry is not None:
             # The empty slot is dropped when it comes up.
             entry.stream = None
@@ -102,22 +104,22 @@ class KeepAlive:
         due = self._due
         while due and due[0][0] <= now:
             _, _, entry = heapq.heappop(due)
-            stream = entry.stream
-            if stream is None:
+            subscription = entry.stream
+            if subscription is None:
                 continue
-            if stream.next_heartbeat > now:
+            if subscription.next_heartbeat > now:
                 # It wrote since: come back when its new deadline is reached.
-                heapq.heappush(due, (stream.next_heartbeat, next(self._order), entry))
+                heapq.heappush(due, (subscription.next_heartbeat, next(self._order), entry))
                 continue
-            stream.next_heartbeat = now + self.heartbeat_s
-            heapq.heappush(due, (stream.next_heartbeat, next(self._order), entry))
-            stream.heartbeat()
+            subscription.next_heartbeat = now + self.heartbeat_s
+            heapq.heappush(due, (subscription.next_heartbeat, next(self._order), entry))
+            subscription.heartbeat()
         if now >= self._next_stall_check:
             self._next_stall_check = now + STALL_CHECK_S
-            for stream in [s for s in self._streams if s.send_started]:
-                if now - stream.send_started > self.send_timeout_s:
-                    self.discard(stream)
-                    stream.abort()
+            for watch in [w for w in self._streams if w.send_started]:
+                if now - watch.send_started > self.send_timeout_s:
+                    self.discard(watch)
+                    watch.abort()
 
     async def run(self) -> None:
         """The supervised loop."""

@@ -72,10 +72,7 @@ async def publisher(settings: Settings, patients: list[str]) -> AsyncIterator[Lo
         socket_timeout_s=2,
     )
 
-    async def ignore(_channels: object, _sweep: bool) -> None:
-        return None
-
-    await broker.start(on_message=lambda _c, _r: None, on_reconnect=ignore)
+    await broker.start()
     try:
         yield Load(broker=broker, keys=keys, patients=patients)
     finally:

@@ -107,12 +107,7 @@ class BatchBroker:
 
 
 def make_hub(broker: BatchBroker) -> Hub:
-    return Hub(
-        keys=KEYS,
-        subscribe=broker.subscribe,
-        unsubscribe=broker.unsubscribe,
-        subscribe_many=broker.subscribe_many,
-    )
+    return Hub(keys=KEYS, broker=broker)
 
 
 def sub() -> Subscriber:
@@ -163,14 +158,11 @@ async def test_a_channel_left_before_its_subscribe_is_not_left_subscribed() -> N
 
 
 async def test_a_failed_subscribe_fails_each_attach_and_forgets_the_channels() -> None:
-    broker = BatchBroker()
+    class BrokenBroker(BatchBroker):
+        async def subscribe_many(self, channels: list[str]) -> None:
+            raise RuntimeError("boom")
 
-    async def broken(channels: list[str]) -> None:
-        raise RuntimeError("boom")
-
-    hub = Hub(
-        keys=KEYS, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe, subscribe_many=broken
-    )
+    hub = Hub(keys=KEYS, broker=BrokenBroker())
     results = await asyncio.gather(
         hub.attach("pt_1", sub()), hub.attach("pt_2", sub()), return_exceptions=True
     )

@@ -29,11 +29,7 @@ KEYS = RedisKeys("u:")
 @pytest.fixture
 async def broker() -> AsyncIterator[MemoryBroker]:
     memory = MemoryBroker(control_channel=KEYS.control)
-
-    async def reconnect(_channels: object, _sweep: bool) -> None:
-        return None
-
-    await memory.start(on_message=lambda _c, _r: None, on_reconnect=reconnect)
+    await memory.start()
     yield memory
     await memory.stop()
 

@@ -24,18 +24,10 @@ from service.services.tickets import TicketStore, ticket_id
 KEYS = RedisKeys("u:")
 
 
-async def _noop(_: str) -> None:
-    return None
-
-
 async def broker() -> MemoryBroker:
     memory = MemoryBroker(control_channel=KEYS.control)
-    await memory.start(on_message=lambda _c, _r: None, on_reconnect=_reconnected)
+    await memory.start()
     return memory
-
-
-async def _reconnected(_channels: object, _sweep: bool) -> None:
-    return None
 
 
 def principal(sub: str = "pt_1", **kw: object) -> Principal:
@@ -50,7 +42,7 @@ def principal(sub: str = "pt_1", **kw: object) -> Principal:
 
 
 async def hub_with(*principals: Principal) -> tuple[Hub, list[Subscriber]]:
-    hub = Hub(keys=KEYS, subscribe=_noop, unsubscribe=_noop)
+    hub = Hub(keys=KEYS, broker=MemoryBroker(control_channel=KEYS.control))
     subscribers = []
     for p in principals:
         subscriber = Subscriber(maxlen=10, transport="sse", principal=p)

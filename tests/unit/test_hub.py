@@ -3,7 +3,9 @@ input, deduplication and backfill after a reconnect."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Awaitable, Callable
 
 import pytest
 from notify_publisher.events import MAX_EVENT_BYTES, EventStored
@@ -16,6 +18,7 @@ from tests.support.events import event_dict, event_json
 from tests.support.metrics import metric
 
 KEYS = RedisKeys("u:")
+Reader = Callable[[str, str], Awaitable[tuple[list[EventStored], bool, str | None]]]
 
 
 class FakeBroker:
@@ -25,6 +28,9 @@ class FakeBroker:
 
     async def subscribe(self, channel: str) -> None:
         self.subscribed.append(channel)
+
+    async def subscribe_many(self, channels: list[str]) -> None:
+        self.subscribed.extend(channels)
 
     async def unsubscribe(self, channel: str) -> None:
         self.unsubscribed.append(channel)
@@ -37,7 +43,19 @@ def broker() -> FakeBroker:
 
 @pytest.fixture
 def hub(broker: FakeBroker) -> Hub:
-    return Hub(keys=KEYS, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe)
+    return Hub(keys=KEYS, broker=broker)
+
+
+class FakeHistory:
+    """`HistoryReader.read_all_after` answering what `read` says."""
+
+    def __init__(self, read: Reader) -> None:
+        self.read = read
+
+    async def read_all_after(
+        self, patient_id: str, after_id: str
+    ) -> tuple[list[EventStored], bool, str | None]:
+        return await self.read(patient_id, after_id)
 
 
 def sub(maxlen: int = 10, appointment_id: str | None = None) -> Subscriber:
@@ -187,14 +205,14 @@ async def test_backfill_replays_missed_events_in_order(hub: Hub) -> None:
     missed = [EventStored.model_validate_json(with_id(f"10-{i}")) for i in (1, 2, 3)]
     calls: list[tuple[str, str]] = []
 
-    async def reader(pid: str, after: str, _t: float) -> tuple[list[EventStored], bool, str | None]:
+    async def reader(pid: str, after: str) -> tuple[list[EventStored], bool, str | None]:
         calls.append((pid, after))
         # A live message arriving during the backfill waits behind it.
         hub.on_message("u:patient:{pt_1}", with_id("10-3"))
         hub.on_message("u:patient:{pt_1}", with_id("10-4"))
         return missed, False, "10-0"
 
-    hub.backfill_reader = reader
+    hub.history = FakeHistory(reader)
     await hub.backfill()
     assert calls == [("pt_1", "10-0")]
     assert [d.id for d in s.drain()] == ["10-0", "10-1", "10-2", "10-3", "10-4"]
@@ -205,13 +223,49 @@ async def test_backfill_reports_gap(hub: Hub) -> None:
     await hub.attach("pt_1", s)
     hub.on_message("u:patient:{pt_1}", with_id("10-0"))
 
-    async def reader(pid: str, after: str, _t: float) -> tuple[list[EventStored], bool, str | None]:
+    async def reader(pid: str, after: str) -> tuple[list[EventStored], bool, str | None]:
         return [], True, None
 
-    hub.backfill_reader = reader
+    hub.history = FakeHistory(reader)
     await hub.backfill()
     kinds = [d.kind for d in s.drain()]
     assert kinds == ["appointment.rescheduled", "gap"]
+
+
+async def test_overlapping_backfills_hold_live_messages_until_the_last_one_ends(
+    hub: Hub,
+) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    hub.on_message("u:patient:{pt_1}", with_id("10-0"))
+    gate = asyncio.Event()
+
+    async def reader(pid: str, after: str) -> tuple[list[EventStored], bool, str | None]:
+        await gate.wait()
+        return [EventStored.model_validate_json(with_id("10-1"))], False, "10-0"
+
+    hub.history = FakeHistory(reader)
+    # A listener reconnect and a Cluster shard's resync of the same channel.
+    first = hub.begin_backfill(None)
+    second = hub.begin_backfill(["u:patient:{pt_1}"])
+    hub.on_message("u:patient:{pt_1}", with_id("10-2"))
+    gate.set()
+    await hub.finish_backfill(first)
+    # The second backfill still holds the channel: the live message waits.
+    assert [d.id for d in s.drain()] == ["10-0", "10-1"]
+    await hub.finish_backfill(second)
+    assert [d.id for d in s.drain()] == ["10-2"]
+
+
+async def test_released_backfill_lets_held_messages_go(hub: Hub) -> None:
+    s = sub()
+    await hub.attach("pt_1", s)
+    hub.history = FakeHistory(lambda _p, _a: asyncio.sleep(0, ([], False, None)))
+    held = hub.begin_backfill(None)
+    hub.on_message("u:patient:{pt_1}", with_id("11-0"))
+    assert len(s) == 0
+    hub.release_backfill(held)
+    assert [d.id for d in s.drain()] == ["11-0"]
 
 
 async def test_close_where_matches_predicate(hub: Hub) -> None:

@@ -21,6 +21,7 @@ from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.hub import Hub
 from service.services.limits import ConnectionLimiter, Limit
+from service.services.listener import HubListener
 from service.services.principal import Principal, Role
 from service.services.publisher import publish
 from service.services.streams import StreamSession, cancel_all, schedule_expiry
@@ -63,17 +64,19 @@ class Parts:
         return stored.event.id
 
 
-async def _no_reconnect(_channels: object, _sweep: bool) -> None:
-    return None
-
-
 @pytest.fixture
 async def parts() -> AsyncIterator[Parts]:
     broker = MemoryBroker(control_channel=KEYS.control)
     history = HistoryReader(broker=broker, keys=KEYS, page_size=2)
-    hub = Hub(keys=KEYS, subscribe=broker.subscribe, unsubscribe=broker.unsubscribe)
-    await broker.start(on_message=hub.on_message, on_reconnect=_no_reconnect)
+    hub = Hub(keys=KEYS, broker=broker, history=history)
+    await broker.start()
+    # The hub's listener pulls what the broker receives, as under the lifespan.
+    listener = asyncio.get_running_loop().create_task(
+        HubListener(broker=broker, hub=hub, keys=KEYS).run()
+    )
     yield Parts(broker, hub, history, ConnectionLimiter(max_total=10, max_per_subject=2))
+    listener.cancel()
+    await asyncio.gather(listener, return_exceptions=True)
     await broker.stop()
 
 
