@@ -82,7 +82,10 @@ def test_every_listed_code_has_its_own_cause_and_the_rest_share_one() -> None:
     assert {cause for _, cause in REPLIES} == {*causes, OTHER.cause}
     # Each cause's series exists at 0 from the start (alerts see the first refusal).
     for cause in (*causes, OTHER.cause):
-        assert REGISTRY.get_sample_value("notify_redis_refusals_total", {"cause": cause}) == 0
+        # Exists (other tests in this process may have counted one already).
+        assert (
+            REGISTRY.get_sample_value("notify_redis_refusals_total", {"cause": cause}) is not None
+        )
     for cause in (*causes, OTHER.cause, health.SHARDS_DOWN_CAUSE):
         assert REGISTRY.get_sample_value("notify_ready_degraded", {"cause": cause}) is not None
 
