@@ -6,6 +6,7 @@ deploy/docker/requirements.lock. Both come from pyproject.toml via `make lock`.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from importlib.metadata import version
@@ -65,9 +66,13 @@ DEV_ONLY = ("pytest", "ruff", "mypy", "schemathesis", "playwright", "pip-tools",
 
 def make_dry_run(target: str, venv: Path) -> list[str]:
     """The commands `make <target>` would run for a venv that does not exist yet."""
+    # As a user types it: under `make test` the inherited MAKEFLAGS/MAKELEVEL make
+    # this a sub-make, which prints "Entering/Leaving directory" lines.
+    environ = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
         ["make", "-n", target, f"VENV={venv}"],
         cwd=ROOT,
+        env=environ,
         capture_output=True,
         text=True,
         check=True,

@@ -47,8 +47,11 @@ def hold_half_open(port: int, count: int, timeout_s: float) -> list[tuple[bytes,
     with selectors.DefaultSelector() as selector:
         try:
             for _ in range(count):
+                # Before connecting: the server's clock starts when it accepts,
+                # which can come before create_connection returns here.
+                opened_at = time.monotonic()
                 sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-                started[sock] = time.monotonic()
+                started[sock] = opened_at
                 sock.sendall(b"GET /health/live HTTP/1.1\r\nHost: notify\r\n")
                 sock.setblocking(False)
                 answers[sock] = bytearray()
