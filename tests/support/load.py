@@ -18,6 +18,7 @@ from service.failures import BrokerUnavailableError
 from tests.support.publishing import publish_to
 from tests.support.sse import SSEStream
 from tests.support.waiting import eventually
+from tests.support.ws import WSClient
 
 
 @dataclass
@@ -95,6 +96,16 @@ async def received_all(stream: SSEStream, accepted: list[str], timeout_s: float 
 
 def assert_once_in_order(stream: SSEStream) -> None:
     got = ids(stream)
+    assert len(got) == len(set(got)), "a duplicate was delivered"
+    assert got == sorted(got, key=parse_stream_id), "events arrived out of order"
+
+
+def ws_ids(ws: WSClient) -> list[str]:
+    return [str(event["id"]) for event in ws.events]
+
+
+def assert_ws_once_in_order(ws: WSClient) -> None:
+    got = ws_ids(ws)
     assert len(got) == len(set(got)), "a duplicate was delivered"
     assert got == sorted(got, key=parse_stream_id), "events arrived out of order"
 

@@ -49,7 +49,15 @@ class WSClient:
 
     @property
     def events(self) -> list[Message]:
-        return [m["event"] for m in self.of_type("event")]
+        """Every event received, in order: an `events` message (a batch, sent under
+        load) counts as its events one after another, as docs/websocket.md says."""
+        got: list[Message] = []
+        for m in self.messages:
+            if m.get("type") == "event":
+                got.append(m["event"])
+            elif m.get("type") == "events":
+                got.extend(m["events"])
+        return got
 
     async def wait_for(
         self, predicate: Callable[[WSClient], bool], timeout_s: float = 10.0, what: str = ""
