@@ -27,6 +27,7 @@ import pytest
 
 from service.services.principal import Role
 from service.services.tokens import mint_token
+from tests.support import child_process
 
 from . import nginx_config
 
@@ -134,17 +135,13 @@ class NotifyServer:
                 [notify_script(), "serve"], env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
 
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"notify serve exited with {self.proc.returncode}:\n{self.log()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200
-            return False
-
-        poll(ready, timeout_s, "notify serve to report ready")
+        child_process.wait_ready(
+            self.proc,
+            f"{self.base_url}/health/ready",
+            name="notify serve",
+            timeout_s=timeout_s,
+            log=self.log,
+        )
         return self
 
     def log(self) -> str:
@@ -174,14 +171,7 @@ class NotifyServer:
         self.proc.send_signal(signal.SIGTERM)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        child_process.stop(self.proc, timeout_s=30)
 
 
 class Nginx:

@@ -3,9 +3,7 @@ storage in a temp folder, a free port, scraping and evaluating every second."""
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,7 +12,9 @@ from typing import Any
 import httpx
 import yaml  # type: ignore[import-untyped, unused-ignore]
 
-from .conftest import free_port, poll
+from tests.support import child_process
+
+from .conftest import free_port
 from .prometheus import find_binary
 
 # Scrape and evaluate every second: an alert's state follows the service within a
@@ -61,17 +61,13 @@ class PrometheusServer:
                 stderr=subprocess.STDOUT,
             )
 
-        def ready() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"prometheus exited with {self.proc.returncode}:\n{self.log_path.read_text()}"
-                )
-            with contextlib.suppress(httpx.HTTPError):
-                return httpx.get(f"{self.base_url}/-/ready", timeout=1).status_code == 200
-            return False
-
-        poll(ready, timeout_s, "prometheus to be ready")
+        child_process.wait_ready(
+            self.proc,
+            f"{self.base_url}/-/ready",
+            name="prometheus",
+            timeout_s=timeout_s,
+            log=self.log_path.read_text,
+        )
         return self
 
     def api(self, path: str, **params: str) -> Any:
@@ -104,11 +100,5 @@ class PrometheusServer:
         ]
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        child_process.stop(self.proc, timeout_s=15)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -34,7 +34,7 @@ from service.services.principal import Role
 from tests.deploy.conftest import Nginx
 from tests.support.app_server import ServiceProcess
 from tests.support.events import event
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import EXACT_TRIM, RedisServer, free_port
 from tests.support.tokens import Tokens
 
 CHROMIUM = "/usr/bin/chromium"
@@ -412,13 +412,8 @@ def foreign_site() -> Iterator[StaticSite]:
 
 @pytest.fixture(scope="package")
 def e2e_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
+    server = RedisServer(extra_args=EXACT_TRIM)
     server.start()
-    # One entry per stream node: `XADD MAXLEN ~ N` then trims to exactly N, so a
-    # small NOTIFY_HISTORY_MAXLEN really trims (the default node holds 100 entries).
-    client = server.client()
-    client.config_set("stream-node-max-entries", 1)
-    client.close()
     yield server
     server.stop()
 

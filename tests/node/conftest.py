@@ -26,7 +26,7 @@ from service.config import Settings
 from service.services.principal import Role
 from tests.support.app_server import ServiceProcess
 from tests.support.events import event
-from tests.support.redis_server import RedisServer, free_port
+from tests.support.redis_server import EXACT_TRIM, RedisServer, free_port
 from tests.support.tokens import Tokens
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,13 +185,8 @@ class Service:
 
 @pytest.fixture(scope="package")
 def node_redis() -> Iterator[RedisServer]:
-    server = RedisServer()
+    server = RedisServer(extra_args=EXACT_TRIM)
     server.start()
-    # One entry per stream node: `XADD MAXLEN ~ N` then trims to exactly N, so the
-    # small history really trims (a default node holds 100 entries).
-    client = server.client()
-    client.config_set("stream-node-max-entries", 1)
-    client.close()
     yield server
     server.stop()
 

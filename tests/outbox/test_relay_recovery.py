@@ -1,9 +1,6 @@
 """`notify relay` processes killed mid-batch, Redis and PostgreSQL taken
-away: every row reaches its patient's history once, in id order per patient.
-
-The patient's history stream is the record of delivery: every event a connected
-client gets went through it (tests/outbox/test_relay.py follows rows to an SSE
-client), and a repeat publish would show up as a second entry."""
+away: every row reaches its patient's history once, in id order per patient
+(`assert_each_row_once_in_order` says why the history is the record)."""
 
 from __future__ import annotations
 

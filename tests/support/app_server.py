@@ -13,13 +13,13 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
 import uvicorn
 
 from service.cli import uvicorn_options
 from service.config import Settings
 from service.main import create_app
 from service.state import AppState
+from tests.support import child_process
 from tests.support.redis_server import free_port
 
 
@@ -108,15 +108,9 @@ class ServiceProcess:
         )
         if not isinstance(out, int):
             out.close()  # the child holds its own descriptor
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited with {self.proc.returncode} during start-up")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise AssertionError("service did not become ready")
+        child_process.wait_ready(
+            self.proc, f"{self.base_url}/health/ready", name="service", timeout_s=timeout_s
+        )
 
     def terminate(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -127,12 +121,4 @@ class ServiceProcess:
         return self.proc.wait(timeout=timeout_s)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        child_process.stop(self.proc, timeout_s=30)

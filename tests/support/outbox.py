@@ -72,7 +72,11 @@ def history_sequences(client: redis.Redis, key_prefix: str, patient_id: str) -> 
 def assert_each_row_once_in_order(
     server: RedisServer, prefix: str, patients: int, per_patient: int, name: str = "pt"
 ) -> None:
-    """Every patient `<name>_<p>` got its rows 0..per_patient-1 exactly once, in order."""
+    """Every patient `<name>_<p>` got its rows 0..per_patient-1 exactly once, in order.
+
+    The patient's history stream is the record of delivery: every event a connected
+    client gets went through it (tests/outbox/test_relay.py follows rows to an SSE
+    client), and a repeat publish would show up as a second entry."""
     with server.client() as client:
         for p in range(patients):
             sequences = history_sequences(client, prefix, f"{name}_{p}")

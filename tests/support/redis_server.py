@@ -82,6 +82,11 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a cluster node")
 
 
+# One entry per stream node: `XADD MAXLEN ~ N` then trims to exactly N, so a small
+# history (`NOTIFY_HISTORY_MAXLEN`) really trims (a default node holds 100 entries).
+EXACT_TRIM = ("--stream-node-max-entries", "1")
+
+
 class RedisServer:
     """One redis-server process without persistence on a fixed free port."""
 

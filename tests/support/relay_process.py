@@ -3,15 +3,14 @@ by the tests like a pod would be."""
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import subprocess
 import sys
-import time
 
 import httpx
 
 from service.config import Settings
+from tests.support import child_process
 from tests.support.app_server import settings_env
 from tests.support.redis_server import free_port
 
@@ -34,16 +33,10 @@ class RelayProcess:
         )
         if not isinstance(out, int):
             out.close()
-        if not wait_ready:
-            return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"relay exited with {self.proc.returncode} at start-up")
-            if self.ready():
-                return
-            time.sleep(0.05)
-        raise AssertionError("relay did not become ready")
+        if wait_ready:
+            child_process.wait_ready(
+                self.proc, f"{self.base_url}/health/ready", name="relay", timeout_s=timeout_s
+            )
 
     @property
     def pid(self) -> int:
@@ -51,14 +44,10 @@ class RelayProcess:
         return self.proc.pid
 
     def live(self) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.base_url}/health/live", timeout=1).status_code == 200
-        return False
+        return child_process.answers(f"{self.base_url}/health/live")
 
     def ready(self) -> bool:
-        with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.base_url}/health/ready", timeout=1).status_code == 200
-        return False
+        return child_process.answers(f"{self.base_url}/health/ready")
 
     def metric(self, name: str) -> float:
         """The value of an unlabelled sample of the relay's /metrics."""
@@ -75,11 +64,4 @@ class RelayProcess:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        child_process.stop(self.proc, timeout_s=15)

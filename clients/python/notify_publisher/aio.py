@@ -12,36 +12,41 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
-from redis.exceptions import (
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-    SlotNotCoveredError,
-)
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
 from notify_publisher.batch import (
     RETRY_ON,
     Durability,
+    Moved,
     Outcome,
     backoff_s,
+    by_node,
     ids_or_raise,
-    moved,
+    in_order,
     outcomes,
+    primary,
     queue,
     script_missing,
+    unreachable,
 )
 from notify_publisher.config import PublisherConfig
-from notify_publisher.errors import ConfigurationError, PublishRefusedError
+from notify_publisher.errors import ConfigurationError
 from notify_publisher.events import EventCreate
-from notify_publisher.plan import Plan, node_options
+from notify_publisher.plan import (
+    Configured,
+    Plan,
+    cluster_options,
+    node_options,
+    not_a_cluster,
+    pool_options,
+    primary_options,
+    standalone_problem,
+    unanswered,
+)
 from notify_publisher.request import SCRIPT, PublishRequest, PublishResult
-from notify_publisher.topology import RedisMode, mismatch
+from notify_publisher.topology import RedisMode
 
 EventInput = EventCreate | Mapping[str, Any]
-
-
-class _Moved(Exception):
-    """A Cluster slot or a primary moved: refresh, then send the batch again."""
 
 
 class AsyncRunner:
@@ -73,14 +78,12 @@ class AsyncRunner:
                 await asyncio.sleep(backoff_s(attempt - 1))
             try:
                 return await self._once(requests, durability)
-            except (*RETRY_ON, _Moved) as exc:
+            except (*RETRY_ON, Moved) as exc:
                 # In Cluster a lost node may have been replaced: read the slot
                 # map again (a no-op for one server).
                 last = exc
                 await self._refresh()
-        raise PublishRefusedError(
-            "unavailable", f"Redis unreachable after {self._retries + 1} attempts"
-        ) from last
+        raise unreachable(self._retries) from last
 
     async def _once(
         self, requests: Sequence[PublishRequest], durability: Durability | None
@@ -91,38 +94,29 @@ class AsyncRunner:
         try:
             await self._client.initialize()
         except (RedisClusterException, ResponseError) as exc:
-            raise _Moved("no slot map") from exc
-        groups: dict[str, list[int]] = {}
-        for index, request in enumerate(requests):
-            groups.setdefault(self._node_name(request.keys[0]), []).append(index)
+            raise Moved("no slot map") from exc
+        groups = by_node(requests, self._node_name)
         answers = await asyncio.gather(
             *(
                 self._on(self._nodes[name], [requests[i] for i in indexes], durability)
                 for name, indexes in groups.items()
             )
         )
-        results: list[Outcome | None] = [None] * len(requests)
-        for indexes, answer in zip(groups.values(), answers, strict=True):
-            for index, outcome in zip(indexes, answer, strict=True):
-                results[index] = outcome
-        return [r for r in results if r is not None]
+        return in_order(len(requests), groups.values(), answers)
 
     def _node_name(self, key: str) -> str:
-        assert isinstance(self._client, RedisCluster)
-        try:
-            node = self._client.nodes_manager.get_node_from_slot(self._client.keyslot(key))
-        except (KeyError, SlotNotCoveredError) as exc:
-            raise _Moved(f"no primary known for {key}") from exc
-        if node.name not in self._nodes:
+        node = primary(self._client, key)
+        name: str = node.name
+        if name not in self._nodes:
             # No retries inside redis-py (its default backs off for seconds on a
             # dead node): `run` retries, after reading the slot map again.
-            self._nodes[node.name] = Redis(
+            self._nodes[name] = Redis(
                 host=node.host,
                 port=int(node.port),
                 retry=Retry(NoBackoff(), retries=0),
                 **self._node_options,
             )
-        return node.name
+        return name
 
     async def _refresh(self) -> None:
         if isinstance(self._client, RedisCluster):
@@ -141,9 +135,6 @@ class AsyncRunner:
             if not script_missing(replies):
                 break
             await client.script_load(SCRIPT)
-        redirect = moved(replies)
-        if redirect is not None:
-            raise _Moved(str(redirect))
         results, release = outcomes(requests, replies, durability)
         if release:
             async with client.pipeline(transaction=False) as pipe:
@@ -160,15 +151,12 @@ class AsyncRunner:
 
 def _async_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentinel | None]:
     topology = config.topology
-    options = node_options(config)
     no_retry = Retry(NoBackoff(), retries=0)
     if topology.mode is RedisMode.CLUSTER:
         cluster = RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in topology.seed_addresses()],
-            require_full_coverage=False,
-            max_connections=config.max_connections,
             retry=no_retry,
-            **options,
+            **cluster_options(config),
         )
         return cluster, None
     if topology.mode is RedisMode.SENTINEL:
@@ -177,25 +165,17 @@ def _async_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentin
             list(topology.nodes),
             sentinel_kwargs=Plan.sentinel_kwargs(config),
             db=topology.db,
-            **options,
+            **node_options(config),
         )
         client: Redis = sentinel.master_for(
             topology.sentinel_master,
             connection_pool_class=_BlockingSentinelPool,
-            max_connections=config.max_connections,
-            timeout=config.pool_timeout_s,
             retry=no_retry,
-            check_connection=True,
+            **primary_options(config),
         )
         return client, sentinel
     assert topology.url is not None  # checked by PublisherConfig
-    pool = BlockingConnectionPool.from_url(
-        topology.url,
-        max_connections=config.max_connections,
-        timeout=config.pool_timeout_s,
-        retry=no_retry,
-        **{k: v for k, v in options.items() if v is not None and k != "ssl"},
-    )
+    pool = BlockingConnectionPool.from_url(topology.url, retry=no_retry, **pool_options(config))
     return Redis(connection_pool=pool), None
 
 
@@ -203,7 +183,7 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
     """Waits up to `timeout` for a free connection, like the standalone pool."""
 
 
-class Publisher:
+class Publisher(Configured):
     """Publishes appointment events from asyncio code (one per process, shared).
 
         async with Publisher.from_env() as publisher:
@@ -215,7 +195,7 @@ class Publisher:
     """
 
     def __init__(self, config: PublisherConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self._client, self._sentinel = _async_client(config)
         self._runner = AsyncRunner(
             self._client,
@@ -225,17 +205,6 @@ class Publisher:
         self._plan = Plan(config)
         self._checked = False
         self._check_lock = asyncio.Lock()
-
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> Publisher:
-        """A standalone Redis (`redis://`, `rediss://`, `unix://`); `options` are
-        `PublisherConfig` fields (`key_prefix`, `wait_replicas`, ...)."""
-        return cls(PublisherConfig.from_url(url, **options))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Publisher:
-        """From the service's `NOTIFY_REDIS_*` (and other `NOTIFY_*`) variables."""
-        return cls(PublisherConfig.from_env(environ))
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -258,32 +227,21 @@ class Publisher:
             try:
                 await self._check()
             except RETRY_ON as exc:
-                raise PublishRefusedError(
-                    "unavailable", f"Redis ({self.config.topology.describe()}) did not answer"
-                ) from exc
+                raise unanswered(self.config) from exc
             self._checked = True
 
     async def _check(self) -> None:
-        topology = self.config.topology
         if isinstance(self._client, RedisCluster):
             try:
                 await self._client.initialize()
             except RedisClusterException as exc:
-                raise ConfigurationError(
-                    f"NOTIFY_REDIS_MODE=cluster but {topology.describe()} is not a Redis "
-                    f"Cluster: set NOTIFY_REDIS_MODE=standalone ({exc})"
-                ) from exc
+                raise ConfigurationError(f"{not_a_cluster(self.config)} ({exc})") from exc
             return
         server = await self._client.info("server")
         replication = await self._client.info("replication")
-        problem = mismatch(
-            RedisMode.STANDALONE,
-            topology.describe(),
-            str(server.get("redis_mode", "standalone")),
-            str(replication.get("role", "master")),
-        )
+        problem = standalone_problem(self.config, server, replication)
         if problem is not None:
-            raise ConfigurationError(problem)
+            raise problem
 
     async def publish(
         self,

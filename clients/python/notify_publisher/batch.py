@@ -15,7 +15,7 @@ whole: what was stored is replayed, never stored twice.
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +24,7 @@ from redis.exceptions import (
     ClusterDownError,
     NoScriptError,
     ReadOnlyError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -56,6 +57,45 @@ class Durability:
 Outcome = PublishResult | PublisherError
 
 
+class Moved(Exception):
+    """A Cluster slot or a primary moved: refresh, then send the batch again."""
+
+
+def unreachable(retries: int) -> PublishRefusedError:
+    """What a runner raises once every attempt (`retries` + 1) lost Redis."""
+    return PublishRefusedError("unavailable", f"Redis unreachable after {retries + 1} attempts")
+
+
+def primary(cluster: Any, key: str) -> Any:
+    """The shard primary `cluster` (an asyncio or a blocking `RedisCluster`) knows
+    for `key`'s slot; `Moved` when it knows none."""
+    try:
+        return cluster.nodes_manager.get_node_from_slot(cluster.keyslot(key))
+    except (KeyError, SlotNotCoveredError) as exc:
+        raise Moved(f"no primary known for {key}") from exc
+
+
+def by_node(
+    requests: Sequence[PublishRequest], node_of: Callable[[str], str]
+) -> dict[str, list[int]]:
+    """The requests' indexes grouped by the node (name) of their first key."""
+    groups: dict[str, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(node_of(request.keys[0]), []).append(index)
+    return groups
+
+
+def in_order(
+    count: int, groups: Iterable[list[int]], answers: Iterable[Sequence[Outcome]]
+) -> list[Outcome]:
+    """The per-node answers put back in the order of the `count` requests."""
+    results: list[Outcome | None] = [None] * count
+    for indexes, answer in zip(groups, answers, strict=True):
+        for index, outcome in zip(indexes, answer, strict=True):
+            results[index] = outcome
+    return [r for r in results if r is not None]
+
+
 def queue(pipe: Any, requests: Sequence[PublishRequest], durability: Durability | None) -> None:
     for request in requests:
         pipe.evalsha(SCRIPT_SHA, len(request.keys), *request.keys, *request.args)
@@ -77,7 +117,11 @@ def outcomes(
     requests: Sequence[PublishRequest], replies: Sequence[Any], durability: Durability | None
 ) -> tuple[list[Outcome], list[str]]:
     """Each request's result or error, and the records whose in-flight mark the
-    caller must clear (after WAIT)."""
+    caller must clear (after WAIT); `Moved` when a reply says the slot or the
+    primary moved."""
+    redirect = moved(replies)
+    if redirect is not None:
+        raise Moved(str(redirect))
     results: list[Outcome] = []
     for reply in replies[: len(requests)]:
         if isinstance(reply, BaseException):

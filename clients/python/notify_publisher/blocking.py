@@ -13,33 +13,43 @@ from typing import Any, Self
 from redis import BlockingConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError, SlotNotCoveredError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from notify_publisher.batch import (
     RETRY_ON,
     Durability,
+    Moved,
     Outcome,
     backoff_s,
+    by_node,
     ids_or_raise,
-    moved,
+    in_order,
     outcomes,
+    primary,
     queue,
     script_missing,
+    unreachable,
 )
 from notify_publisher.config import PublisherConfig
-from notify_publisher.errors import ConfigurationError, PublishRefusedError
+from notify_publisher.errors import ConfigurationError
 from notify_publisher.events import EventCreate
-from notify_publisher.plan import Plan, node_options
+from notify_publisher.plan import (
+    Configured,
+    Plan,
+    cluster_options,
+    node_options,
+    not_a_cluster,
+    pool_options,
+    primary_options,
+    standalone_problem,
+    unanswered,
+)
 from notify_publisher.request import SCRIPT, PublishRequest, PublishResult
-from notify_publisher.topology import RedisMode, mismatch
+from notify_publisher.topology import RedisMode
 
 EventInput = EventCreate | Mapping[str, Any]
-
-
-class _Moved(Exception):
-    """A Cluster slot or a primary moved: refresh, then send the batch again."""
 
 
 class SyncRunner:
@@ -58,14 +68,12 @@ class SyncRunner:
                 time.sleep(backoff_s(attempt - 1))
             try:
                 return self._once(requests, durability)
-            except (*RETRY_ON, _Moved) as exc:
+            except (*RETRY_ON, Moved) as exc:
                 # In Cluster a lost node may have been replaced: read the slot
                 # map again (a no-op for one server).
                 last = exc
                 self._refresh()
-        raise PublishRefusedError(
-            "unavailable", f"Redis unreachable after {self._retries + 1} attempts"
-        ) from last
+        raise unreachable(self._retries) from last
 
     def _once(
         self, requests: Sequence[PublishRequest], durability: Durability | None
@@ -73,23 +81,21 @@ class SyncRunner:
         client = self._client
         if not isinstance(client, RedisCluster):
             return self._on(client, requests, durability)
-        groups: dict[str, tuple[Redis, list[int]]] = {}
-        for index, request in enumerate(requests):
-            try:
-                node = client.nodes_manager.get_node_from_slot(
-                    client.keyslot(request.keys[0])  # type: ignore[no-untyped-call]
-                )
-            except (KeyError, SlotNotCoveredError) as exc:
-                raise _Moved(f"no primary known for {request.keys[0]}") from exc
-            if node.name not in groups:
-                groups[node.name] = (client.get_redis_connection(node), [])
-            groups[node.name][1].append(index)
-        results: list[Outcome | None] = [None] * len(requests)
-        for node_client, indexes in groups.values():
-            answer = self._on(node_client, [requests[i] for i in indexes], durability)
-            for index, outcome in zip(indexes, answer, strict=True):
-                results[index] = outcome
-        return [r for r in results if r is not None]
+        nodes: dict[str, Redis] = {}
+
+        def node_name(key: str) -> str:
+            node = primary(client, key)
+            name: str = node.name
+            if name not in nodes:
+                nodes[name] = client.get_redis_connection(node)
+            return name
+
+        groups = by_node(requests, node_name)
+        answers = [
+            self._on(nodes[name], [requests[i] for i in indexes], durability)
+            for name, indexes in groups.items()
+        ]
+        return in_order(len(requests), groups.values(), answers)
 
     def _refresh(self) -> None:
         if isinstance(self._client, RedisCluster):
@@ -108,9 +114,6 @@ class SyncRunner:
             if not script_missing(replies):
                 break
             client.script_load(SCRIPT)
-        redirect = moved(replies)
-        if redirect is not None:
-            raise _Moved(str(redirect))
         results, release = outcomes(requests, replies, durability)
         if release:
             with client.pipeline(transaction=False) as pipe:
@@ -126,7 +129,6 @@ class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
 
 def _sync_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentinel | None]:
     topology = config.topology
-    options = node_options(config)
     no_retry = Retry(NoBackoff(), retries=0)
     if topology.mode is RedisMode.CLUSTER:
         cluster = RedisCluster(
@@ -134,10 +136,8 @@ def _sync_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentine
                 ClusterNode(h, p)  # type: ignore[no-untyped-call]
                 for h, p in topology.seed_addresses()
             ],
-            require_full_coverage=False,
-            max_connections=config.max_connections,
             retry=no_retry,
-            **options,
+            **cluster_options(config),
         )
         return cluster, None
     if topology.mode is RedisMode.SENTINEL:
@@ -146,29 +146,21 @@ def _sync_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentine
             list(topology.nodes),
             sentinel_kwargs=Plan.sentinel_kwargs(config),
             db=topology.db,
-            **options,
+            **node_options(config),
         )
         client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
             topology.sentinel_master,
             connection_pool_class=_BlockingSentinelPool,
-            max_connections=config.max_connections,
-            timeout=config.pool_timeout_s,
             retry=no_retry,
-            check_connection=True,
+            **primary_options(config),
         )
         return client, sentinel
     assert topology.url is not None  # checked by PublisherConfig
-    pool = BlockingConnectionPool.from_url(
-        topology.url,
-        max_connections=config.max_connections,
-        timeout=config.pool_timeout_s,
-        retry=no_retry,
-        **{k: v for k, v in options.items() if v is not None and k != "ssl"},
-    )
+    pool = BlockingConnectionPool.from_url(topology.url, retry=no_retry, **pool_options(config))
     return Redis(connection_pool=pool), None
 
 
-class SyncPublisher:
+class SyncPublisher(Configured):
     """Publishes appointment events from blocking code; safe from many threads.
 
         with SyncPublisher.from_env() as publisher:
@@ -180,7 +172,7 @@ class SyncPublisher:
     """
 
     def __init__(self, config: PublisherConfig) -> None:
-        self.config = config
+        super().__init__(config)
         # Nothing connects before the first publish (or `connect()`): a Celery
         # worker may build its publisher at import time, before it forks.
         self._client: Redis | RedisCluster | None = None
@@ -189,17 +181,6 @@ class SyncPublisher:
         self._plan = Plan(config)
         self._checked = False
         self._check_lock = threading.Lock()
-
-    @classmethod
-    def from_url(cls, url: str, **options: Any) -> SyncPublisher:
-        """A standalone Redis (`redis://`, `rediss://`, `unix://`); `options` are
-        `PublisherConfig` fields (`key_prefix`, `wait_replicas`, ...)."""
-        return cls(PublisherConfig.from_url(url, **options))
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> SyncPublisher:
-        """From the service's `NOTIFY_REDIS_*` (and other `NOTIFY_*`) variables."""
-        return cls(PublisherConfig.from_env(environ))
 
     def __enter__(self) -> Self:
         self.connect()
@@ -227,34 +208,21 @@ class SyncPublisher:
             except RedisClusterException as exc:
                 # A Cluster client reads the slot map as it is built.
                 if "not enabled" in str(exc):
-                    raise ConfigurationError(
-                        f"NOTIFY_REDIS_MODE=cluster but {self.config.topology.describe()} is not "
-                        "a Redis Cluster: set NOTIFY_REDIS_MODE=standalone"
-                    ) from exc
-                raise PublishRefusedError(
-                    "unavailable", f"Redis ({self.config.topology.describe()}) did not answer"
-                ) from exc
+                    raise ConfigurationError(not_a_cluster(self.config)) from exc
+                raise unanswered(self.config) from exc
             except RETRY_ON as exc:
-                raise PublishRefusedError(
-                    "unavailable", f"Redis ({self.config.topology.describe()}) did not answer"
-                ) from exc
+                raise unanswered(self.config) from exc
             self._checked = True
 
     def _check(self) -> None:
-        topology = self.config.topology
         assert self._client is not None
         if isinstance(self._client, RedisCluster):
             return  # RedisCluster() read the slot map already (or raised)
         server = self._client.info("server")
         replication = self._client.info("replication")
-        problem = mismatch(
-            RedisMode.STANDALONE,
-            topology.describe(),
-            str(server.get("redis_mode", "standalone")),
-            str(replication.get("role", "master")),
-        )
+        problem = standalone_problem(self.config, server, replication)
         if problem is not None:
-            raise ConfigurationError(problem)
+            raise problem
 
     def publish(
         self,

@@ -87,6 +87,13 @@ class RetryPolicy:
         # Never earlier than asked; a little later, so clients don't come back in step.
         return max(backoff, min(retry_after_s, MAX_RETRY_AFTER_S) * random.uniform(1.0, 1.2))  # noqa: S311
 
+    def wait_s(self, attempt: int, retry: _Retry) -> float:
+        """How long to wait before the next attempt after the `attempt`-th (from
+        0) failed; raises its error once the retries are spent."""
+        if attempt >= self.retries:
+            raise retry.error
+        return self.delay(attempt, retry.after_s)
+
 
 def event_body(event: EventInput) -> dict[str, Any]:
     """The JSON body: validated here first (a wrong shape or a broken rule is the
@@ -160,6 +167,10 @@ def _headers(token: str, key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}", IDEMPOTENCY_HEADER: key}
 
 
+def _publish_url(base_url: str) -> str:
+    return base_url.rstrip("/") + PATH
+
+
 def idempotency_key_for(given: str | None) -> str:
     """The caller's key, or one generated once for this event (every attempt of it
     then carries the same one)."""
@@ -186,7 +197,7 @@ class HttpPublisher:
         self._retry = retry or RetryPolicy()
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(timeout=timeout_s)
-        self._url = base_url.rstrip("/") + PATH
+        self._url = _publish_url(base_url)
 
     async def __aenter__(self) -> Self:
         return self
@@ -225,9 +236,7 @@ class HttpPublisher:
                 result = _unavailable(exc)
             if isinstance(result, str):
                 return result
-            if attempt >= self._retry.retries:
-                raise result.error
-            await asyncio.sleep(self._retry.delay(attempt, result.after_s))
+            await asyncio.sleep(self._retry.wait_s(attempt, result))
             attempt += 1
 
 
@@ -248,7 +257,7 @@ class SyncHttpPublisher:
         self._retry = retry or RetryPolicy()
         self._own_client = client is None
         self._client = client or httpx.Client(timeout=timeout_s)
-        self._url = base_url.rstrip("/") + PATH
+        self._url = _publish_url(base_url)
 
     def __enter__(self) -> Self:
         return self
@@ -279,9 +288,7 @@ class SyncHttpPublisher:
                 result = _unavailable(exc)
             if isinstance(result, str):
                 return result
-            if attempt >= self._retry.retries:
-                raise result.error
-            time.sleep(self._retry.delay(attempt, result.after_s))
+            time.sleep(self._retry.wait_s(attempt, result))
             attempt += 1
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 from notify_publisher.batch import Durability
 from notify_publisher.config import PublisherConfig
+from notify_publisher.errors import ConfigurationError, PublishRefusedError
 from notify_publisher.events import EventCreate
 from notify_publisher.request import (
     GENERATED_KEY_TTL_S,
@@ -17,7 +18,7 @@ from notify_publisher.request import (
     new_idempotency_key,
     prepare_event,
 )
-from notify_publisher.topology import RedisMode
+from notify_publisher.topology import RedisMode, mismatch
 
 
 def node_options(config: PublisherConfig) -> dict[str, Any]:
@@ -33,6 +34,81 @@ def node_options(config: PublisherConfig) -> dict[str, Any]:
         # A silent half-open socket is found by a PING every 10 s of idleness.
         "health_check_interval": 10,
     }
+
+
+def cluster_options(config: PublisherConfig) -> dict[str, Any]:
+    """`RedisCluster`'s options besides its seeds and `retry` (both clients)."""
+    return {
+        "require_full_coverage": False,
+        "max_connections": config.max_connections,
+        **node_options(config),
+    }
+
+
+def primary_options(config: PublisherConfig) -> dict[str, Any]:
+    """`Sentinel.master_for`'s options besides the master's name, its pool class
+    and `retry` (both clients)."""
+    return {
+        "max_connections": config.max_connections,
+        "timeout": config.pool_timeout_s,
+        "check_connection": True,
+    }
+
+
+def pool_options(config: PublisherConfig) -> dict[str, Any]:
+    """`BlockingConnectionPool.from_url`'s options besides the URL and `retry`
+    (both clients): the URL says whether TLS is used."""
+    return {
+        "max_connections": config.max_connections,
+        "timeout": config.pool_timeout_s,
+        **{k: v for k, v in node_options(config).items() if v is not None and k != "ssl"},
+    }
+
+
+def unanswered(config: PublisherConfig) -> PublishRefusedError:
+    """What `connect()` raises when Redis did not answer its first questions."""
+    return PublishRefusedError(
+        "unavailable", f"Redis ({config.topology.describe()}) did not answer"
+    )
+
+
+def not_a_cluster(config: PublisherConfig) -> str:
+    return (
+        f"NOTIFY_REDIS_MODE=cluster but {config.topology.describe()} is not a Redis "
+        "Cluster: set NOTIFY_REDIS_MODE=standalone"
+    )
+
+
+def standalone_problem(
+    config: PublisherConfig, server: Mapping[str, Any], replication: Mapping[str, Any]
+) -> ConfigurationError | None:
+    """The error when `INFO server` and `INFO replication` of the one server
+    (standalone, or Sentinel's primary) show it is not what was configured."""
+    problem = mismatch(
+        RedisMode.STANDALONE,
+        config.topology.describe(),
+        str(server.get("redis_mode", "standalone")),
+        str(replication.get("role", "master")),
+    )
+    return None if problem is None else ConfigurationError(problem)
+
+
+class Configured:
+    """The constructors the asyncio and the blocking publisher share."""
+
+    def __init__(self, config: PublisherConfig) -> None:
+        self.config = config
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Self:
+        """A standalone Redis (`redis://`, `rediss://`, `unix://`); `options` are
+        `PublisherConfig` fields (`key_prefix`, `wait_replicas`, ...)."""
+        return cls(PublisherConfig.from_url(url, **options))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """From the service's `NOTIFY_REDIS_*` (and other `NOTIFY_*`) variables."""
+        return cls(PublisherConfig.from_env(environ))
 
 
 class Plan:
