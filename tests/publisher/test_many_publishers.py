@@ -130,7 +130,7 @@ async def backend(code: str, args: list[Any], environ: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(
     ("redis_topology", "patients", "per_patient"),
-    [("standalone", 500, 20), ("cluster", 250, 8), ("sentinel", 250, 8)],
+    [("standalone", 500, 20), ("cluster", 500, 20), ("sentinel", 500, 20)],
     indirect=["redis_topology"],
 )
 def test_threads_and_tasks_publish_and_every_stream_gets_each_event_once_in_order(
