@@ -24,12 +24,12 @@ from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
 from service.config import Settings, get_settings
 from service.failures import BrokerTopologyError, BrokerUnavailableError
+from service.fanout.hub import Hub
+from service.fanout.keepalive import KeepAlive
+from service.fanout.listener import HubListener
 from service.logging import configure_logging
 from service.services.history import HistoryReader
-from service.services.hub import Hub
-from service.services.keepalive import KeepAlive
 from service.services.limits import ConnectionLimiter
-from service.services.listener import HubListener
 from service.services.supervisor import Supervisor
 from service.services.tokens import TokenConfig, TokenVerifier
 from service.signals import chain_exit_signals

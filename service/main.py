@@ -21,7 +21,7 @@ from service.routers import (
     tickets,
     ws,
 )
-from service.routers.lean_streams import LeanStreamRoutes, stream_routes
+from service.transports.lean_streams import LeanStreamRoutes, stream_routes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -14,10 +14,10 @@ from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
 from service.config import Settings
+from service.fanout.hub import CloseReason, Hub
+from service.fanout.keepalive import KeepAlive
 from service.services.batching import KeyReader
 from service.services.history import HistoryReader
-from service.services.hub import CloseReason, Hub
-from service.services.keepalive import KeepAlive
 from service.services.limits import ConnectionLimiter
 from service.services.supervisor import Supervisor
 from service.services.tokens import TokenVerifier

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
-from service.routers.lean_streams import LeanStreamRoutes
+from service.transports.lean_streams import LeanStreamRoutes
 from tests.conftest import Tokens, bearer
 
 ME = "/v1/patients/me/events"

@@ -26,12 +26,12 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
+from service.fanout.connection import Subscription, WsConnection
+from service.fanout.hub import Subscriber
+from service.fanout.keepalive import SendWatch
+from service.fanout.subscription import StreamSession
 from service.http_protocol import HttpProtocol
-from service.routers.sse import LeanEventSourceResponse
-from service.services.connections import Subscription, WsConnection
-from service.services.hub import Subscriber
-from service.services.keepalive import SendWatch
-from service.services.streams import StreamSession
+from service.transports.sse_response import LeanEventSourceResponse
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
 from tests.support.raw_clients import (

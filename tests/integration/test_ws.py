@@ -19,9 +19,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.config import Settings
+from service.fanout.hub import CloseReason
 from service.main import create_app
 from service.schemas.commands import CommandRecord
-from service.services.hub import CloseReason
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.events import event

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from notify_publisher.keys import RedisKeys
 
+from service.fanout.hub import Hub, Subscriber
 from service.services.batching import KeyReader, TickBatcher
-from service.services.hub import Hub, Subscriber
 
 KEYS = RedisKeys("u:")
 

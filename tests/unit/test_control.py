@@ -10,15 +10,12 @@ import pytest
 from notify_publisher.keys import RedisKeys
 
 from service.brokers.memory import MemoryBroker
-from service.services.control import handle_control, parse_control
+from service.fanout.control import handle_control, sweep_live_streams
+from service.fanout.hub import CloseReason, Hub, Subscriber
+from service.services.control import parse_control
 from service.services.errors import NotFoundError, UnauthorizedError
-from service.services.hub import CloseReason, Hub, Subscriber
 from service.services.principal import Principal, Role
-from service.services.revocations import (
-    InvalidRevocationError,
-    RevocationStore,
-    sweep_live_streams,
-)
+from service.services.revocations import InvalidRevocationError, RevocationStore
 from service.services.tickets import TicketStore, ticket_id
 
 KEYS = RedisKeys("u:")

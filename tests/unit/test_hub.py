@@ -11,7 +11,7 @@ import pytest
 from notify_publisher.events import MAX_EVENT_BYTES, EventStored
 from notify_publisher.keys import RedisKeys
 
-from service.services.hub import CloseReason, Hub, Subscriber
+from service.fanout.hub import CloseReason, Hub, Subscriber
 from service.wire.sse import event_block
 from service.wire.ws import delivery_text
 from tests.support.events import event_dict, event_json

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from service.services.hub import Subscriber
-from service.services.keepalive import KeepAlive, SendWatch
+from service.fanout.hub import Subscriber
+from service.fanout.keepalive import KeepAlive, SendWatch
 
 
 class Stream:

@@ -15,16 +15,16 @@ from notify_publisher.keys import RedisKeys
 from structlog.testing import capture_logs
 
 from service.brokers.memory import MemoryBroker
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub
+from service.fanout.listener import HubListener
+from service.fanout.subscription import StreamSession, cancel_all, schedule_expiry
 from service.services.channels import StreamScope
-from service.services.closing import CloseReason
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
-from service.services.hub import Hub
 from service.services.limits import ConnectionLimiter, Limit
-from service.services.listener import HubListener
 from service.services.principal import Principal, Role
 from service.services.publisher import publish
-from service.services.streams import StreamSession, cancel_all, schedule_expiry
 from tests.support.events import event_dict
 
 KEYS = RedisKeys("u:")

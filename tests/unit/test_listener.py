@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from service.brokers.base import Inbox, Resync
 from service.brokers.memory import MemoryBroker
 from service.brokers.redis import RedisBroker
-from service.services.closing import CloseReason
-from service.services.hub import Hub, Subscriber
-from service.services.listener import HubListener
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub, Subscriber
+from service.fanout.listener import HubListener
 from service.services.principal import Principal, Role
 from tests.support.events import event_dict
 from tests.support.metrics import metric

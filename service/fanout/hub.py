@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from service import metrics
 from service.brokers.base import StreamKey as StreamKey
 from service.brokers.base import parse_stream_id as parse_stream_id
-from service.services.closing import CloseReason as CloseReason
+from service.fanout.closing import CloseReason as CloseReason
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)

@@ -23,10 +23,10 @@ from notify_publisher.events import EventStored
 
 from service import metrics
 from service.brokers.base import parse_stream_id
+from service.fanout.hub import CloseReason, Delivery, Hub, Subscriber, Waker
 from service.services.channels import StreamScope
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart
-from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal
 

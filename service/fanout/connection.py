@@ -32,20 +32,9 @@ from notify_publisher.keys import RedisKeys
 from service import metrics
 from service.brokers.base import Broker
 from service.config import Settings
-from service.schemas.ws import (
-    GapMessage,
-    SubscribedMessage,
-    TokenExpiringMessage,
-)
-from service.services.channels import StreamScope
-from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
-from service.services.commands import CommandRateLimiter, OwnedAppointments
-from service.services.errors import DomainError, UnavailableError
-from service.services.history import HistoryReader
-from service.services.hub import Delivery, Hub, Subscriber, Waker
-from service.services.limits import ConnectionLimiter, Limit
-from service.services.principal import Principal, Role
-from service.services.streams import (
+from service.fanout.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
+from service.fanout.hub import Delivery, Hub, Subscriber, Waker
+from service.fanout.subscription import (
     Replay,
     StreamSession,
     admit,
@@ -53,6 +42,17 @@ from service.services.streams import (
     release,
     schedule_expiry,
 )
+from service.schemas.ws import (
+    GapMessage,
+    SubscribedMessage,
+    TokenExpiringMessage,
+)
+from service.services.channels import StreamScope
+from service.services.commands import CommandRateLimiter, OwnedAppointments
+from service.services.errors import DomainError, UnavailableError
+from service.services.history import HistoryReader
+from service.services.limits import ConnectionLimiter, Limit
+from service.services.principal import Principal, Role
 from service.wire.ws import delivery_texts, event_text, message_text
 
 log = structlog.get_logger("service.ws")

@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Callable
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from service.fanout.keepalive import Heartbeats, KeepAlive, SendWatch
 from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
-from service.services.keepalive import Heartbeats, KeepAlive, SendWatch
 
 
 class LeanEventSourceResponse(EventSourceResponse, SendWatch):
