@@ -2,7 +2,7 @@
 
 Start: settings → logging → Redis (PING, fail fast) → listener → ready.
 Nothing is wired here: the broker appends what it receives to its inbox and the
-hub's listener (`service/services/listener.py`) pulls it; this module only builds
+hub's listener (`service/fanout/listener.py`) pulls it; this module only builds
 the parts and starts and stops them in order.
 Stop (SIGTERM): readiness 503 at once → every stream told to reconnect, spread over
 a jitter window → streams end → (uvicorn runs the lifespan shutdown) listener stops

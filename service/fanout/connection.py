@@ -1,17 +1,26 @@
-"""One WebSocket connection, whatever transport writes its frames.
+"""A connection: one client's connection, whatever its transport. It is the unit
+of admission against the limits (per process, per subject), of credentials (the
+token's expiry; revocations and ticket deletions close its queues) and of the
+audit line. Its subscriptions (`service/fanout/subscription.py`) are the unit of
+hub membership.
+
+- `SseConnection`: an SSE stream, a connection with exactly one subscription,
+  taken for an `async with` block; its subscription's queue is the one its
+  credentials close.
+- `WsConnection`: a WebSocket, holding up to `ws_max_subscriptions`:
 
     handshake (ticket or bearer header) or a first `auth` frame
       ─▶ admit: the connection counts once against the limits, however many
-         subscriptions it holds; it is tracked by the hub from now on, so drains
-         and revocations reach it even with no subscription
-      ─▶ subscriptions (at most `ws_max_subscriptions`, never overlapping): each
-         is a `StreamSession` whose subscriber shares the connection's wake-up event
+         subscriptions it holds; its own queue (no channel) is tracked by the hub
+         from now on, so drains and revocations reach it even with no subscription
+      ─▶ subscriptions (never overlapping), whose queues share the connection's
+         waker
       ─▶ one writer (`write`): replies in order, a new subscription's `subscribed`
          and replay, then live events; nobody else writes, so `unsubscribed` is
          never followed by an event of that subscription
       ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
               policy (garbage) │ Redis unreachable during a replay
-      ─▶ every session detached, the limit released, one summary log line
+      ─▶ every subscription ended, the limit released, one `ws_closed` line
 
 Design choice: several subscriptions per socket (a patient's stream, or a few of
 their appointments; staff: several patients) rather than one socket each, because
@@ -21,6 +30,8 @@ a mobile app should not pay a TCP+TLS connection per appointment screen.
 from __future__ import annotations
 
 import asyncio
+import json
+import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
@@ -33,15 +44,9 @@ from service import metrics
 from service.brokers.base import Broker
 from service.config import Settings
 from service.fanout.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
-from service.fanout.hub import Delivery, Hub, Subscriber, Waker
-from service.fanout.subscription import (
-    Replay,
-    StreamSession,
-    admit,
-    cancel_all,
-    release,
-    schedule_expiry,
-)
+from service.fanout.hub import Hub
+from service.fanout.queue import Delivery, DeliveryQueue, Waker
+from service.fanout.subscription import Replay, Subscription, reason_for
 from service.schemas.ws import (
     GapMessage,
     SubscribedMessage,
@@ -57,6 +62,7 @@ from service.wire.ws import delivery_texts, event_text, message_text
 
 log = structlog.get_logger("service.ws")
 
+SSE: Final = "sse"
 TRANSPORT: Final = "ws"
 ROUTE: Final = "/v1/ws"
 
@@ -91,37 +97,179 @@ UNAVAILABLE: Final = ENDINGS[CloseReason.BROKER_UNAVAILABLE]
 TOO_MANY_INVALID: Final = ENDINGS[CloseReason.POLICY]
 INTERNAL: Final = ENDINGS[CloseReason.INTERNAL_ERROR]
 
+# `token_expiring` is sent this long before the token's expiry (or at half the
+# remaining lifetime for short tokens), so a client can renew without a gap.
+EXPIRY_WARNING_S = 60.0
 
-class Subscription:
-    __slots__ = ("id", "live", "replay", "reply_to", "session", "since")
+
+def jittered_retry_ms(base_ms: int) -> int:
+    """A per-connection `retry:` so that clients don't come back in lockstep."""
+    return int(base_ms * random.uniform(0.5, 1.5))  # noqa: S311
+
+
+def schedule_expiry(
+    expires_at: float,
+    *,
+    warn: Callable[[int], object],
+    close: Callable[[CloseReason], object],
+    timers: list[asyncio.TimerHandle],
+) -> None:
+    """Replace `timers` with a `token_expiring` warning shortly before `expires_at`
+    and a close at it (none for a token without expiry). The handles hold bound
+    methods of the owner: cancelling them (`cancel_all`) releases it."""
+    cancel_all(timers)
+    if expires_at <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    remaining = expires_at - time.time()
+    warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
+    timers.append(loop.call_later(warn_in, warn, int(expires_at)))
+    timers.append(loop.call_later(max(0.0, remaining), close, CloseReason.TOKEN_EXPIRED))
+
+
+def cancel_all(timers: list[asyncio.TimerHandle]) -> None:
+    for timer in timers:
+        timer.cancel()
+    timers.clear()
+
+
+class Connection:
+    """What both transports share: admission and release, the token's expiry, the
+    close reason that wins when several apply. `queue` is the queue the
+    connection's credentials close (SSE: its subscription's; WebSocket: its own)."""
+
+    queue: DeliveryQueue
 
     def __init__(
-        self, *, sub_id: str, session: StreamSession, since: str | None, reply_to: str | None
+        self, *, limiter: ConnectionLimiter, principal: Principal, transport: str, route: str
     ) -> None:
-        self.id = sub_id
-        self.session = session
-        self.since = since
-        self.reply_to = reply_to
-        self.replay: Replay | None = None
-        # Live events are drained only once `subscribed` and the replay were sent.
-        self.live = False
+        self._limiter = limiter
+        self.principal = principal
+        self.transport = transport
+        self.route = route
+        self._timers: list[asyncio.TimerHandle] = []
+        self._admitted = False
+        self._started = time.monotonic()
 
-    @property
-    def scope(self) -> StreamScope:
-        return self.session.scope
+    def admit(self) -> Limit | None:
+        """Count the connection once against the limits; the limit hit when refused."""
+        refused = self._limiter.try_acquire(self.principal.sub)
+        if refused is not None:
+            metrics.CAPACITY_REFUSALS.labels(transport=self.transport, limit=refused.value).inc()
+            return refused
+        metrics.OPEN_STREAMS.labels(transport=self.transport).inc()
+        self._admitted = True
+        return None
 
-    def overlaps(self, scope: StreamScope) -> bool:
-        mine = self.scope
-        if mine.patient_id != scope.patient_id:
-            return False
-        return (
-            mine.appointment_id is None
-            or scope.appointment_id is None
-            or mine.appointment_id == scope.appointment_id
+    def _release(self) -> float | None:
+        """Undo `admit` (once); the connection's duration in seconds, None when it
+        was not admitted."""
+        if not self._admitted:
+            return None
+        self._admitted = False
+        self._limiter.release(self.principal.sub)
+        metrics.OPEN_STREAMS.labels(transport=self.transport).dec()
+        duration = time.monotonic() - self._started
+        metrics.STREAM_DURATION.labels(transport=self.transport).observe(duration)
+        return duration
+
+    def schedule_expiry(self) -> None:
+        """Warn with `token_expiring` shortly before the token's expiry, close the
+        connection's queue at it."""
+        schedule_expiry(
+            self.principal.expires_at,
+            warn=self._warn_expiring,
+            close=self.queue.close,
+            timers=self._timers,
         )
 
+    def _warn_expiring(self, expires_at: int) -> None:
+        raise NotImplementedError
 
-class WsConnection:
+    def close_reasons(self) -> set[CloseReason | None]:
+        """The close reason of each of the connection's queues (None: open)."""
+        return {self.queue.close_reason}
+
+    def closing(self) -> Ending | None:
+        """Why the connection must end now, if it must: the credentials' fate wins
+        (`PRECEDENCE`), then any other reason set."""
+        reasons = self.close_reasons()
+        for reason in PRECEDENCE:
+            if reason in reasons:
+                return ENDINGS[reason]
+        other = next((r for r in reasons if r is not None), None)
+        return ENDINGS[other] if other is not None else None
+
+
+class SseConnection(Connection):
+    """An SSE stream: a connection with exactly one subscription. The subscription
+    is taken with `async with connection.subscribed(resume_from=…) as replay:`:
+    attached (and `stream_opened`) on entry, which gives the replay to send;
+    detached, released and `stream_closed` on exit, whatever ended it (the reason
+    comes from the queue or the exception). The connection is its own context
+    manager: no generator kept alive per stream."""
+
+    def __init__(
+        self,
+        *,
+        hub: Hub,
+        history: HistoryReader,
+        limiter: ConnectionLimiter,
+        principal: Principal,
+        scope: StreamScope,
+        queue_max: int,
+        route: str,
+    ) -> None:
+        super().__init__(limiter=limiter, principal=principal, transport=SSE, route=route)
+        self.subscription = Subscription(
+            hub=hub,
+            history=history,
+            principal=principal,
+            scope=scope,
+            transport=SSE,
+            queue_max=queue_max,
+            route=route,
+        )
+        self.queue = self.subscription.queue
+        self._resume_from: str | None = None
+
+    def subscribed(self, *, resume_from: str | None) -> SseConnection:
+        self._resume_from = resume_from
+        return self
+
+    async def __aenter__(self) -> Replay:
+        try:
+            return await self.subscription.start(
+                resume_from=self._resume_from, attached=self.schedule_expiry
+            )
+        except BaseException as exc:
+            await self.end(reason=reason_for(exc, self.queue))
+            raise
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
+    ) -> None:
+        await self.end(reason=reason_for(exc, self.queue))
+
+    def _warn_expiring(self, expires_at: int) -> None:
+        notice = Delivery(kind="token_expiring", payload=json.dumps({"expires_at": expires_at}))
+        self.queue.put_nowait(notice)
+
+    async def end(self, *, reason: CloseReason) -> None:
+        cancel_all(self._timers)
+        try:
+            await self.subscription.detach()
+        finally:
+            # Even when the detach failed or was cancelled: the limit and the
+            # `stream_closed` line must not depend on the broker.
+            self._release()
+            self.subscription.log_closed(reason)
+
+
+class WsConnection(Connection):
+    """A WebSocket: a connection with up to `ws_max_subscriptions` subscriptions,
+    one writer for all of them, and a queue of its own in the hub."""
+
     def __init__(
         self,
         *,
@@ -133,26 +281,22 @@ class WsConnection:
         keys: RedisKeys,
         principal: Principal,
     ) -> None:
+        super().__init__(limiter=limiter, principal=principal, transport=TRANSPORT, route=ROUTE)
         self._settings = settings
         self._hub = hub
         self._history = history
-        self._limiter = limiter
         self.broker = broker
         self.keys = keys
-        self.principal = principal
         self.wakeup = Waker()
-        # The connection's own entry in the hub: no channel, never fed events;
+        # The connection's own queue in the hub: no channel, never fed events;
         # drains, revocations and the token's expiry close it.
-        self.control = Subscriber(
+        self.queue = DeliveryQueue(
             maxlen=1, transport=TRANSPORT, principal=principal, wakeup=self.wakeup
         )
         self._outbox: deque[str | Subscription] = deque()
         self._outbox_max = settings.client_queue_max
         self._subscriptions: dict[str, Subscription] = {}
         self._next_id = 1
-        self._timers: list[asyncio.TimerHandle] = []
-        self._admitted = False
-        self._started = time.monotonic()
         self.owned = OwnedAppointments(
             broker=broker, keys=keys, patient_id=principal.sub, page_size=settings.history_page
         )
@@ -170,12 +314,11 @@ class WsConnection:
 
     def admit(self) -> Limit | None:
         """Count the connection once against the limits; the limit hit when refused."""
-        refused = admit(self._limiter, self.principal.sub, TRANSPORT)
+        refused = super().admit()
         if refused is not None:
             return refused
-        self._admitted = True
-        self._hub.track(self.control)
-        self._schedule_expiry()
+        self._hub.track(self.queue)
+        self.schedule_expiry()
         return None
 
     def extend(self, principal: Principal) -> None:
@@ -183,18 +326,10 @@ class WsConnection:
         if principal.sub != self.principal.sub:
             raise SubjectMismatchError()
         self.principal = principal
-        self.control.principal = principal
+        self.queue.principal = principal
         for subscription in self._subscriptions.values():
-            subscription.session.extend(principal)
-        self._schedule_expiry()
-
-    def _schedule_expiry(self) -> None:
-        schedule_expiry(
-            self.principal.expires_at,
-            warn=self._warn_expiring,
-            close=self.control.close,
-            timers=self._timers,
-        )
+            subscription.extend(principal)
+        self.schedule_expiry()
 
     def _warn_expiring(self, expires_at: int) -> None:
         self.reply(message_text(TokenExpiringMessage(expires_at=expires_at)))
@@ -209,9 +344,9 @@ class WsConnection:
     def reply(self, frame: str) -> None:
         """Queue a frame for the writer; a client that lets replies pile up is too slow."""
         if len(self._outbox) >= self._outbox_max:
-            if self.control.close_reason is None:
+            if self.queue.close_reason is None:
                 metrics.SLOW_CONSUMERS.labels(transport=TRANSPORT).inc()
-            self.control.close(CloseReason.TOO_SLOW)
+            self.queue.close(CloseReason.TOO_SLOW)
             return
         self._outbox.append(frame)
         self.wakeup.set()
@@ -227,24 +362,23 @@ class WsConnection:
             raise TooManySubscriptionsError()
         sub_id = f"s{self._next_id}"
         self._next_id += 1
-        session = StreamSession(
+        subscription = Subscription(
             hub=self._hub,
             history=self._history,
-            limiter=self._limiter,
             principal=self.principal,
             scope=scope,
             transport=TRANSPORT,
             queue_max=self._settings.client_queue_max,
             route=ROUTE,
             wakeup=self.wakeup,
-            manage_expiry=False,
+            sub_id=sub_id,
+            reply_to=reply_to,
         )
-        subscription = Subscription(sub_id=sub_id, session=session, since=since, reply_to=reply_to)
         # Registered before the first await, so that `end` cleans up after a
         # cancellation in the middle of `start`.
         self._subscriptions[sub_id] = subscription
         try:
-            subscription.replay = await session.start(resume_from=since)
+            subscription.replay = await subscription.start(resume_from=since)
         except BaseException as exc:
             self._subscriptions.pop(sub_id, None)
             failed = (
@@ -254,7 +388,7 @@ class WsConnection:
                 if isinstance(exc, asyncio.CancelledError)
                 else CloseReason.INTERNAL_ERROR
             )
-            await session.end(reason=failed)
+            await subscription.end(reason=failed)
             raise
         self.subscriptions_opened += 1
         self._outbox.append(subscription)
@@ -272,7 +406,7 @@ class WsConnection:
         for one in ids:
             subscription = self._subscriptions.pop(one)
             subscription.live = False
-            await subscription.session.end(reason=CloseReason.UNSUBSCRIBED)
+            await subscription.end(reason=CloseReason.UNSUBSCRIBED)
         return ids
 
     # --- the writer ------------------------------------------------------------------
@@ -283,20 +417,17 @@ class WsConnection:
             self._requested = closing
         self.wakeup.set()
 
+    def close_reasons(self) -> set[CloseReason | None]:
+        reasons = {subscription.queue.close_reason for subscription in self._subscriptions.values()}
+        reasons.add(self.queue.close_reason)
+        return reasons
+
     def closing(self) -> Ending | None:
-        """Why the connection must end now, if it must."""
+        """Why the connection must end now, if it must: a close the reader asked
+        for first, then the reasons of its queues (`Connection.closing`)."""
         if self._requested is not None:
             return self._requested
-        reasons = {
-            subscription.session.subscriber.close_reason
-            for subscription in self._subscriptions.values()
-        }
-        reasons.add(self.control.close_reason)
-        for reason in PRECEDENCE:
-            if reason in reasons:
-                return ENDINGS[reason]
-        other = next((r for r in reasons if r is not None), None)
-        return ENDINGS[other] if other is not None else None
+        return super().closing()
 
     async def write(self, send: Send) -> Ending:
         """Send everything queued, in order, until the connection must end."""
@@ -333,7 +464,7 @@ class WsConnection:
         for subscription in tuple(self._subscriptions.values()):
             if not subscription.live:
                 continue
-            items = subscription.session.subscriber.drain()
+            items = subscription.queue.drain()
             if not items:
                 continue
             if self._must_stop():
@@ -393,7 +524,7 @@ class WsConnection:
                 )
             )
         remember = self._remembers(subscription)
-        async for page in subscription.session.replayed(replay):
+        async for page in subscription.replayed(replay):
             for event in page:
                 await send(event_text(event.model_dump_json(exclude_none=True)))
                 if remember:
@@ -415,13 +546,13 @@ class WsConnection:
         self._subscriptions.clear()
         dropped = 0
         for subscription in subscriptions:
-            dropped += subscription.session.subscriber.dropped
-            await subscription.session.end(reason=reason)
+            dropped += subscription.queue.dropped
+            await subscription.end(reason=reason)
         if not self._admitted:
             return
-        self._admitted = False
-        self._hub.untrack(self.control)
-        duration = release(self._limiter, self.principal.sub, TRANSPORT, self._started)
+        self._hub.untrack(self.queue)
+        duration = self._release()
+        assert duration is not None
         log.info(
             "ws_closed",
             subject=self.principal.sub,

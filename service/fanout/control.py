@@ -12,7 +12,9 @@ import structlog
 from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
-from service.fanout.hub import CloseReason, Hub, Subscriber
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub
+from service.fanout.queue import DeliveryQueue
 from service.services.control import RevokedMessage, parse_control
 from service.services.revocations import SWEEP_BATCH, revokes
 from service.services.tickets import TicketStore
@@ -31,8 +33,8 @@ def handle_control(hub: Hub, raw: bytes) -> int:
         CloseReason.REVOKED if isinstance(message, RevokedMessage) else CloseReason.TICKET_DELETED
     )
 
-    def affected(subscriber: Subscriber) -> bool:
-        return subscriber.principal is not None and message.matches(subscriber.principal)
+    def affected(queue: DeliveryQueue) -> bool:
+        return queue.principal is not None and message.matches(queue.principal)
 
     closed = hub.close_where(affected, reason)
     log.info("control_applied", type=message.type, closed=closed)
@@ -44,11 +46,11 @@ async def sweep_live_streams(
 ) -> int:
     """Close the local streams whose token, subject or ticket was revoked or deleted
     while this process could not hear the control channel; how many were closed."""
-    subscribers = [s for s in hub.subscribers if s.principal is not None]
+    queues = [s for s in hub.queues if s.principal is not None]
     now = time.time()
     closed = 0
-    for start in range(0, len(subscribers), SWEEP_BATCH):
-        batch = subscribers[start : start + SWEEP_BATCH]
+    for start in range(0, len(queues), SWEEP_BATCH):
+        batch = queues[start : start + SWEEP_BATCH]
         principals = [s.principal for s in batch if s.principal is not None]
         wanted: list[str] = []
         for p in principals:
@@ -57,11 +59,11 @@ async def sweep_live_streams(
             wanted.append(keys.ticket(p.ticket_id) if p.ticket_id is not None else "")
         lookup = [k for k in wanted if k]
         values = dict(zip(lookup, await broker.get_values(*lookup), strict=True))
-        for subscriber, p in zip(batch, principals, strict=True):
+        for queue, p in zip(batch, principals, strict=True):
             sub_value = values.get(keys.revoked_sub(p.sub))
             jti_value = values.get(keys.revoked_jti(p.jti)) if p.jti is not None else None
             if revokes(p, sub_value, jti_value):
-                subscriber.close(CloseReason.REVOKED)
+                queue.close(CloseReason.REVOKED)
                 closed += 1
             elif (
                 p.ticket_id is not None
@@ -70,7 +72,7 @@ async def sweep_live_streams(
                 # closes that stream with the right reason.
                 and p.expires_at > now
             ):
-                subscriber.close(CloseReason.TICKET_DELETED)
+                queue.close(CloseReason.TICKET_DELETED)
                 closed += 1
     if closed:
         log.info("streams_swept", closed=closed)

@@ -1,13 +1,13 @@
 """One task keeps every SSE stream of the process alive, instead of a timer per
 stream per wake-up (which profiling showed to cost a third of the event loop under
-broadcast load): it asks subscriptions whose stream wrote nothing for
+broadcast load): it asks the queues of SSE streams that wrote nothing for
 `heartbeat_s` for a heartbeat, and aborts writers stuck in one send longer than
 `send_timeout_s` (a peer that stopped reading, or a half-open TCP connection).
 
-The heartbeat goes one way, services to services to the writer: the ticker calls
-the subscription's `heartbeat()` (`services/hub.py:Subscriber`), which wakes the
-stream's writer like a delivery does; the writer (`routers/streams.py`) takes it
-as a keep-alive comment. Nothing here calls back into a router.
+The heartbeat goes one way, fan-out to the transport: the ticker calls the
+queue's `heartbeat()` (`service/fanout/queue.py:DeliveryQueue`), which wakes the
+stream's writer like a delivery does; the writer (`service/transports/sse.py`)
+takes it as a keep-alive comment. Nothing here calls back into a transport.
 
 Heartbeats come from a heap ordered by due time and are handed out every
 `HEARTBEAT_TICK_S`, so they stay spread out as the streams' writes spread them;
@@ -38,7 +38,7 @@ class Watched(Protocol):
 
 
 class Heartbeats(Protocol):
-    """What takes a stream's heartbeats: its subscription (`Subscriber`)."""
+    """What takes a stream's heartbeats: its queue (`DeliveryQueue`)."""
 
     # Monotonic time of the next heartbeat, pushed back by every write.
     next_heartbeat: float
@@ -88,7 +88,7 @@ class KeepAlive:
 
     def add(self, watch: Watched, *, heartbeats: Heartbeats | None = None) -> None:
         """Watch `watch`'s writer for stalled sends and, with `heartbeats` (the
-        stream's subscription), keep the stream alive."""
+        stream's queue), keep the stream alive."""
         entry = self._streams[watch] = _Entry(heartbeats)
         if heartbeats is not None:
             heartbeats.next_heartbeat = time.monotonic() + self.heartbeat_s
@@ -104,16 +104,16 @@ class KeepAlive:
         due = self._due
         while due and due[0][0] <= now:
             _, _, entry = heapq.heappop(due)
-            subscription = entry.stream
-            if subscription is None:
+            queue = entry.stream
+            if queue is None:
                 continue
-            if subscription.next_heartbeat > now:
+            if queue.next_heartbeat > now:
                 # It wrote since: come back when its new deadline is reached.
-                heapq.heappush(due, (subscription.next_heartbeat, next(self._order), entry))
+                heapq.heappush(due, (queue.next_heartbeat, next(self._order), entry))
                 continue
-            subscription.next_heartbeat = now + self.heartbeat_s
-            heapq.heappush(due, (subscription.next_heartbeat, next(self._order), entry))
-            subscription.heartbeat()
+            queue.next_heartbeat = now + self.heartbeat_s
+            heapq.heappush(due, (queue.next_heartbeat, next(self._order), entry))
+            queue.heartbeat()
         if now >= self._next_stall_check:
             self._next_stall_check = now + STALL_CHECK_S
             for watch in [w for w in self._streams if w.send_started]:

@@ -97,7 +97,7 @@ class HubListener:
                 if isinstance(item, Resync):
                     self._resync(item)
                 elif item[0] == control:
-                    # Revocations and ticket deletions (format: services/control.py).
+                    # Revocations and ticket deletions (format: `service/services/control.py`).
                     handle_control(hub, item[1])
                 else:
                     hub.on_message(item[0], item[1])

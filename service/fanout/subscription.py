@@ -1,19 +1,17 @@
-"""The life of one client stream, whatever its transport (SSE or WebSocket).
+"""A subscription: hub membership for one scope (a patient, or one appointment),
+whatever the transport. An SSE stream is a connection with exactly one; a
+WebSocket connection holds up to `ws_max_subscriptions`
+(`service/fanout/connection.py`).
 
-admit (limits) ─▶ attach to hub (channel subscribed, confirmed)
+attach to hub (channel subscribed, confirmed), `stream_opened`
     ─▶ replay from history after the client's last id (gap first if needed)
-    ─▶ live: drain the bounded queue, one write per wake-up, skip what the
-       replay already sent
-    ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
-            ticket deleted
-    ─▶ detach (last one unsubscribes), release the limit, one summary log line
+    ─▶ live: its queue (`DeliveryQueue`) drained, one write per wake-up,
+       skipping what the replay already sent (`skip_through`)
+    ─▶ detach (the last one of a patient unsubscribes), `stream_closed`
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -23,82 +21,26 @@ from notify_publisher.events import EventStored
 
 from service import metrics
 from service.brokers.base import parse_stream_id
-from service.fanout.hub import CloseReason, Delivery, Hub, Subscriber, Waker
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub
+from service.fanout.queue import DeliveryQueue, Waker
 from service.services.channels import StreamScope
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart
-from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal
 
 log = structlog.get_logger("service.stream")
 
-# `token_expiring` is sent this long before the token's expiry (or at half the
-# remaining lifetime for short tokens), so a client can renew without a gap.
-EXPIRY_WARNING_S = 60.0
 
-
-def jittered_retry_ms(base_ms: int) -> int:
-    """A per-connection `retry:` so that clients don't come back in lockstep."""
-    return int(base_ms * random.uniform(0.5, 1.5))  # noqa: S311
-
-
-# --- the connection's half, shared by SSE streams and WebSocket connections -------
-
-
-def admit(limiter: ConnectionLimiter, subject: str, transport: str) -> Limit | None:
-    """Count one connection against the limits; the limit hit when refused."""
-    refused = limiter.try_acquire(subject)
-    if refused is not None:
-        metrics.CAPACITY_REFUSALS.labels(transport=transport, limit=refused.value).inc()
-        return refused
-    metrics.OPEN_STREAMS.labels(transport=transport).inc()
-    return None
-
-
-def release(limiter: ConnectionLimiter, subject: str, transport: str, started: float) -> float:
-    """Undo `admit`; the connection's duration in seconds."""
-    limiter.release(subject)
-    metrics.OPEN_STREAMS.labels(transport=transport).dec()
-    duration = time.monotonic() - started
-    metrics.STREAM_DURATION.labels(transport=transport).observe(duration)
-    return duration
-
-
-def schedule_expiry(
-    expires_at: float,
-    *,
-    warn: Callable[[int], object],
-    close: Callable[[CloseReason], object],
-    timers: list[asyncio.TimerHandle],
-) -> None:
-    """Replace `timers` with a `token_expiring` warning shortly before `expires_at`
-    and a close at it (none for a token without expiry). The handles hold bound
-    methods of the owner: cancelling them (`cancel_all`) releases it."""
-    cancel_all(timers)
-    if expires_at <= 0:
-        return
-    loop = asyncio.get_running_loop()
-    remaining = expires_at - time.time()
-    warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
-    timers.append(loop.call_later(warn_in, warn, int(expires_at)))
-    timers.append(loop.call_later(max(0.0, remaining), close, CloseReason.TOKEN_EXPIRED))
-
-
-def cancel_all(timers: list[asyncio.TimerHandle]) -> None:
-    for timer in timers:
-        timer.cancel()
-    timers.clear()
-
-
-def _reason_for(exc: BaseException | None, subscriber: Subscriber) -> CloseReason:
+def reason_for(exc: BaseException | None, queue: DeliveryQueue) -> CloseReason:
     """Why a subscription's block ended: its exception, else what closed it."""
     if isinstance(exc, UnavailableError):
         return CloseReason.BROKER_UNAVAILABLE
     if isinstance(exc, Exception):
         return CloseReason.INTERNAL_ERROR
     # No exception, a cancellation or the response closing the body: whatever
-    # closed the subscriber, else the client went away.
-    return subscriber.close_reason or CloseReason.CLIENT_GONE
+    # closed the queue, else the client went away.
+    return queue.close_reason or CloseReason.CLIENT_GONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,53 +54,60 @@ class Replay:
     fresh: bool
 
 
-class StreamSession:
+class Subscription:
     def __init__(
         self,
         *,
         hub: Hub,
         history: HistoryReader,
-        limiter: ConnectionLimiter,
         principal: Principal,
         scope: StreamScope,
         transport: str,
         queue_max: int,
         route: str,
-        wakeup: asyncio.Event | Waker | None = None,
-        manage_expiry: bool = True,
+        wakeup: Waker | None = None,
+        sub_id: str = "",
+        reply_to: str | None = None,
     ) -> None:
         self._hub = hub
         self._history = history
-        self._limiter = limiter
         self.principal = principal
         self.scope = scope
         self.transport = transport
         self.route = route
-        self.subscriber = Subscriber(
+        self.queue = DeliveryQueue(
             maxlen=queue_max,
             transport=transport,
             principal=principal,
             appointment_id=scope.appointment_id,
             wakeup=wakeup,
         )
-        # False when the connection carrying this stream handles the token's expiry
-        # itself (a WebSocket with several subscriptions warns and closes once).
-        self._manage_expiry = manage_expiry
-        self._timers: list[asyncio.TimerHandle] = []
-        self._admitted = False
+        # WebSocket only: the subscription's id on its connection ("" on SSE), the client's
+        # `subscribe` frame id, the replay its writer still has to send, and
+        # whether live events are drained yet (only once `subscribed` and the
+        # replay were sent).
+        self.id = sub_id
+        self.reply_to = reply_to
+        self.replay: Replay | None = None
+        self.live = False
         self._attached = False
-        # `stream_opened` was logged: `end` logs the matching `stream_closed`.
+        # `stream_opened` was logged: `log_closed` logs the matching `stream_closed`.
         self._opened = False
-        self._resume_from: str | None = None
         self._started = time.monotonic()
 
-    def admit(self) -> Limit | None:
-        """Count this stream against the limits; the limit hit when refused."""
-        refused = admit(self._limiter, self.principal.sub, self.transport)
-        self._admitted = refused is None
-        return refused
+    def overlaps(self, scope: StreamScope) -> bool:
+        mine = self.scope
+        if mine.patient_id != scope.patient_id:
+            return False
+        return (
+            mine.appointment_id is None
+            or scope.appointment_id is None
+            or mine.appointment_id == scope.appointment_id
+        )
 
-    async def start(self, *, resume_from: str | None) -> Replay:
+    async def start(
+        self, *, resume_from: str | None, attached: Callable[[], object] | None = None
+    ) -> Replay:
         """Subscribe (confirmed), then read what history holds after `resume_from`.
 
         A client with nothing to resume from gets the history head as its resume
@@ -166,13 +115,16 @@ class StreamSession:
         was published until the subscription took effect: so even a client that
         never receives an event loses nothing when it reconnects from that point.
         Live events arriving during the replay wait in the queue; `mark_replayed`
-        makes the writer skip the ones the replay already covered."""
+        makes the writer skip the ones the replay already covered. `attached`
+        runs once the channel is confirmed, before `stream_opened` (the SSE
+        connection schedules its token's expiry there; an argument, not kept, so
+        that no reference cycle joins a connection and its subscription)."""
         fresh = resume_from is None
         after_id = resume_from or await self._history.head(self.scope.patient_id)
-        await self._hub.attach(self.scope.patient_id, self.subscriber)
+        await self._hub.attach(self.scope.patient_id, self.queue)
         self._attached = True
-        if self._manage_expiry:
-            self.schedule_expiry(self.principal.expires_at)
+        if attached is not None:
+            attached()
         self._opened = True
         log.info(
             "stream_opened",
@@ -196,71 +148,35 @@ class StreamSession:
         deliveries = metrics.DELIVERIES.labels(transport=self.transport)
         async for page in replay.pages:
             yield page
-            self.subscriber.delivered += len(page)
+            self.queue.delivered += len(page)
             deliveries.inc(len(page))
             last_id = page[-1].id
         self.mark_replayed(last_id or replay.resume_point)
 
     def mark_replayed(self, last_id: str | None) -> None:
         if last_id is not None:
-            self.subscriber.skip_through = parse_stream_id(last_id)
-
-    def schedule_expiry(self, expires_at: float) -> None:
-        """Warn with `token_expiring` shortly before `expires_at`, close at it."""
-        schedule_expiry(
-            expires_at, warn=self._warn_expiring, close=self.subscriber.close, timers=self._timers
-        )
-
-    def _warn_expiring(self, expires_at: int) -> None:
-        notice = Delivery(kind="token_expiring", payload=json.dumps({"expires_at": expires_at}))
-        self.subscriber.put_nowait(notice)
+            self.queue.skip_through = parse_stream_id(last_id)
 
     def extend(self, principal: Principal) -> None:
-        """A fresh token for the same subject (WebSocket `auth`): new expiry."""
+        """A fresh token for the same subject (WebSocket `auth`)."""
         self.principal = principal
-        self.subscriber.principal = principal
-        if self._manage_expiry:
-            self.schedule_expiry(principal.expires_at)
+        self.queue.principal = principal
 
-    def subscribed(self, *, resume_from: str | None) -> StreamSession:
-        """Hub membership for an `async with` block: attached (and `stream_opened`)
-        on entry, which gives the replay to send; detached, released and
-        `stream_closed` on exit, whatever ended it. The reason comes from the
-        subscriber or the exception. (The session is its own context manager: no
-        generator kept alive per stream.)"""
-        self._resume_from = resume_from
-        return self
-
-    async def __aenter__(self) -> Replay:
-        try:
-            return await self.start(resume_from=self._resume_from)
-        except BaseException as exc:
-            await self.end(reason=_reason_for(exc, self.subscriber))
-            raise
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
-    ) -> None:
-        await self.end(reason=_reason_for(exc, self.subscriber))
+    async def detach(self) -> None:
+        """Leave the hub (the last one of a patient unsubscribes the channel)."""
+        if self._attached:
+            self._attached = False
+            await self._hub.detach(self.scope.patient_id, self.queue)
 
     async def end(self, *, reason: CloseReason) -> None:
-        cancel_all(self._timers)
+        """Detach and log `stream_closed`, even when the detach failed or was
+        cancelled: the log line must not depend on the broker."""
         try:
-            if self._attached:
-                self._attached = False
-                await self._hub.detach(self.scope.patient_id, self.subscriber)
+            await self.detach()
         finally:
-            # Even when the detach failed or was cancelled: the limit and the
-            # `stream_closed` line must not depend on the broker.
-            self._release(reason)
+            self.log_closed(reason)
 
-    def _release(self, reason: CloseReason) -> None:
-        duration = time.monotonic() - self._started
-        if self._admitted:
-            # Only a stream admitted on its own (SSE) holds a limit; a WebSocket
-            # subscription counts with its connection.
-            self._admitted = False
-            release(self._limiter, self.principal.sub, self.transport, self._started)
+    def log_closed(self, reason: CloseReason) -> None:
         if self._opened:
             self._opened = False
             log.info(
@@ -269,8 +185,8 @@ class StreamSession:
                 role=self.principal.role.value,
                 route=self.route,
                 transport=self.transport,
-                duration_s=round(duration, 3),
-                delivered=self.subscriber.delivered,
-                dropped=self.subscriber.dropped,
+                duration_s=round(time.monotonic() - self._started, 3),
+                delivered=self.queue.delivered,
+                dropped=self.queue.dropped,
                 close_reason=reason.value,
             )

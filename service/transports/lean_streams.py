@@ -8,7 +8,7 @@ the framework: the route search through every router, `solve_dependencies`
 exception wrappers around them. This ASGI layer, inside the edge middleware
 (request id, access line, CORS), answers the three SSE routes itself with the
 very functions the FastAPI routes call: `get_sse_principal` (ticket or bearer,
-revocation), `sse_open` (the one reading of the SSE parameters, defined in
+revocation), `sse_request` (the one reading of the SSE parameters, defined in
 `service/transports/sse.py`), `open_sse` (scope, draining, admission, the
 stream) and the one domain-error mapping. The FastAPI routes stay registered:
 they are the OpenAPI document, and they answer whatever this layer does not
@@ -37,7 +37,7 @@ from service.transports.sse import (
     LAST_EVENT_ID_QUERY,
     LAST_EVENT_ID_QUERY_MAX,
     open_sse,
-    sse_open,
+    sse_request,
 )
 
 PREFIX: Final = "/v1/patients/"
@@ -95,7 +95,7 @@ class LeanStreamRoutes:
         state: AppState, request: Request, params: dict[str, str], query: str | None
     ) -> Response:
         try:
-            sse = await sse_open(
+            sse = await sse_request(
                 request,
                 state,
                 await get_sse_principal(request, state),

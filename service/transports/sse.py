@@ -1,4 +1,4 @@
-"""The SSE transport: one reading of an SSE open's parameters (`sse_open`, for both
+"""The SSE transport: one reading of an SSE open's parameters (`sse_request`, for both
 front doors: the FastAPI routes of `service/routers/streams.py` and the lean path
 `service/transports/lean_streams.py`), admission and the stream's body.
 
@@ -21,14 +21,14 @@ from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
 from service.fanout.closing import ENDINGS, CloseReason
-from service.fanout.hub import Delivery
-from service.fanout.subscription import StreamSession, jittered_retry_ms
+from service.fanout.connection import SseConnection, jittered_retry_ms
+from service.fanout.queue import Delivery
 from service.services.channels import resolve_stream_scope
 from service.services.errors import UnavailableError
 from service.services.history import valid_resume_id
 from service.services.principal import Principal
 from service.state import AppState
-from service.transports.sse_response import LeanEventSourceResponse
+from service.transports.sse_response import SseStreamResponse
 from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
 
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -36,7 +36,7 @@ SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
 
 # An SSE open's parameters, defined once for both front doors: the FastAPI routes
 # (`service/routers/streams.py`, for validation and the OpenAPI document) and the
-# lean path (`service/transports/lean_streams.py`), which both end in `sse_open`.
+# lean path (`service/transports/lean_streams.py`), which both end in `sse_request`.
 LAST_EVENT_ID_HEADER: Final = "Last-Event-ID"
 LAST_EVENT_ID_QUERY: Final = "last_event_id"
 LAST_EVENT_ID_QUERY_MAX: Final = 64
@@ -55,7 +55,7 @@ def retry_later_response(state: AppState, reason: str) -> Response:
 
 
 def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
-    """The last frame of a stream ended for `reason` (`service/services/closing.py`)."""
+    """The last frame of a stream ended for `reason` (`service/fanout/closing.py`)."""
     ending = ENDINGS[reason]
     if ending.sse_event is None:
         return b""
@@ -68,13 +68,13 @@ def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
 
 
 async def _stream_body(
-    state: AppState, session: StreamSession, resume_from: str | None
+    state: AppState, connection: SseConnection, resume_from: str | None
 ) -> AsyncIterator[bytes]:
-    """An encoder over the subscription: `subscribed` owns attach, replay start,
-    detach, release and the log pair; this writes SSE frames."""
-    subscriber = session.subscriber
+    """An encoder over the connection's one subscription: `subscribed` owns attach,
+    replay start, detach, release and the log pair; this writes SSE frames."""
+    queue = connection.queue
     try:
-        async with session.subscribed(resume_from=resume_from) as replay:
+        async with connection.subscribed(resume_from=resume_from) as replay:
             # First bytes only once the channel is subscribed: a client that has seen
             # `retry:` knows every event published from now on reaches it.
             retry = retry_block(jittered_retry_ms(state.settings.sse_retry_ms))
@@ -91,21 +91,21 @@ async def _stream_body(
                 yield retry
             if replay.start.gap:
                 yield json_block("gap", {"oldest_id": replay.start.oldest_id})
-            async for page in session.replayed(replay):
+            async for page in connection.subscription.replayed(replay):
                 yield b"".join([event_block(Delivery.from_event(event)) for event in page])
             # Not kept for the stream's life (its history page and iterator).
             del replay
             while True:
-                await subscriber.wait()
-                items = subscriber.drain()
+                await queue.wait()
+                items = queue.drain()
                 if items:
                     yield b"".join([event_block(item) for item in items])
                     SSE_DELIVERIES.inc(len(items))
-                    subscriber.heartbeat_due = False
-                elif subscriber.heartbeat_due:
-                    subscriber.heartbeat_due = False
+                    queue.heartbeat_due = False
+                elif queue.heartbeat_due:
+                    queue.heartbeat_due = False
                     yield HEARTBEAT
-                reason = subscriber.close_reason
+                reason = queue.close_reason
                 if reason is not None:
                     if reason is not CloseReason.CLIENT_GONE:
                         yield _closing_frame(state, reason)
@@ -117,7 +117,7 @@ async def _stream_body(
 
 
 @dataclass(frozen=True, slots=True)
-class SSEOpen:
+class SseRequest:
     """What every SSE route needs: the caller, the process state, the resume point."""
 
     request: Request
@@ -126,21 +126,21 @@ class SSEOpen:
     resume_from: str | None
 
 
-async def sse_open(
+async def sse_request(
     request: Request,
     state: StateDep,
     principal: SSEPrincipalDep,
     last_event_id: LastEventIdHeader = None,
     last_event_id_query: LastEventIdQuery = None,
-) -> SSEOpen:
+) -> SseRequest:
     """The one reading of an SSE open's parameters: FastAPI's dependency, and what
     the lean path calls with the same values."""
     # The header wins: it is what EventSource sends on its own reconnects.
     resume_from = valid_resume_id(last_event_id or last_event_id_query)
-    return SSEOpen(request=request, state=state, principal=principal, resume_from=resume_from)
+    return SseRequest(request=request, state=state, principal=principal, resume_from=resume_from)
 
 
-def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None) -> Response:
+def open_sse(sse: SseRequest, *, patient_id: str | None, appointment_id: str | None) -> Response:
     request, state, principal = sse.request, sse.state, sse.principal
     if isinstance(principal, RetryLater):
         # Redis (tickets, revocations) or the JWKS is away: not the client's fault.
@@ -149,25 +149,24 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
     if state.draining:
         return retry_later_response(state, "draining")
     route = getattr(request.scope.get("route"), "path", request.url.path)
-    session = StreamSession(
+    connection = SseConnection(
         hub=state.hub,
         history=state.history,
         limiter=state.limiter,
         principal=principal,
         scope=scope,
-        transport="sse",
         queue_max=state.settings.client_queue_max,
         route=route,
     )
-    if session.admit() is not None:
+    if connection.admit() is not None:
         return retry_later_response(state, "over_capacity")
-    subscriber = session.subscriber
-    # Shutdown needs no watcher here: the drain closes every subscriber itself,
+    queue = connection.queue
+    # Shutdown needs no watcher here: the drain closes every queue itself,
     # staggered, and uvicorn's graceful timeout bounds whatever is left.
-    return LeanEventSourceResponse(
-        _stream_body(state, session, sse.resume_from),
+    return SseStreamResponse(
+        _stream_body(state, connection, sse.resume_from),
         headers=SSE_HEADERS,
         keepalive=state.keepalive,
-        on_disconnect=lambda: subscriber.close(CloseReason.CLIENT_GONE),
-        heartbeats=subscriber,
+        on_disconnect=lambda: queue.close(CloseReason.CLIENT_GONE),
+        heartbeats=queue,
     )

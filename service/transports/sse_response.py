@@ -24,13 +24,13 @@ from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
 
 
-class LeanEventSourceResponse(EventSourceResponse, SendWatch):
+class SseStreamResponse(EventSourceResponse, SendWatch):
     """Headers, HEAD handling and framing from sse-starlette; a lighter stream loop.
 
     `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
     client goes away (or stops reading) and must make the iterator finish;
-    `heartbeats` (the stream's subscription) is handed to `keepalive` (one task for
-    all streams: `service/services/keepalive.py`), which wakes it for a keep-alive
+    `heartbeats` (the stream's queue) is handed to `keepalive` (one task for
+    all streams: `service/fanout/keepalive.py`), which wakes it for a keep-alive
     when this response wrote nothing for a while; every write pushes that back."""
 
     def __init__(

@@ -37,9 +37,9 @@ from service.fanout.connection import (
     UNAUTHORIZED,
     UNAVAILABLE,
     WsConnection,
+    jittered_retry_ms,
 )
 from service.fanout.keepalive import SendWatch
-from service.fanout.subscription import jittered_retry_ms
 from service.schemas.ws import (
     CLIENT_MESSAGE,
     CLIENT_TYPES,
@@ -151,7 +151,7 @@ async def serve(
     try:
         if state.draining:
             # The drain began between the handshake and now: it did not see us.
-            conn.control.close(CloseReason.SHUTDOWN)
+            conn.queue.close(CloseReason.SHUTDOWN)
         conn.reply(
             message_text(
                 AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to)

@@ -26,12 +26,12 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
-from service.fanout.connection import Subscription, WsConnection
-from service.fanout.hub import Subscriber
+from service.fanout.connection import SseConnection, WsConnection
 from service.fanout.keepalive import SendWatch
-from service.fanout.subscription import StreamSession
+from service.fanout.queue import DeliveryQueue
+from service.fanout.subscription import Subscription
 from service.http_protocol import HttpProtocol
-from service.transports.sse_response import LeanEventSourceResponse
+from service.transports.sse_response import SseStreamResponse
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
 from tests.support.raw_clients import (
@@ -47,11 +47,11 @@ from tests.support.waiting import eventually
 
 # One connection's objects, server side. Counted by exact type after the churn.
 PER_CONNECTION_TYPES: tuple[type, ...] = (
-    Subscriber,
-    StreamSession,
-    WsConnection,
+    DeliveryQueue,
     Subscription,
-    LeanEventSourceResponse,
+    SseConnection,
+    WsConnection,
+    SseStreamResponse,
     SendWatch,
     WebSocket,
     Request,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import weakref
 
-from service.fanout.hub import Subscriber
 from service.fanout.keepalive import KeepAlive, SendWatch
+from service.fanout.queue import DeliveryQueue
 
 
 class Stream:
@@ -112,7 +112,7 @@ async def test_the_heartbeat_wakes_the_subscription_not_the_writer() -> None:
     """One way: the ticker wakes the stream's subscription (as a delivery would);
     its writer then sends the keep-alive. A write pushes the next one back."""
     keepalive = KeepAlive(heartbeat_s=10, send_timeout_s=30)
-    watch, subscription = SendWatch(), Subscriber(maxlen=4, transport="sse")
+    watch, subscription = SendWatch(), DeliveryQueue(maxlen=4, transport="sse")
     keepalive.add(watch, heartbeats=subscription)
     due = subscription.next_heartbeat
     subscription.next_heartbeat = due + 5  # its stream wrote meanwhile

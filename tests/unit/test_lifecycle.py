@@ -1,6 +1,7 @@
 """The shared lifecycle of a stream, on the memory broker (no HTTP, no Redis):
-admission, the subscription taken with `async with`, replay then live without
-duplicates, the expiry timers, and one log pair whatever ends it."""
+an SSE connection's admission, its subscription taken with `async with`, replay
+then live without duplicates, the expiry timers, and one log pair whatever ends
+it."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from structlog.testing import capture_logs
 
 from service.brokers.memory import MemoryBroker
 from service.fanout.closing import CloseReason
+from service.fanout.connection import SseConnection, cancel_all, schedule_expiry
 from service.fanout.hub import Hub
 from service.fanout.listener import HubListener
-from service.fanout.subscription import StreamSession, cancel_all, schedule_expiry
 from service.services.channels import StreamScope
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
@@ -38,16 +39,15 @@ class Parts:
     history: HistoryReader
     limiter: ConnectionLimiter
 
-    def session(
+    def connection(
         self, sub: str = "pt_1", *, expires_at: float = 0.0, queue_max: int = 10
-    ) -> StreamSession:
-        return StreamSession(
+    ) -> SseConnection:
+        return SseConnection(
             hub=self.hub,
             history=self.history,
             limiter=self.limiter,
             principal=Principal(sub=sub, role=Role.PATIENT, expires_at=expires_at),
             scope=StreamScope(patient_id=sub, appointment_id=None),
-            transport="sse",
             queue_max=queue_max,
             route="/v1/patients/me/events",
         )
@@ -89,17 +89,17 @@ def pairs(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, object]]:
 
 
 async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts) -> None:
-    session = parts.session(queue_max=1)
-    assert session.admit() is None
+    connection = parts.connection(queue_max=1)
+    assert connection.admit() is None
     with capture_logs() as logs:
-        async with session.subscribed(resume_from=None) as replay:
+        async with connection.subscribed(resume_from=None) as replay:
             # A fresh stream resumes from the history head (empty here).
             assert (replay.fresh, replay.resume_point) == (True, EMPTY_HISTORY_ID)
             assert parts.hub.channel_names == ["u:patient:{pt_1}"]
             await parts.publish()
             await parts.publish()  # the queue holds one: too slow
-            await asyncio.wait_for(session.subscriber.wait(), WAIT_S)
-            assert session.subscriber.close_reason is CloseReason.TOO_SLOW
+            await asyncio.wait_for(connection.queue.wait(), WAIT_S)
+            assert connection.queue.close_reason is CloseReason.TOO_SLOW
     assert parts.hub.channel_names == []
     assert parts.limiter.total == 0
     assert pairs(logs) == [("stream_opened", None), ("stream_closed", "too_slow")]
@@ -116,12 +116,12 @@ async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts
 async def test_an_exception_names_the_ending(
     parts: Parts, raised: BaseException, reason: str
 ) -> None:
-    session = parts.session()
-    assert session.admit() is None
+    connection = parts.connection()
+    assert connection.admit() is None
     with capture_logs() as logs, pytest.raises(type(raised)):
-        async with session.subscribed(resume_from=None):
+        async with connection.subscribed(resume_from=None):
             raise raised
-    assert parts.hub.subscribers == frozenset()
+    assert parts.hub.queues == frozenset()
     assert parts.limiter.total == 0
     assert pairs(logs) == [("stream_opened", None), ("stream_closed", reason)]
 
@@ -129,9 +129,9 @@ async def test_an_exception_names_the_ending(
 async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
     first = await parts.publish()
     missed = [await parts.publish() for _ in range(3)]
-    session = parts.session()
-    assert session.admit() is None
-    async with session.subscribed(resume_from=first) as replay:
+    connection = parts.connection()
+    assert connection.admit() is None
+    async with connection.subscribed(resume_from=first) as replay:
         assert not replay.fresh
         assert not replay.start.gap
         # A live copy of the last replayed event arrives during the replay.
@@ -141,19 +141,19 @@ async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
             .model_dump_json()
             .encode(),
         )
-        replayed = [e.id async for page in session.replayed(replay) for e in page]
+        replayed = [e.id async for page in connection.subscription.replayed(replay) for e in page]
         assert replayed == missed
         live = await parts.publish()
-        await asyncio.wait_for(session.subscriber.wait(), WAIT_S)
-        assert [d.id for d in session.subscriber.drain()] == [live]
-        assert session.subscriber.delivered == 4
+        await asyncio.wait_for(connection.queue.wait(), WAIT_S)
+        assert [d.id for d in connection.queue.drain()] == [live]
+        assert connection.queue.delivered == 4
 
 
 async def test_admission_counts_per_subject(parts: Parts) -> None:
-    sessions = [parts.session() for _ in range(3)]
-    assert [s.admit() for s in sessions] == [None, None, Limit.SUBJECT]
-    for session in sessions[:2]:
-        await session.end(reason=CloseReason.CLIENT_GONE)
+    connections = [parts.connection() for _ in range(3)]
+    assert [s.admit() for s in connections] == [None, None, Limit.SUBJECT]
+    for connection in connections[:2]:
+        await connection.end(reason=CloseReason.CLIENT_GONE)
     assert parts.limiter.total == 0
 
 

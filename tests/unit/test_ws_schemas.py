@@ -11,7 +11,7 @@ import pytest
 from notify_publisher.events import EventStored
 from pydantic import ValidationError
 
-from service.fanout.hub import Delivery
+from service.fanout.queue import Delivery
 from service.schemas.commands import CommandRecord
 from service.schemas.ws import (
     CLIENT_MESSAGE,
