@@ -1,6 +1,6 @@
 """`WS /v1/ws`: the bidirectional channel. The route authenticates the handshake
 (a stream ticket or an `Authorization: Bearer` header, refused with an HTTP 401
-denial response) and hands the accepted socket to the session loop
+denial response) and hands the accepted socket to the connection's loop
 (`service/transports/ws.py`: first-frame `auth`, admission, reader and writer).
 """
 

@@ -1,6 +1,7 @@
-"""The WebSocket session loop behind `WS /v1/ws` (the route and its handshake:
-`service/routers/ws.py`; protocol: `service/schemas/ws.py`, `docs/websocket.md`,
-`docs/asyncapi.json`).
+"""The WebSocket connection's reader/writer loop behind `WS /v1/ws` (the route
+and its handshake: `service/routers/ws.py`; the connection itself:
+`service/fanout/connection.py:WsConnection`; protocol: `service/schemas/ws.py`,
+`docs/websocket.md`, `docs/asyncapi.json`).
 
 Authentication never puts a token in the URL: a stream ticket (`?ticket=`) or an
 `Authorization: Bearer` header at the handshake (refused with an HTTP 401 denial
@@ -84,7 +85,7 @@ class _ClientGone(Exception):
 
 async def close_with(websocket: WebSocket, state: AppState, ending: Ending) -> None:
     """The reconnect hint (when retrying can succeed), then the close frame
-    (`service/services/closing.py` has both for every reason)."""
+    (`service/fanout/closing.py` has both for every reason)."""
     if ending.ws_code is None:
         return
     with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, TimeoutError):

@@ -1,4 +1,4 @@
-"""The SSE routes' lean path (`service/routers/lean_streams.py`) answers exactly as
+"""The SSE routes' lean path (`service/transports/lean_streams.py`) answers exactly as
 the FastAPI routes it bypasses: the same app is asked the same questions with and
 without the lean layer, and status, body and headers must agree."""
 
