@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from service.deps.auth import get_stream_principal
 from service.deps.state import get_state
 from service.fanout.closing import ENDINGS, CloseReason
-from service.fanout.connection import UNAVAILABLE
+from service.fanout.ws_connection import UNAVAILABLE
 from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal
 from service.transports.ws import close_with, first_message_auth, serve

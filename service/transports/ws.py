@@ -31,16 +31,16 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 from service import metrics
 from service.deps.auth import authenticate
 from service.fanout.closing import CloseReason, Ending
-from service.fanout.connection import (
+from service.fanout.connection import jittered_retry_ms
+from service.fanout.keepalive import SendWatch
+from service.fanout.ws_connection import (
     INTERNAL,
     OVER_CAPACITY,
     TOO_MANY_INVALID,
     UNAUTHORIZED,
     UNAVAILABLE,
     WsConnection,
-    jittered_retry_ms,
 )
-from service.fanout.keepalive import SendWatch
 from service.schemas.ws import (
     CLIENT_MESSAGE,
     CLIENT_TYPES,

@@ -26,10 +26,11 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
-from service.fanout.connection import SseConnection, WsConnection
+from service.fanout.connection import SseConnection
 from service.fanout.keepalive import SendWatch
 from service.fanout.queue import DeliveryQueue
 from service.fanout.subscription import Subscription
+from service.fanout.ws_connection import WsConnection
 from service.http_protocol import HttpProtocol
 from service.transports.sse_response import SseStreamResponse
 from tests.conftest import SettingsFactory, Tokens, bearer
