@@ -187,8 +187,9 @@ class WsConnection:
         self.control.principal = principal
         for subscription in self._subscriptions.values():
             subscription.session.extend(principal)
-        # Replaces the expiry registered at `admit`.
-        self._clock.expiry(self, principal.expires_at)
+        if self._admitted:
+            # Replaces the expiry registered at `admit` (never one after `end`).
+            self._clock.expiry(self, principal.expires_at)
 
     # --- called by the clock (`services/clock.py:Expiring`) ---------------------------
 

@@ -189,7 +189,8 @@ class StreamSession:
         """A fresh token for the same subject (WebSocket `auth`): new expiry."""
         self.principal = principal
         self.subscriber.principal = principal
-        if self._clock is not None:
+        if self._clock is not None and self._opened:
+            # Replaces the expiry registered at `start` (never one after `end`).
             self._clock.expiry(self, principal.expires_at)
 
     def subscribed(self, *, resume_from: str | None) -> StreamSession:
