@@ -15,9 +15,9 @@ from notify_publisher.keys import RedisKeys
 from service.brokers.base import Broker
 from service.config import Settings
 from service.services.batching import KeyReader
+from service.services.clock import Clock
 from service.services.history import HistoryReader
 from service.services.hub import CloseReason, Hub
-from service.services.keepalive import KeepAlive
 from service.services.limits import ConnectionLimiter
 from service.services.supervisor import Supervisor
 from service.services.tokens import TokenVerifier
@@ -37,7 +37,8 @@ class AppState:
     verifier: TokenVerifier
     limiter: ConnectionLimiter
     supervisor: Supervisor
-    keepalive: KeepAlive
+    # Heartbeats, token expiry and stalled sends of every stream (one task).
+    clock: Clock
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
     # Ticket and revocation reads of one loop iteration share one MGET (issue 15).

@@ -166,6 +166,7 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
         transport="sse",
         queue_max=state.settings.client_queue_max,
         route=route,
+        clock=state.clock,
     )
     if session.admit() is not None:
         return retry_later_response(state, "over_capacity")
@@ -175,7 +176,7 @@ def open_sse(sse: SSEOpen, *, patient_id: str | None, appointment_id: str | None
     return LeanEventSourceResponse(
         _stream_body(state, session, sse.resume_from),
         headers=SSE_HEADERS,
-        keepalive=state.keepalive,
+        clock=state.clock,
         on_disconnect=lambda: subscriber.close(CloseReason.CLIENT_GONE),
         heartbeats=subscriber,
     )

@@ -48,6 +48,7 @@ from service.schemas.ws import (
     UnsubscribeMessage,
 )
 from service.services.channels import resolve_stream_scope
+from service.services.clock import SendWatch
 from service.services.closing import ENDINGS, CloseReason, Ending
 from service.services.commands import Command, CommandRateLimitedError, submit_command
 from service.services.connections import (
@@ -65,7 +66,6 @@ from service.services.errors import (
     UnauthorizedError,
     UnavailableError,
 )
-from service.services.keepalive import SendWatch
 from service.services.principal import Principal
 from service.services.streams import jittered_retry_ms
 from service.state import AppState
@@ -191,6 +191,7 @@ async def _serve(
         broker=state.broker,
         keys=state.keys,
         principal=principal,
+        clock=state.clock,
     )
     if conn.admit() is not None:
         await _close(websocket, state, OVER_CAPACITY)
@@ -221,7 +222,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
     """Reader and writer side by side; the first to finish ends the other. Returns
     how to close, or None when the client is gone."""
     # A peer that stopped reading blocks the write once buffers are full; the
-    # process' keep-alive ticker aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
+    # process' clock aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
     # the peer is treated as gone (no close frame could pass). No timer per send.
     watch = SendWatch()
 
@@ -238,7 +239,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
     writer = asyncio.create_task(conn.write(send), name="ws-write")
     watch.task = writer
     # No heartbeats: uvicorn's protocol pings keep a WebSocket alive.
-    state.keepalive.add(watch)
+    state.clock.add(watch)
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         if writer not in done and _requested_close(reader):
@@ -252,7 +253,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
             task.cancel()
         # Their outcome is read below; a cancellation of this task still propagates.
         await asyncio.wait((reader, writer))
-        state.keepalive.discard(watch)
+        state.clock.discard(watch)
         watch.release()
     first = writer if writer in done else reader
     if first is writer and watch.aborted:

@@ -38,6 +38,7 @@ from service.schemas.ws import (
     TokenExpiringMessage,
 )
 from service.services.channels import StreamScope
+from service.services.clock import Clock
 from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError
@@ -49,9 +50,7 @@ from service.services.streams import (
     Replay,
     StreamSession,
     admit,
-    cancel_all,
     release,
-    schedule_expiry,
 )
 from service.wire.ws import delivery_texts, event_text, message_text
 
@@ -132,6 +131,7 @@ class WsConnection:
         broker: Broker,
         keys: RedisKeys,
         principal: Principal,
+        clock: Clock,
     ) -> None:
         self._settings = settings
         self._hub = hub
@@ -150,7 +150,8 @@ class WsConnection:
         self._outbox_max = settings.client_queue_max
         self._subscriptions: dict[str, Subscription] = {}
         self._next_id = 1
-        self._timers: list[asyncio.TimerHandle] = []
+        # Warns and closes once for all the subscriptions when the token expires.
+        self._clock = clock
         self._admitted = False
         self._started = time.monotonic()
         self.owned = OwnedAppointments(
@@ -175,7 +176,7 @@ class WsConnection:
             return refused
         self._admitted = True
         self._hub.track(self.control)
-        self._schedule_expiry()
+        self._clock.expiry(self, self.principal.expires_at)
         return None
 
     def extend(self, principal: Principal) -> None:
@@ -186,18 +187,17 @@ class WsConnection:
         self.control.principal = principal
         for subscription in self._subscriptions.values():
             subscription.session.extend(principal)
-        self._schedule_expiry()
+        if self._admitted:
+            # Replaces the expiry registered at `admit` (never one after `end`).
+            self._clock.expiry(self, principal.expires_at)
 
-    def _schedule_expiry(self) -> None:
-        schedule_expiry(
-            self.principal.expires_at,
-            warn=self._warn_expiring,
-            close=self.control.close,
-            timers=self._timers,
-        )
+    # --- called by the clock (`services/clock.py:Expiring`) ---------------------------
 
-    def _warn_expiring(self, expires_at: int) -> None:
+    def warn_expiring(self, expires_at: int) -> None:
         self.reply(message_text(TokenExpiringMessage(expires_at=expires_at)))
+
+    def expire(self) -> None:
+        self.control.close(CloseReason.TOKEN_EXPIRED)
 
     # --- what the reader does --------------------------------------------------------
 
@@ -236,8 +236,8 @@ class WsConnection:
             transport=TRANSPORT,
             queue_max=self._settings.client_queue_max,
             route=ROUTE,
+            clock=None,
             wakeup=self.wakeup,
-            manage_expiry=False,
         )
         subscription = Subscription(sub_id=sub_id, session=session, since=since, reply_to=reply_to)
         # Registered before the first await, so that `end` cleans up after a
@@ -410,7 +410,7 @@ class WsConnection:
         return iter(tuple(self._subscriptions.values()))
 
     async def end(self, *, reason: CloseReason) -> None:
-        cancel_all(self._timers)
+        self._clock.discard(self)
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
         dropped = 0

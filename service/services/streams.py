@@ -15,7 +15,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import structlog
@@ -24,6 +24,7 @@ from notify_publisher.events import EventStored
 from service import metrics
 from service.brokers.base import parse_stream_id
 from service.services.channels import StreamScope
+from service.services.clock import Clock
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart
 from service.services.hub import CloseReason, Delivery, Hub, Subscriber, Waker
@@ -31,10 +32,6 @@ from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal
 
 log = structlog.get_logger("service.stream")
-
-# `token_expiring` is sent this long before the token's expiry (or at half the
-# remaining lifetime for short tokens), so a client can renew without a gap.
-EXPIRY_WARNING_S = 60.0
 
 
 def jittered_retry_ms(base_ms: int) -> int:
@@ -62,32 +59,6 @@ def release(limiter: ConnectionLimiter, subject: str, transport: str, started: f
     duration = time.monotonic() - started
     metrics.STREAM_DURATION.labels(transport=transport).observe(duration)
     return duration
-
-
-def schedule_expiry(
-    expires_at: float,
-    *,
-    warn: Callable[[int], object],
-    close: Callable[[CloseReason], object],
-    timers: list[asyncio.TimerHandle],
-) -> None:
-    """Replace `timers` with a `token_expiring` warning shortly before `expires_at`
-    and a close at it (none for a token without expiry). The handles hold bound
-    methods of the owner: cancelling them (`cancel_all`) releases it."""
-    cancel_all(timers)
-    if expires_at <= 0:
-        return
-    loop = asyncio.get_running_loop()
-    remaining = expires_at - time.time()
-    warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
-    timers.append(loop.call_later(warn_in, warn, int(expires_at)))
-    timers.append(loop.call_later(max(0.0, remaining), close, CloseReason.TOKEN_EXPIRED))
-
-
-def cancel_all(timers: list[asyncio.TimerHandle]) -> None:
-    for timer in timers:
-        timer.cancel()
-    timers.clear()
 
 
 def _reason_for(exc: BaseException | None, subscriber: Subscriber) -> CloseReason:
@@ -124,8 +95,8 @@ class StreamSession:
         transport: str,
         queue_max: int,
         route: str,
+        clock: Clock | None,
         wakeup: asyncio.Event | Waker | None = None,
-        manage_expiry: bool = True,
     ) -> None:
         self._hub = hub
         self._history = history
@@ -141,10 +112,10 @@ class StreamSession:
             appointment_id=scope.appointment_id,
             wakeup=wakeup,
         )
-        # False when the connection carrying this stream handles the token's expiry
-        # itself (a WebSocket with several subscriptions warns and closes once).
-        self._manage_expiry = manage_expiry
-        self._timers: list[asyncio.TimerHandle] = []
+        # The process' clock, which ends the stream when its token expires; None
+        # when the connection carrying it does (a WebSocket with several
+        # subscriptions warns and closes once).
+        self._clock = clock
         self._admitted = False
         self._attached = False
         # `stream_opened` was logged: `end` logs the matching `stream_closed`.
@@ -171,8 +142,8 @@ class StreamSession:
         after_id = resume_from or await self._history.head(self.scope.patient_id)
         await self._hub.attach(self.scope.patient_id, self.subscriber)
         self._attached = True
-        if self._manage_expiry:
-            self.schedule_expiry(self.principal.expires_at)
+        if self._clock is not None:
+            self._clock.expiry(self, self.principal.expires_at)
         self._opened = True
         log.info(
             "stream_opened",
@@ -205,22 +176,22 @@ class StreamSession:
         if last_id is not None:
             self.subscriber.skip_through = parse_stream_id(last_id)
 
-    def schedule_expiry(self, expires_at: float) -> None:
-        """Warn with `token_expiring` shortly before `expires_at`, close at it."""
-        schedule_expiry(
-            expires_at, warn=self._warn_expiring, close=self.subscriber.close, timers=self._timers
-        )
+    # --- called by the clock (`services/clock.py:Expiring`) ---------------------------
 
-    def _warn_expiring(self, expires_at: int) -> None:
+    def warn_expiring(self, expires_at: int) -> None:
         notice = Delivery(kind="token_expiring", payload=json.dumps({"expires_at": expires_at}))
         self.subscriber.put_nowait(notice)
+
+    def expire(self) -> None:
+        self.subscriber.close(CloseReason.TOKEN_EXPIRED)
 
     def extend(self, principal: Principal) -> None:
         """A fresh token for the same subject (WebSocket `auth`): new expiry."""
         self.principal = principal
         self.subscriber.principal = principal
-        if self._manage_expiry:
-            self.schedule_expiry(principal.expires_at)
+        if self._clock is not None and self._opened:
+            # Replaces the expiry registered at `start` (never one after `end`).
+            self._clock.expiry(self, principal.expires_at)
 
     def subscribed(self, *, resume_from: str | None) -> StreamSession:
         """Hub membership for an `async with` block: attached (and `stream_opened`)
@@ -244,7 +215,8 @@ class StreamSession:
         await self.end(reason=_reason_for(exc, self.subscriber))
 
     async def end(self, *, reason: CloseReason) -> None:
-        cancel_all(self._timers)
+        if self._clock is not None:
+            self._clock.discard(self)
         try:
             if self._attached:
                 self._attached = False

@@ -28,9 +28,9 @@ from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIO
 from service.config import Settings
 from service.http_protocol import HttpProtocol
 from service.routers.sse import LeanEventSourceResponse
+from service.services.clock import SendWatch
 from service.services.connections import Subscription, WsConnection
 from service.services.hub import Subscriber
-from service.services.keepalive import SendWatch
 from service.services.streams import StreamSession
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
