@@ -24,8 +24,8 @@ from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
 from service.config import Settings, get_settings
 from service.failures import BrokerTopologyError, BrokerUnavailableError
+from service.fanout.clock import Clock
 from service.fanout.hub import Hub
-from service.fanout.keepalive import KeepAlive
 from service.fanout.listener import HubListener
 from service.logging import configure_logging
 from service.services.history import HistoryReader
@@ -84,9 +84,7 @@ def build_state(settings: Settings) -> AppState:
             max_per_subject=settings.max_connections_per_subject,
         ),
         supervisor=Supervisor(),
-        keepalive=KeepAlive(
-            heartbeat_s=settings.heartbeat_s, send_timeout_s=settings.send_timeout_s
-        ),
+        clock=Clock(heartbeat_s=settings.heartbeat_s, send_timeout_s=settings.send_timeout_s),
     )
 
 
@@ -137,7 +135,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         await state.supervisor.stop(timeout_s=2)
         await state.broker.stop()
         raise RuntimeError("the Redis pub/sub listener did not start")
-    state.supervisor.spawn("sse-keepalive", state.keepalive.run)
+    state.supervisor.spawn("clock", state.clock.run)
     jwks = state.verifier.jwks
     if jwks is not None:
         # Fetches the keys now and every NOTIFY_JWT_JWKS_CACHE_S; an outage keeps

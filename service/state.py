@@ -14,9 +14,9 @@ from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
 from service.config import Settings
+from service.fanout.clock import Clock
 from service.fanout.closing import CloseReason
 from service.fanout.hub import Hub
-from service.fanout.keepalive import KeepAlive
 from service.services.batching import KeyReader
 from service.services.history import HistoryReader
 from service.services.limits import ConnectionLimiter
@@ -38,7 +38,8 @@ class AppState:
     verifier: TokenVerifier
     limiter: ConnectionLimiter
     supervisor: Supervisor
-    keepalive: KeepAlive
+    # Heartbeats, token expiry and stalled sends of every stream (one task).
+    clock: Clock
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
     # Ticket and revocation reads of one loop iteration share one MGET (issue 15).

@@ -14,14 +14,13 @@ reason that wins when several apply, and of the audit line. Its subscriptions
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
-from collections.abc import Callable
 from typing import Final
 
 from service import metrics
+from service.fanout.clock import Clock
 from service.fanout.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.fanout.hub import Hub
 from service.fanout.queue import Delivery, DeliveryQueue
@@ -33,57 +32,35 @@ from service.services.principal import Principal
 
 SSE: Final = "sse"
 
-# `token_expiring` is sent this long before the token's expiry (or at half the
-# remaining lifetime for short tokens), so a client can renew without a gap.
-EXPIRY_WARNING_S = 60.0
-
 
 def jittered_retry_ms(base_ms: int) -> int:
     """A per-connection `retry:` so that clients don't come back in lockstep."""
     return int(base_ms * random.uniform(0.5, 1.5))  # noqa: S311
 
 
-def schedule_expiry(
-    expires_at: float,
-    *,
-    warn: Callable[[int], object],
-    close: Callable[[CloseReason], object],
-    timers: list[asyncio.TimerHandle],
-) -> None:
-    """Replace `timers` with a `token_expiring` warning shortly before `expires_at`
-    and a close at it (none for a token without expiry). The handles hold bound
-    methods of the owner: cancelling them (`cancel_all`) releases it."""
-    cancel_all(timers)
-    if expires_at <= 0:
-        return
-    loop = asyncio.get_running_loop()
-    remaining = expires_at - time.time()
-    warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
-    timers.append(loop.call_later(warn_in, warn, int(expires_at)))
-    timers.append(loop.call_later(max(0.0, remaining), close, CloseReason.TOKEN_EXPIRED))
-
-
-def cancel_all(timers: list[asyncio.TimerHandle]) -> None:
-    for timer in timers:
-        timer.cancel()
-    timers.clear()
-
-
 class Connection:
-    """What both transports share: admission and release, the token's expiry, the
-    close reason that wins when several apply. `queue` is the queue the
+    """What both transports share: admission and release, the token's expiry (the
+    process' clock calls `warn_expiring` and `expire`: `service/fanout/clock.py`),
+    the close reason that wins when several apply. `queue` is the queue the
     connection's credentials close (SSE: its subscription's; WebSocket: its own)."""
 
     queue: DeliveryQueue
 
     def __init__(
-        self, *, limiter: ConnectionLimiter, principal: Principal, transport: str, route: str
+        self,
+        *,
+        limiter: ConnectionLimiter,
+        principal: Principal,
+        transport: str,
+        route: str,
+        clock: Clock,
     ) -> None:
         self._limiter = limiter
         self.principal = principal
         self.transport = transport
         self.route = route
-        self._timers: list[asyncio.TimerHandle] = []
+        # Warns and closes once for the whole connection when the token expires.
+        self._clock = clock
         self._admitted = False
         self._started = time.monotonic()
 
@@ -110,17 +87,17 @@ class Connection:
         return duration
 
     def schedule_expiry(self) -> None:
-        """Warn with `token_expiring` shortly before the token's expiry, close the
-        connection's queue at it."""
-        schedule_expiry(
-            self.principal.expires_at,
-            warn=self._warn_expiring,
-            close=self.queue.close,
-            timers=self._timers,
-        )
+        """Have the clock warn with `token_expiring` shortly before the token's
+        expiry and expire the connection at it (replacing an earlier expiry)."""
+        self._clock.expiry(self, self.principal.expires_at)
 
-    def _warn_expiring(self, expires_at: int) -> None:
+    # --- called by the clock (`service/fanout/clock.py:Expiring`) -------------------
+
+    def warn_expiring(self, expires_at: int) -> None:
         raise NotImplementedError
+
+    def expire(self) -> None:
+        self.queue.close(CloseReason.TOKEN_EXPIRED)
 
     def close_reasons(self) -> set[CloseReason | None]:
         """The close reason of each of the connection's queues (None: open)."""
@@ -155,8 +132,11 @@ class SseConnection(Connection):
         scope: StreamScope,
         queue_max: int,
         route: str,
+        clock: Clock,
     ) -> None:
-        super().__init__(limiter=limiter, principal=principal, transport=SSE, route=route)
+        super().__init__(
+            limiter=limiter, principal=principal, transport=SSE, route=route, clock=clock
+        )
         self.subscription = Subscription(
             hub=hub,
             history=history,
@@ -187,12 +167,12 @@ class SseConnection(Connection):
     ) -> None:
         await self.end(reason=reason_for(exc, self.queue))
 
-    def _warn_expiring(self, expires_at: int) -> None:
+    def warn_expiring(self, expires_at: int) -> None:
         notice = Delivery(kind="token_expiring", payload=json.dumps({"expires_at": expires_at}))
         self.queue.put_nowait(notice)
 
     async def end(self, *, reason: CloseReason) -> None:
-        cancel_all(self._timers)
+        self._clock.discard(self)
         try:
             await self.subscription.detach()
         finally:

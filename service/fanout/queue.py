@@ -149,7 +149,7 @@ class DeliveryQueue:
         self.delivered = 0
         self.dropped = 0
         self.heartbeat_due = False
-        # Monotonic time of the next keep-alive (`service/fanout/keepalive.py`), pushed
+        # Monotonic time of the next keep-alive (`service/fanout/clock.py`), pushed
         # back by every write of its stream (SSE only).
         self.next_heartbeat = math.inf
         # After a replay, live events up to this id were already sent: skip them.
@@ -182,7 +182,7 @@ class DeliveryQueue:
 
     def heartbeat(self) -> None:
         """Wake the writer for a keep-alive even though nothing is queued (the
-        process' keep-alive ticker calls it when the stream was quiet)."""
+        process' clock calls it when the stream was quiet)."""
         self.heartbeat_due = True
         self._wakeup.set()
 

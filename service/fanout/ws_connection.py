@@ -34,8 +34,9 @@ from notify_publisher.keys import RedisKeys
 from service import metrics
 from service.brokers.base import Broker
 from service.config import Settings
+from service.fanout.clock import Clock
 from service.fanout.closing import ENDINGS, CloseReason, Ending
-from service.fanout.connection import Connection, cancel_all
+from service.fanout.connection import Connection
 from service.fanout.hub import Hub
 from service.fanout.queue import Delivery, DeliveryQueue, Waker
 from service.fanout.subscription import Subscription
@@ -103,8 +104,11 @@ class WsConnection(Connection):
         broker: Broker,
         keys: RedisKeys,
         principal: Principal,
+        clock: Clock,
     ) -> None:
-        super().__init__(limiter=limiter, principal=principal, transport=TRANSPORT, route=ROUTE)
+        super().__init__(
+            limiter=limiter, principal=principal, transport=TRANSPORT, route=ROUTE, clock=clock
+        )
         self._settings = settings
         self._hub = hub
         self._history = history
@@ -152,9 +156,11 @@ class WsConnection(Connection):
         self.queue.principal = principal
         for subscription in self._subscriptions.values():
             subscription.extend(principal)
-        self.schedule_expiry()
+        if self._admitted:
+            # Replaces the expiry registered at `admit` (never one after `end`).
+            self.schedule_expiry()
 
-    def _warn_expiring(self, expires_at: int) -> None:
+    def warn_expiring(self, expires_at: int) -> None:
         self.reply(message_text(TokenExpiringMessage(expires_at=expires_at)))
 
     # --- what the reader does --------------------------------------------------------
@@ -364,7 +370,7 @@ class WsConnection(Connection):
         return iter(tuple(self._subscriptions.values()))
 
     async def end(self, *, reason: CloseReason) -> None:
-        cancel_all(self._timers)
+        self._clock.discard(self)
         subscriptions = list(self._subscriptions.values())
         self._subscriptions.clear()
         dropped = 0

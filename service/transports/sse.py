@@ -157,6 +157,7 @@ def open_sse(sse: SseRequest, *, patient_id: str | None, appointment_id: str | N
         scope=scope,
         queue_max=state.settings.client_queue_max,
         route=route,
+        clock=state.clock,
     )
     if connection.admit() is not None:
         return retry_later_response(state, "over_capacity")
@@ -166,7 +167,7 @@ def open_sse(sse: SseRequest, *, patient_id: str | None, appointment_id: str | N
     return SseStreamResponse(
         _stream_body(state, connection, sse.resume_from),
         headers=SSE_HEADERS,
-        keepalive=state.keepalive,
+        clock=state.clock,
         on_disconnect=lambda: queue.close(CloseReason.CLIENT_GONE),
         heartbeats=queue,
     )

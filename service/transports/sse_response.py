@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from service.fanout.keepalive import Heartbeats, KeepAlive, SendWatch
+from service.fanout.clock import Clock, Heartbeats, SendWatch
 from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
 
@@ -29,8 +29,8 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
 
     `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
     client goes away (or stops reading) and must make the iterator finish;
-    `heartbeats` (the stream's queue) is handed to `keepalive` (one task for
-    all streams: `service/fanout/keepalive.py`), which wakes it for a keep-alive
+    `heartbeats` (the stream's queue) is handed to `clock` (one task for
+    all streams: `service/fanout/clock.py`), which wakes it for a keep-alive
     when this response wrote nothing for a while; every write pushes that back."""
 
     def __init__(
@@ -38,7 +38,7 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
         content: AsyncIterator[bytes],
         *,
         headers: dict[str, str],
-        keepalive: KeepAlive,
+        clock: Clock,
         on_disconnect: Callable[[], None],
         heartbeats: Heartbeats,
     ) -> None:
@@ -47,7 +47,7 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
         # (HEAD is answered without them), and the lock costs ~0.8 KiB a stream.
         del self._send_lock
         self._content = content
-        self._keepalive = keepalive
+        self._clock = clock
         self._on_disconnect = on_disconnect
         self._heartbeats = heartbeats
         SendWatch.__init__(self)
@@ -83,7 +83,7 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
             # Any other server: a listener task, owned by this response (cancelled
             # in `finally`, never outlives it).
             watcher = asyncio.create_task(self._watch_disconnect(receive))
-        self._keepalive.add(self, heartbeats=self._heartbeats)
+        self._clock.add(self, heartbeats=self._heartbeats)
         try:
             await send(
                 {
@@ -96,7 +96,7 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
                 self.send_started = now = time.monotonic()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self.send_started = 0.0
-                self._heartbeats.next_heartbeat = now + self._keepalive.heartbeat_s
+                self._heartbeats.next_heartbeat = now + self._clock.heartbeat_s
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not self.aborted:
@@ -107,7 +107,7 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
                 current.uncancel()
             self._on_disconnect()
         finally:
-            self._keepalive.discard(self)
+            self._clock.discard(self)
             self.release()
             if isinstance(hook, DisconnectHook):
                 hook.callback = None

@@ -30,9 +30,9 @@ from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from service import metrics
 from service.deps.auth import authenticate
+from service.fanout.clock import SendWatch
 from service.fanout.closing import CloseReason, Ending
 from service.fanout.connection import jittered_retry_ms
-from service.fanout.keepalive import SendWatch
 from service.fanout.ws_connection import (
     INTERNAL,
     OVER_CAPACITY,
@@ -144,6 +144,7 @@ async def serve(
         broker=state.broker,
         keys=state.keys,
         principal=principal,
+        clock=state.clock,
     )
     if conn.admit() is not None:
         await close_with(websocket, state, OVER_CAPACITY)
@@ -174,7 +175,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
     """Reader and writer side by side; the first to finish ends the other. Returns
     how to close, or None when the client is gone."""
     # A peer that stopped reading blocks the write once buffers are full; the
-    # process' keep-alive ticker aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
+    # process' clock aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
     # the peer is treated as gone (no close frame could pass). No timer per send.
     watch = SendWatch()
 
@@ -191,7 +192,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
     writer = asyncio.create_task(conn.write(send), name="ws-write")
     watch.task = writer
     # No heartbeats: uvicorn's protocol pings keep a WebSocket alive.
-    state.keepalive.add(watch)
+    state.clock.add(watch)
     try:
         done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
         if writer not in done and _requested_close(reader):
@@ -205,7 +206,7 @@ async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> End
             task.cancel()
         # Their outcome is read below; a cancellation of this task still propagates.
         await asyncio.wait((reader, writer))
-        state.keepalive.discard(watch)
+        state.clock.discard(watch)
         watch.release()
     first = writer if writer in done else reader
     if first is writer and watch.aborted:

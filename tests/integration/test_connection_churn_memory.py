@@ -26,8 +26,8 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
+from service.fanout.clock import SendWatch
 from service.fanout.connection import SseConnection
-from service.fanout.keepalive import SendWatch
 from service.fanout.queue import DeliveryQueue
 from service.fanout.subscription import Subscription
 from service.fanout.ws_connection import WsConnection

@@ -1,12 +1,15 @@
 """The shared lifecycle of a stream, on the memory broker (no HTTP, no Redis):
 an SSE connection's admission, its subscription taken with `async with`, replay
-then live without duplicates, the expiry timers, and one log pair whatever ends
+then live without duplicates, the token's expiry, and one log pair whatever ends
 it."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import json
 import time
+import weakref
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -16,8 +19,9 @@ from notify_publisher.keys import RedisKeys
 from structlog.testing import capture_logs
 
 from service.brokers.memory import MemoryBroker
+from service.fanout.clock import Clock
 from service.fanout.closing import CloseReason
-from service.fanout.connection import SseConnection, cancel_all, schedule_expiry
+from service.fanout.connection import SseConnection
 from service.fanout.hub import Hub
 from service.fanout.listener import HubListener
 from service.services.channels import StreamScope
@@ -38,6 +42,7 @@ class Parts:
     hub: Hub
     history: HistoryReader
     limiter: ConnectionLimiter
+    clock: Clock
 
     def connection(
         self, sub: str = "pt_1", *, expires_at: float = 0.0, queue_max: int = 10
@@ -50,6 +55,7 @@ class Parts:
             scope=StreamScope(patient_id=sub, appointment_id=None),
             queue_max=queue_max,
             route="/v1/patients/me/events",
+            clock=self.clock,
         )
 
     async def publish(self, patient_id: str = "pt_1") -> str:
@@ -74,9 +80,13 @@ async def parts() -> AsyncIterator[Parts]:
     listener = asyncio.get_running_loop().create_task(
         HubListener(broker=broker, hub=hub, keys=KEYS).run()
     )
-    yield Parts(broker, hub, history, ConnectionLimiter(max_total=10, max_per_subject=2))
-    listener.cancel()
-    await asyncio.gather(listener, return_exceptions=True)
+    # The process' clock, running as under the lifespan (token expiry).
+    clock = Clock(heartbeat_s=15, send_timeout_s=30)
+    ticking = asyncio.get_running_loop().create_task(clock.run())
+    yield Parts(broker, hub, history, ConnectionLimiter(max_total=10, max_per_subject=2), clock)
+    for task in (listener, ticking):
+        task.cancel()
+    await asyncio.gather(listener, ticking, return_exceptions=True)
     await broker.stop()
 
 
@@ -157,25 +167,45 @@ async def test_admission_counts_per_subject(parts: Parts) -> None:
     assert parts.limiter.total == 0
 
 
-async def test_expiry_warns_then_closes_and_cancelling_releases() -> None:
-    warned: list[int] = []
-    closed = asyncio.Event()
-    reasons: list[CloseReason] = []
+async def test_expiry_warns_then_closes_the_stream(parts: Parts) -> None:
+    """The clock warns the stream with `token_expiring`, then ends it."""
+    expires_at = time.time() + 0.3
+    connection = parts.connection(expires_at=expires_at)
+    assert connection.admit() is None
+    with capture_logs() as logs:
+        async with connection.subscribed(resume_from=None):
+            queue = connection.queue
+            queued = []
+            while queue.close_reason is None:
+                await asyncio.wait_for(queue.wait(), WAIT_S)
+                queued += queue.drain()
+            queued += queue.drain()
+            assert time.time() >= expires_at - 0.01
+    assert [(d.kind, json.loads(d.payload)) for d in queued] == [
+        ("token_expiring", {"expires_at": int(expires_at)})
+    ]
+    assert queue.close_reason is CloseReason.TOKEN_EXPIRED
+    assert pairs(logs) == [("stream_opened", None), ("stream_closed", "token_expired")]
 
-    def close(reason: CloseReason) -> None:
-        reasons.append(reason)
-        closed.set()
 
-    timers: list[asyncio.TimerHandle] = []
-    expires_at = time.time() + 0.2
-    schedule_expiry(expires_at, warn=warned.append, close=close, timers=timers)
-    await asyncio.wait_for(closed.wait(), WAIT_S)
-    assert warned == [int(expires_at)]
-    assert reasons == [CloseReason.TOKEN_EXPIRED]
-    # Rescheduling replaces the timers; cancelling drops them (and their owner).
-    schedule_expiry(time.time() + 3600, warn=warned.append, close=close, timers=timers)
-    assert len(timers) == 2
-    cancel_all(timers)
-    assert timers == []
-    schedule_expiry(0.0, warn=warned.append, close=close, timers=timers)
-    assert timers == []  # a token without expiry
+async def test_a_stream_ended_before_its_expiry_is_freed_at_once(parts: Parts) -> None:
+    """Its expiry stays in the clock's heap until the token's time, emptied: the
+    connection is freed by reference counting alone."""
+    connection = parts.connection(expires_at=time.time() + 3600)
+    assert connection.admit() is None
+    gc.disable()
+    try:
+        async with connection.subscribed(resume_from=None):
+            assert len(parts.clock) == 1
+        ref = weakref.ref(connection)
+        del connection
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+async def test_a_stream_without_expiry_gets_no_clock_entry(parts: Parts) -> None:
+    connection = parts.connection(expires_at=0.0)
+    assert connection.admit() is None
+    async with connection.subscribed(resume_from=None):
+        assert len(parts.clock) == 0

@@ -1,0 +1,281 @@
+"""One clock for every stream of the process: heartbeats, token expiry and
+stalled sends, instead of timers per stream (which profiling showed to cost a
+third of the event loop under broadcast load when they were per wake-up).
+
+It keeps one heap of due times and wakes every `TICK_S`; each tick takes only
+what is due by then, so a quiet stream costs no wake-up of its own and there is
+no `TimerHandle` per stream. Three things come due:
+
+- **Heartbeats** (SSE): the queue of a stream that wrote nothing for
+  `heartbeat_s` is asked for one (`heartbeat()`, `service/fanout/queue.py:DeliveryQueue`),
+  which wakes the stream's writer like a delivery does; the writer
+  (`service/transports/sse.py`) takes it as a keep-alive comment. One way: nothing
+  here calls back into a transport. A write only moves the queue's own
+  `next_heartbeat`; its heap slot is corrected lazily when it comes up, so the
+  heartbeats stay spread out as the streams' writes spread them (a whole second's
+  worth at once would be a burst of thousands of writes that delays real events).
+- **Stalled sends** (both transports): the same slot comes up at the latest
+  `send_timeout_s` after a send started, and a writer still stuck in it (a peer
+  that stopped reading, a half-open TCP connection) is aborted. A watch that takes
+  no heartbeats (a WebSocket) has a slot for this alone.
+- **Token expiry**: an owner (a `Connection`: `SseConnection`, `WsConnection`) registers
+  its token's expiry with `expiry`; the clock calls its `warn_expiring` shortly
+  before (`EXPIRY_WARNING_S`, or at half the remaining time for short tokens) and
+  its `expire` at the expiry. Registering again (a WebSocket's fresh `auth`)
+  replaces the earlier one.
+
+`discard` forgets an owner at once: its slots are emptied where they stand in the
+heap (`_Slot.owner = None`), so a closed stream is freed by reference counting
+alone, not kept alive until its slot comes up. Emptied slots are dropped when they
+come up, or all at once when they outnumber the live ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any, Final, Protocol
+
+import structlog
+
+log = structlog.get_logger("service.clock")
+
+TICK_S: Final = 0.1
+# `token_expiring` is sent this long before the token's expiry (or at half the
+# remaining lifetime for short tokens), so a client can renew without a gap.
+EXPIRY_WARNING_S: Final = 60.0
+# The heap is rebuilt without its emptied slots once they are more than half of it
+# (and at least this many): re-registered expiries leave one each until their time.
+COMPACT_MIN: Final = 1024
+
+
+class Watched(Protocol):
+    """A writer watched for stalls."""
+
+    # Monotonic start of the send in progress, 0.0 when none.
+    send_started: float
+
+    def abort(self) -> None: ...
+
+
+class Heartbeats(Protocol):
+    """What takes a stream's heartbeats: its queue (`DeliveryQueue`)."""
+
+    # Monotonic time of the next heartbeat, pushed back by every write.
+    next_heartbeat: float
+
+    def heartbeat(self) -> None: ...
+
+
+class Expiring(Protocol):
+    """What a token's expiry ends: a connection (`SseConnection`, `WsConnection`)."""
+
+    def warn_expiring(self, expires_at: int) -> None:
+        """Send `token_expiring` (the token's `exp`, Unix seconds)."""
+
+    def expire(self) -> None:
+        """Close with `CloseReason.TOKEN_EXPIRED`."""
+
+
+class SendWatch:
+    """One writer as the clock sees it (both transports): `send_started` while a
+    send is in progress, `abort` cancels the writer's task once a send is stuck.
+    The SSE response mixes it in, so an SSE stream pays no extra object for it."""
+
+    def __init__(self) -> None:
+        self.send_started = 0.0
+        self.task: asyncio.Task[Any] | None = None
+        self.aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def release(self) -> None:
+        """Forget the task: its stored exception holds frames that hold this watch,
+        a cycle otherwise."""
+        self.task = None
+
+
+class _Slot:
+    """A heap slot; `owner` None once emptied (the slot is dropped when it comes up)."""
+
+    __slots__ = ("owner",)
+
+    owner: Any
+
+
+class _Watch(_Slot):
+    """A writer watched for stalls, with the queue that takes its heartbeats."""
+
+    __slots__ = ("heartbeats",)
+
+    def __init__(self, watch: Watched, heartbeats: Heartbeats | None) -> None:
+        self.owner: Watched | None = watch
+        self.heartbeats = heartbeats
+
+
+class _Expiry(_Slot):
+    """A token's expiry: due first for the warning, then for the close."""
+
+    __slots__ = ("close_due", "expires_at", "warned")
+
+    def __init__(self, owner: Expiring, expires_at: int, close_due: float) -> None:
+        self.owner: Expiring | None = owner
+        self.expires_at = expires_at
+        self.close_due = close_due
+        self.warned = False
+
+
+class Clock:
+    def __init__(
+        self,
+        *,
+        heartbeat_s: float,
+        send_timeout_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.heartbeat_s = heartbeat_s
+        self.send_timeout_s = send_timeout_s
+        # Due times are monotonic; token expiries (Unix times) are converted once,
+        # when registered, as the loop's own timers would.
+        self._monotonic = monotonic
+        self._wall = wall
+        self._watches: dict[object, _Watch] = {}
+        self._expiries: dict[object, _Expiry] = {}
+        self._due: list[tuple[float, int, _Slot]] = []
+        self._order = itertools.count()
+        self._emptied = 0
+
+    def __len__(self) -> int:
+        """Heap slots, emptied ones included."""
+        return len(self._due)
+
+    # --- registration --------------------------------------------------------------
+
+    def add(self, watch: Watched, *, heartbeats: Heartbeats | None = None) -> None:
+        """Watch `watch`'s writer for stalled sends and, with `heartbeats` (the
+        stream's queue), keep the stream alive."""
+        self._empty_watch(watch)
+        now = self._monotonic()
+        slot = self._watches[watch] = _Watch(watch, heartbeats)
+        due = now + self.send_timeout_s
+        if heartbeats is not None:
+            heartbeats.next_heartbeat = now + self.heartbeat_s
+            due = min(due, heartbeats.next_heartbeat)
+        self._push(due, slot)
+
+    def expiry(self, owner: Expiring, expires_at: float) -> None:
+        """Warn `owner` shortly before `expires_at` (Unix seconds) and expire it
+        then, replacing any expiry it registered before; none when `expires_at <= 0`
+        (a token without expiry)."""
+        self._empty_expiry(owner)
+        if expires_at <= 0:
+            return
+        now = self._monotonic()
+        remaining = expires_at - self._wall()
+        warn_in = max(0.0, remaining - min(EXPIRY_WARNING_S, remaining / 2))
+        slot = self._expiries[owner] = _Expiry(owner, int(expires_at), now + max(0.0, remaining))
+        self._push(now + warn_in, slot)
+
+    def discard(self, owner: object) -> None:
+        """Forget everything registered for `owner`, at once."""
+        self._empty_watch(owner)
+        self._empty_expiry(owner)
+
+    def _empty_watch(self, watch: object) -> None:
+        slot = self._watches.pop(watch, None)
+        if slot is not None:
+            slot.owner = slot.heartbeats = None
+            self._emptied_one()
+
+    def _empty_expiry(self, owner: object) -> None:
+        slot = self._expiries.pop(owner, None)
+        if slot is not None:
+            slot.owner = None
+            self._emptied_one()
+
+    def _emptied_one(self) -> None:
+        self._emptied += 1
+        due = self._due
+        if self._emptied >= COMPACT_MIN and self._emptied * 2 > len(due):
+            # In place: a tick in progress holds this list.
+            due[:] = [item for item in due if item[2].owner is not None]
+            heapq.heapify(due)
+            self._emptied = 0
+
+    def _push(self, due: float, slot: _Slot) -> None:
+        heapq.heappush(self._due, (due, next(self._order), slot))
+
+    # --- the tick ------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Run what is due by `now` (monotonic): O(1) when nothing is."""
+        due = self._due
+        while due and due[0][0] <= now:
+            slot = heapq.heappop(due)[2]
+            if slot.owner is None:
+                self._emptied -= 1
+            elif isinstance(slot, _Watch):
+                self._watch_due(slot, now)
+            else:
+                assert isinstance(slot, _Expiry)
+                self._expiry_due(slot, now)
+
+    def _watch_due(self, slot: _Watch, now: float) -> None:
+        watch = slot.owner
+        assert watch is not None
+        started = watch.send_started
+        if started and now - started >= self.send_timeout_s:
+            del self._watches[watch]
+            slot.owner = slot.heartbeats = None
+            _call(watch.abort)
+            return
+        # It comes up again when a send in progress would be stuck, else after
+        # `send_timeout_s` (when a send starting now would be), or sooner for a
+        # heartbeat.
+        next_due = (started or now) + self.send_timeout_s
+        heartbeats = slot.heartbeats
+        if heartbeats is not None:
+            due_beat = heartbeats.next_heartbeat <= now
+            if due_beat:
+                heartbeats.next_heartbeat = now + self.heartbeat_s
+            # Else it wrote since: come back when its new deadline is reached.
+            self._push(min(next_due, heartbeats.next_heartbeat), slot)
+            if due_beat:
+                _call(heartbeats.heartbeat)
+            return
+        self._push(next_due, slot)
+
+    def _expiry_due(self, slot: _Expiry, now: float) -> None:
+        owner = slot.owner
+        assert owner is not None
+        if not slot.warned:
+            slot.warned = True
+            # The close comes after the warning, in this same tick if both are due.
+            self._push(slot.close_due, slot)
+            _call(owner.warn_expiring, slot.expires_at)
+            return
+        del self._expiries[owner]
+        slot.owner = None
+        _call(owner.expire)
+
+    async def run(self) -> None:
+        """The supervised loop."""
+        while True:
+            await asyncio.sleep(min(TICK_S, self.heartbeat_s / 2))
+            self.tick(self._monotonic())
+
+
+def _call(callback: Callable[..., object], *args: object) -> None:
+    """One owner's failure is logged like a failing loop callback's, and does not
+    stop the tick for the others."""
+    try:
+        callback(*args)
+    except Exception:
+        log.exception("clock_callback_failed", callback=getattr(callback, "__qualname__", "?"))
