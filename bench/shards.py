@@ -73,7 +73,7 @@ from bench.scenarios import (
 )
 from bench.worker import (
     PublisherWorker,
-    SubscriberWorker,
+    StreamClientWorker,
     chan_name,
     event_json,
     run_worker,
@@ -265,7 +265,7 @@ class ShardPublisher(PublisherWorker):
         }
 
 
-class ShardSubscriber(SubscriberWorker):
+class ShardStreamClient(StreamClientWorker):
     """bench/worker.py's subscriber, which can also say which patients have a live stream."""
 
     def live_chans(self) -> list[int]:
@@ -277,9 +277,9 @@ class ShardSubscriber(SubscriberWorker):
 
 
 def generator_main(conn, role: str) -> None:
-    """A generator process: bench/worker.py's command loop around a ShardSubscriber
+    """A generator process: bench/worker.py's command loop around a ShardStreamClient
     or a ShardPublisher."""
-    run_worker(conn, role, lambda: ShardSubscriber() if role == "sub" else ShardPublisher())
+    run_worker(conn, role, lambda: ShardStreamClient() if role == "sub" else ShardPublisher())
 
 
 class ShardHarness(Harness):

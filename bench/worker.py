@@ -4,7 +4,7 @@ Each worker is a separate OS process running uvloop, driven by the
 orchestrator over a ``multiprocessing`` pipe with small command dicts. The
 orchestrator never touches a socket of the system under test itself.
 
-Subscriber worker ops: ``open`` (connect streams, bounded concurrency),
+Stream-client worker ops: ``open`` (connect streams, bounded concurrency),
 ``reset`` (zero the per-stream counters before a measured step), ``stats``
 (counters + latencies), ``unready`` (channels whose streams have not yet seen a
 readiness probe), ``close``.
@@ -82,7 +82,7 @@ def event_json(chan: str, seq: int, sent_ns: int) -> bytes:
 # ------------------------------------------------------------------------- subscribers
 
 
-class SubscriberWorker(Sink):
+class StreamClientWorker(Sink):
     def __init__(self):
         self.conns: list[StreamConn] = []
         self.reset()
@@ -522,7 +522,7 @@ class PublisherWorker:
 
 
 def worker_main(conn, role: str) -> None:
-    run_worker(conn, role, lambda: SubscriberWorker() if role == "sub" else PublisherWorker())
+    run_worker(conn, role, lambda: StreamClientWorker() if role == "sub" else PublisherWorker())
 
 
 def run_worker(conn, role: str, make) -> None:
@@ -545,7 +545,7 @@ async def _serve(conn, role: str, make) -> None:
         op = msg.pop("op")
         try:
             if op == "exit":
-                if isinstance(w, SubscriberWorker):
+                if isinstance(w, StreamClientWorker):
                     w.close()
                 conn.send({"ok": True})
                 return

@@ -2,7 +2,7 @@
 
 Start: settings → logging → Redis (PING, fail fast) → listener → ready.
 Nothing is wired here: the broker appends what it receives to its inbox and the
-hub's listener (`service/services/listener.py`) pulls it; this module only builds
+hub's listener (`service/fanout/listener.py`) pulls it; this module only builds
 the parts and starts and stops them in order.
 Stop (SIGTERM): readiness 503 at once → every stream told to reconnect, spread over
 a jitter window → streams end → (uvicorn runs the lifespan shutdown) listener stops
@@ -24,12 +24,12 @@ from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
 from service.config import Settings, get_settings
 from service.failures import BrokerTopologyError, BrokerUnavailableError
+from service.fanout.clock import Clock
+from service.fanout.hub import Hub
+from service.fanout.listener import HubListener
 from service.logging import configure_logging
-from service.services.clock import Clock
 from service.services.history import HistoryReader
-from service.services.hub import Hub
 from service.services.limits import ConnectionLimiter
-from service.services.listener import HubListener
 from service.services.supervisor import Supervisor
 from service.services.tokens import TokenConfig, TokenVerifier
 from service.signals import chain_exit_signals

@@ -21,7 +21,7 @@ from service.routers import (
     tickets,
     ws,
 )
-from service.routers.lean_streams import LeanStreamRoutes, stream_routes
+from service.transports.lean_streams import LeanStreamRoutes, stream_routes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(demo.router)
     app.include_router(docs.router)
     # The SSE routes' opens without FastAPI's routing and dependency solving (the
-    # same functions, answers and OpenAPI document: service/routers/lean_streams.py).
+    # same functions, answers and OpenAPI document: service/transports/lean_streams.py).
     app.add_middleware(LeanStreamRoutes, routes=stream_routes(streams.router.routes))
     # Every JSON body this API takes is at most one event (DESIGN.md, "Events").
     app.add_middleware(RequestBodyLimitMiddleware, max_bytes=MAX_EVENT_BYTES)

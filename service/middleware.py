@@ -22,7 +22,7 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # A streaming response may ask, under this scope key, to be run from here once the
 # framework's per-request machinery (routing, dependency exit stacks, exception
 # wrappers) has unwound: an idle stream then holds only what it needs
-# (see `service/routers/sse.py`).
+# (see `service/transports/sse_response.py`).
 DEFERRED_STREAM = "notify.deferred_stream"
 # Probes and scrapes would drown the access log.
 QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})

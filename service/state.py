@@ -14,10 +14,11 @@ from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
 from service.config import Settings
+from service.fanout.clock import Clock
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub
 from service.services.batching import KeyReader
-from service.services.clock import Clock
 from service.services.history import HistoryReader
-from service.services.hub import CloseReason, Hub
 from service.services.limits import ConnectionLimiter
 from service.services.supervisor import Supervisor
 from service.services.tokens import TokenVerifier
@@ -55,11 +56,11 @@ class AppState:
         self.draining = True
         window = self.settings.shutdown_grace_s * self.settings.shutdown_jitter_fraction
         loop = asyncio.get_running_loop()
-        subscribers = self.hub.subscribers
-        log.info("drain_started", streams=len(subscribers), window_s=round(window, 1))
-        for subscriber in subscribers:
+        queues = self.hub.queues
+        log.info("drain_started", streams=len(queues), window_s=round(window, 1))
+        for queue in queues:
             delay = random.uniform(0, window)  # noqa: S311
-            loop.call_later(delay, subscriber.close, CloseReason.SHUTDOWN)
+            loop.call_later(delay, queue.close, CloseReason.SHUTDOWN)
 
     async def wait_streams_closed(self, timeout_s: float) -> bool:
         return await self.hub.wait_idle(timeout_s)

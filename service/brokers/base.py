@@ -50,7 +50,7 @@ INBOX_LIMIT: Final = 65_536
 
 class Inbox:
     """The one-way hand-over from the broker's connections to its one reader (the
-    hub's listener, `service/services/listener.py`). The connections only append,
+    hub's listener, `service/fanout/listener.py`). The connections only append,
     never wait and call nothing; the reader takes everything queued in one go.
 
     Bounded: past `limit` a message is dropped (counted as `overflow`) and the
@@ -158,7 +158,7 @@ class Broker(abc.ABC):
 
     async def run_listener(self) -> None:
         """The connection loop of a broker whose messages come from a server; the
-        hub's listener (`services/listener.py`) runs it beside its pulling. An
+        hub's listener (`service/fanout/listener.py`) runs it beside its pulling. An
         in-process broker has none."""
         raise NotImplementedError
 

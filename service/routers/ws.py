@@ -1,88 +1,23 @@
-"""`WS /v1/ws`: the bidirectional channel (protocol: `service/schemas/ws.py`,
-`docs/websocket.md`, `docs/asyncapi.json`).
-
-Authentication never puts a token in the URL: a stream ticket (`?ticket=`) or an
-`Authorization: Bearer` header at the handshake (refused with an HTTP 401 denial
-response), or else an `auth` frame first, within `NOTIFY_WS_AUTH_TIMEOUT_S`
-(refused with close 4401). Nothing is sent before authentication succeeded.
-
-Each connection runs a reader and a writer; the first to finish cancels the other.
-A reader is not optional: uvicorn stops reading the socket until the app calls
-`receive()`, so a send-only handler leaves protocol pongs unread and dies of
-"keepalive ping timeout".
+"""`WS /v1/ws`: the bidirectional channel. The route authenticates the handshake
+(a stream ticket or an `Authorization: Bearer` header, refused with an HTTP 401
+denial response) and hands the accepted socket to the connection's loop
+(`service/transports/ws.py`: first-frame `auth`, admission, reader and writer).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import json
-import re
-import time
-from typing import Final
-
-import structlog
 from fastapi import APIRouter, WebSocket
-from pydantic import ValidationError
 from starlette.responses import JSONResponse
-from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
-from service import metrics
-from service.deps.auth import authenticate, get_stream_principal
+from service.deps.auth import get_stream_principal
 from service.deps.state import get_state
-from service.schemas.ws import (
-    CLIENT_MESSAGE,
-    CLIENT_TYPES,
-    AckMessage,
-    AuthenticatedMessage,
-    AuthMessage,
-    CommandAcceptedMessage,
-    CommandMessage,
-    ErrorCode,
-    ErrorMessage,
-    PingMessage,
-    PongMessage,
-    ReconnectMessage,
-    SubscribeMessage,
-    UnsubscribedMessage,
-    UnsubscribeMessage,
-)
-from service.services.channels import resolve_stream_scope
-from service.services.clock import SendWatch
-from service.services.closing import ENDINGS, CloseReason, Ending
-from service.services.commands import Command, CommandRateLimitedError, submit_command
-from service.services.connections import (
-    INTERNAL,
-    OVER_CAPACITY,
-    TOO_MANY_INVALID,
-    UNAUTHORIZED,
-    UNAVAILABLE,
-    WsConnection,
-)
-from service.services.errors import (
-    DomainError,
-    ForbiddenError,
-    NotFoundError,
-    UnauthorizedError,
-    UnavailableError,
-)
+from service.fanout.closing import ENDINGS, CloseReason
+from service.fanout.ws_connection import UNAVAILABLE
+from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal
-from service.services.streams import jittered_retry_ms
-from service.state import AppState
-from service.wire.ws import message_text
-
-log = structlog.get_logger("service.ws")
+from service.transports.ws import close_with, first_message_auth, serve
 
 router = APIRouter(tags=["websocket"])
-
-# Sending the reconnect hint and the close frame must not hold a handler forever.
-CLOSE_TIMEOUT_S: Final = 5.0
-_CLIENT_REF = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_GARBAGE: Final = frozenset({ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_TYPE})
-
-
-class _ClientGone(Exception):
-    """The peer went away (or stopped reading past the send timeout)."""
 
 
 def _has_handshake_credentials(websocket: WebSocket) -> bool:
@@ -101,22 +36,6 @@ async def _deny(websocket: WebSocket) -> None:
     )
 
 
-async def _close(websocket: WebSocket, state: AppState, ending: Ending) -> None:
-    """The reconnect hint (when retrying can succeed), then the close frame
-    (`service/services/closing.py` has both for every reason)."""
-    if ending.ws_code is None:
-        return
-    with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, TimeoutError):
-        async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            if ending.reconnect is not None:
-                hint = ReconnectMessage(
-                    reason=ending.reconnect,
-                    retry_ms=jittered_retry_ms(state.settings.sse_retry_ms),
-                )
-                await websocket.send_text(message_text(hint))
-            await websocket.close(code=int(ending.ws_code), reason=ending.ws_reason)
-
-
 @router.websocket("/v1/ws", name="websocket")
 async def websocket_channel(websocket: WebSocket) -> None:
     """Bidirectional channel: subscriptions, events, commands."""
@@ -131,262 +50,16 @@ async def websocket_channel(websocket: WebSocket) -> None:
         except UnavailableError:
             # A ticket could not be checked: infrastructure, worth a retry.
             await websocket.accept()
-            await _close(websocket, state, UNAVAILABLE)
+            await close_with(websocket, state, UNAVAILABLE)
             return
     await websocket.accept()
     if state.draining:
-        await _close(websocket, state, ENDINGS[CloseReason.SHUTDOWN])
+        await close_with(websocket, state, ENDINGS[CloseReason.SHUTDOWN])
         return
     reply_to: str | None = None
     if principal is None:
-        outcome = await _first_message_auth(websocket, state)
+        outcome = await first_message_auth(websocket, state)
         if outcome is None:
             return
         principal, reply_to = outcome
-    await _serve(websocket, state, principal, reply_to)
-
-
-async def _first_message_auth(
-    websocket: WebSocket, state: AppState
-) -> tuple[Principal, str | None] | None:
-    """The principal of a first `auth` frame, or None once the socket was closed."""
-    try:
-        async with asyncio.timeout(state.settings.ws_auth_timeout_s):
-            message = await websocket.receive()
-    except TimeoutError:
-        metrics.AUTH_REFUSALS.labels(reason="missing").inc()
-        await _close(websocket, state, UNAUTHORIZED)
-        return None
-    if message["type"] == "websocket.disconnect":
-        return None
-    auth: AuthMessage | None = None
-    text = message.get("text")
-    if text is not None:
-        with contextlib.suppress(ValidationError):
-            parsed = CLIENT_MESSAGE.validate_json(text)
-            auth = parsed if isinstance(parsed, AuthMessage) else None
-    if auth is None:
-        metrics.AUTH_REFUSALS.labels(reason="missing").inc()
-        await _close(websocket, state, UNAUTHORIZED)
-        return None
-    try:
-        principal = await authenticate(state, auth.token)
-    except UnauthorizedError:
-        await _close(websocket, state, UNAUTHORIZED)
-        return None
-    except UnavailableError:
-        await _close(websocket, state, UNAVAILABLE)
-        return None
-    return principal, auth.id
-
-
-async def _serve(
-    websocket: WebSocket, state: AppState, principal: Principal, reply_to: str | None
-) -> None:
-    conn = WsConnection(
-        settings=state.settings,
-        hub=state.hub,
-        history=state.history,
-        limiter=state.limiter,
-        broker=state.broker,
-        keys=state.keys,
-        principal=principal,
-        clock=state.clock,
-    )
-    if conn.admit() is not None:
-        await _close(websocket, state, OVER_CAPACITY)
-        return
-    end_reason = CloseReason.CLIENT_GONE
-    try:
-        if state.draining:
-            # The drain began between the handshake and now: it did not see us.
-            conn.control.close(CloseReason.SHUTDOWN)
-        conn.reply(
-            message_text(
-                AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to)
-            )
-        )
-        closing = await _run(websocket, state, conn)
-        if closing is not None:
-            end_reason = closing.reason
-            await _close(websocket, state, closing)
-    except Exception:
-        end_reason = CloseReason.INTERNAL_ERROR
-        log.exception("ws_failed")
-        await _close(websocket, state, INTERNAL)
-    finally:
-        await conn.end(reason=end_reason)
-
-
-async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Ending | None:
-    """Reader and writer side by side; the first to finish ends the other. Returns
-    how to close, or None when the client is gone."""
-    # A peer that stopped reading blocks the write once buffers are full; the
-    # process' clock aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
-    # the peer is treated as gone (no close frame could pass). No timer per send.
-    watch = SendWatch()
-
-    async def send(text: str) -> None:
-        watch.send_started = time.monotonic()
-        try:
-            await websocket.send_text(text)
-        except (WebSocketDisconnect, WebSocketDisconnected) as exc:
-            raise _ClientGone from exc
-        finally:
-            watch.send_started = 0.0
-
-    reader = asyncio.create_task(_read(websocket, state, conn), name="ws-read")
-    writer = asyncio.create_task(conn.write(send), name="ws-write")
-    watch.task = writer
-    # No heartbeats: uvicorn's protocol pings keep a WebSocket alive.
-    state.clock.add(watch)
-    try:
-        done, _ = await asyncio.wait((reader, writer), return_when=asyncio.FIRST_COMPLETED)
-        if writer not in done and _requested_close(reader):
-            # The reader asked for the close: the writer sends the pending error
-            # replies first, then returns that close.
-            done, _ = await asyncio.wait((writer,), timeout=CLOSE_TIMEOUT_S)
-            if writer not in done:
-                done = {reader}
-    finally:
-        for task in (reader, writer):
-            task.cancel()
-        # Their outcome is read below; a cancellation of this task still propagates.
-        await asyncio.wait((reader, writer))
-        state.clock.discard(watch)
-        watch.release()
-    first = writer if writer in done else reader
-    if first is writer and watch.aborted:
-        return None
-    try:
-        return first.result()
-    except _ClientGone:
-        return None
-
-
-def _requested_close(reader: asyncio.Task[Ending | None]) -> bool:
-    return (
-        reader.done()
-        and not reader.cancelled()
-        and reader.exception() is None
-        and reader.result() is not None
-    )
-
-
-async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Ending | None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return None
-        closing = await _handle(message.get("text"), state, conn)
-        if closing is not None:
-            conn.request_close(closing)
-            return closing
-
-
-def _reply_error(
-    conn: WsConnection, code: ErrorCode, message: str, reply_to: str | None
-) -> Ending | None:
-    if code in _GARBAGE and conn.note_invalid():
-        return TOO_MANY_INVALID
-    conn.reply(message_text(ErrorMessage(code=code, message=message, reply_to=reply_to)))
-    return None
-
-
-def _error_code(exc: DomainError) -> ErrorCode:
-    if isinstance(exc, UnavailableError):
-        return ErrorCode.UNAVAILABLE
-    if isinstance(exc, NotFoundError):
-        return ErrorCode.NOT_FOUND
-    if isinstance(exc, ForbiddenError):
-        return ErrorCode.FORBIDDEN
-    if isinstance(exc, UnauthorizedError):
-        return ErrorCode.UNAUTHORIZED
-    try:
-        return ErrorCode(exc.code)
-    except ValueError:
-        return ErrorCode.FORBIDDEN
-
-
-def _invalid_frame(text: str, exc: ValidationError) -> tuple[ErrorCode, str, str | None]:
-    """Error code, message and the frame's `id` (when readable) for an invalid frame.
-    The message names fields only, never values (a frame may carry a token)."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return ErrorCode.INVALID_MESSAGE, "not JSON", None
-    if not isinstance(document, dict):
-        return ErrorCode.INVALID_MESSAGE, "not a JSON object", None
-    ref = document.get("id")
-    reply_to = ref if isinstance(ref, str) and _CLIENT_REF.fullmatch(ref) else None
-    kind = document.get("type")
-    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
-        return ErrorCode.UNSUPPORTED_TYPE, "unknown or missing type", reply_to
-    fields = sorted({".".join(str(p) for p in err["loc"][1:]) or kind for err in exc.errors()})
-    return ErrorCode.INVALID_MESSAGE, f"invalid: {', '.join(fields[:5])}", reply_to
-
-
-async def _handle(text: str | None, state: AppState, conn: WsConnection) -> Ending | None:
-    """One client frame; a `Ending` when the connection must end."""
-    if text is None:
-        return _reply_error(conn, ErrorCode.INVALID_MESSAGE, "text frames only", None)
-    try:
-        message = CLIENT_MESSAGE.validate_json(text)
-    except ValidationError as exc:
-        code, detail, reply_to = _invalid_frame(text, exc)
-        return _reply_error(conn, code, detail, reply_to)
-    try:
-        await _dispatch(message, state, conn)
-    except DomainError as exc:
-        return _reply_error(conn, _error_code(exc), exc.public_message, message.id)
-    return None
-
-
-async def _dispatch(
-    message: AuthMessage
-    | SubscribeMessage
-    | UnsubscribeMessage
-    | AckMessage
-    | PingMessage
-    | CommandMessage,
-    state: AppState,
-    conn: WsConnection,
-) -> None:
-    if isinstance(message, PingMessage):
-        conn.reply(message_text(PongMessage(reply_to=message.id)))
-    elif isinstance(message, AckMessage):
-        conn.acks += 1
-    elif isinstance(message, SubscribeMessage):
-        scope = resolve_stream_scope(
-            conn.principal, patient_id=message.patient_id, appointment_id=message.appointment_id
-        )
-        await conn.subscribe(scope, since=message.since, reply_to=message.id)
-    elif isinstance(message, UnsubscribeMessage):
-        ids = await conn.unsubscribe(message.subscription_id)
-        conn.reply(message_text(UnsubscribedMessage(subscription_ids=ids, reply_to=message.id)))
-    elif isinstance(message, CommandMessage):
-        if not conn.command_limiter.try_take():
-            raise CommandRateLimitedError()
-        command_id = await submit_command(
-            broker=state.broker,
-            keys=state.keys,
-            principal=conn.principal,
-            command=Command(
-                action=message.action,
-                appointment_id=message.appointment_id,
-                client_ref=message.id,
-                preferred_starts_at=message.preferred_starts_at,
-            ),
-            owned=conn.owned,
-            maxlen=state.settings.commands_maxlen,
-        )
-        conn.commands += 1
-        conn.reply(message_text(CommandAcceptedMessage(command_id=command_id, reply_to=message.id)))
-    else:
-        principal = await authenticate(state, message.token)
-        conn.extend(principal)
-        conn.reply(
-            message_text(
-                AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=message.id)
-            )
-        )
+    await serve(websocket, state, principal, reply_to)

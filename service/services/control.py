@@ -11,8 +11,9 @@ matching live streams of that process. Messages are JSON objects:
     {"type": "ticket_deleted", "ticket_id": "<sha256 hex of the ticket>"}
         every stream opened with that ticket ends
 
-A message only closes live streams; refusing new requests is the job of the Redis
-keys written before it (see `services/revocations.py`). Unknown types are ignored so
+A message only closes live streams (`service/fanout/control.py:handle_control`);
+refusing new requests is the job of the Redis keys written before it (see
+`services/revocations.py`). Unknown types are ignored so
 that newer publishers can add some; malformed messages are logged without content.
 """
 
@@ -26,7 +27,6 @@ from notify_publisher.keys import RedisKeys
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.brokers.base import Broker
-from service.services.hub import CloseReason, Hub, Subscriber
 from service.services.principal import Principal
 
 log = structlog.get_logger(__name__)
@@ -98,25 +98,6 @@ def parse_control(raw: bytes) -> RevokedMessage | TicketDeletedMessage | None:
         fields = sorted({".".join(str(p) for p in err["loc"]) for err in exc.errors()})
         log.warning("control_message_invalid", reason="shape", fields=fields[:5])
         return None
-
-
-def handle_control(hub: Hub, raw: bytes) -> int:
-    """Apply one control message to this process' streams; how many were closed.
-
-    Called by the listener for every message on the control channel: never raises."""
-    message = parse_control(raw)
-    if message is None:
-        return 0
-    reason = (
-        CloseReason.REVOKED if isinstance(message, RevokedMessage) else CloseReason.TICKET_DELETED
-    )
-
-    def affected(subscriber: Subscriber) -> bool:
-        return subscriber.principal is not None and message.matches(subscriber.principal)
-
-    closed = hub.close_where(affected, reason)
-    log.info("control_applied", type=message.type, closed=closed)
-    return closed
 
 
 async def announce_revocation(

@@ -10,8 +10,8 @@ Two kinds, each a plain string key with a TTL (the revocation's end):
 
 Writing the key refuses new requests at once, in every process. Live streams are
 closed by the announcement on the control channel that follows it
-(`services/control.py`), and again by `sweep_live_streams` after a process'
-listener reconnects (an announcement sent while it was away is lost).
+(`services/control.py`), and again by `service/fanout/control.py:sweep_live_streams`
+after a process' listener reconnects (an announcement sent while it was away is lost).
 
 An identity provider can revoke without calling the API: `SET` the key with `EX`,
 then `PUBLISH` the matching control message (see docs/auth.md).
@@ -31,9 +31,7 @@ from service.brokers.base import Broker
 from service.services.batching import KeyReader
 from service.services.control import announce_revocation, revokes_issued_at
 from service.services.errors import DomainError, UnauthorizedError
-from service.services.hub import CloseReason, Hub
 from service.services.principal import Principal
-from service.services.tickets import TicketStore
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +116,7 @@ class RevocationStore:
         # Read from Redis on every check, never from a local copy: a revocation
         # written by any process is seen by the next connection of every process.
         values = await self._get_values(*keys)
-        return _revokes(principal, values[0], values[1] if len(values) > 1 else None)
+        return revokes(principal, values[0], values[1] if len(values) > 1 else None)
 
     async def ensure_not_revoked(self, principal: Principal) -> None:
         """`UnauthorizedError("revoked")` if the token or its subject is revoked."""
@@ -126,47 +124,10 @@ class RevocationStore:
             raise UnauthorizedError("revoked")
 
 
-def _revokes(principal: Principal, sub_value: str | None, jti_value: str | None) -> bool:
+def revokes(principal: Principal, sub_value: str | None, jti_value: str | None) -> bool:
+    """Whether the revocation keys' values (`sub_value`, `jti_value`) refuse `principal`."""
     if jti_value is not None:
         return True
     if sub_value is not None:
         return revokes_issued_at(_revoked_at(sub_value), principal.issued_at)
     return False
-
-
-async def sweep_live_streams(
-    *, hub: Hub, broker: Broker, keys: RedisKeys, tickets: TicketStore
-) -> int:
-    """Close the local streams whose token, subject or ticket was revoked or deleted
-    while this process could not hear the control channel; how many were closed."""
-    subscribers = [s for s in hub.subscribers if s.principal is not None]
-    now = time.time()
-    closed = 0
-    for start in range(0, len(subscribers), SWEEP_BATCH):
-        batch = subscribers[start : start + SWEEP_BATCH]
-        principals = [s.principal for s in batch if s.principal is not None]
-        wanted: list[str] = []
-        for p in principals:
-            wanted.append(keys.revoked_sub(p.sub))
-            wanted.append(keys.revoked_jti(p.jti) if p.jti is not None else "")
-            wanted.append(keys.ticket(p.ticket_id) if p.ticket_id is not None else "")
-        lookup = [k for k in wanted if k]
-        values = dict(zip(lookup, await broker.get_values(*lookup), strict=True))
-        for subscriber, p in zip(batch, principals, strict=True):
-            sub_value = values.get(keys.revoked_sub(p.sub))
-            jti_value = values.get(keys.revoked_jti(p.jti)) if p.jti is not None else None
-            if _revokes(p, sub_value, jti_value):
-                subscriber.close(CloseReason.REVOKED)
-                closed += 1
-            elif (
-                p.ticket_id is not None
-                and values.get(keys.ticket(p.ticket_id)) is None
-                # A ticket that merely expired with its token: the expiry timer
-                # closes that stream with the right reason.
-                and p.expires_at > now
-            ):
-                subscriber.close(CloseReason.TICKET_DELETED)
-                closed += 1
-    if closed:
-        log.info("streams_swept", closed=closed)
-    return closed

@@ -1,4 +1,4 @@
-"""The SSE routes' lean path (`service/routers/lean_streams.py`) answers exactly as
+"""The SSE routes' lean path (`service/transports/lean_streams.py`) answers exactly as
 the FastAPI routes it bypasses: the same app is asked the same questions with and
 without the lean layer, and status, body and headers must agree."""
 
@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
-from service.routers.lean_streams import LeanStreamRoutes
+from service.transports.lean_streams import LeanStreamRoutes
 from tests.conftest import Tokens, bearer
 
 ME = "/v1/patients/me/events"

@@ -26,12 +26,13 @@ from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
+from service.fanout.clock import SendWatch
+from service.fanout.connection import SseConnection
+from service.fanout.queue import DeliveryQueue
+from service.fanout.subscription import Subscription
+from service.fanout.ws_connection import WsConnection
 from service.http_protocol import HttpProtocol
-from service.routers.sse import LeanEventSourceResponse
-from service.services.clock import SendWatch
-from service.services.connections import Subscription, WsConnection
-from service.services.hub import Subscriber
-from service.services.streams import StreamSession
+from service.transports.sse_response import SseStreamResponse
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
 from tests.support.raw_clients import (
@@ -47,11 +48,11 @@ from tests.support.waiting import eventually
 
 # One connection's objects, server side. Counted by exact type after the churn.
 PER_CONNECTION_TYPES: tuple[type, ...] = (
-    Subscriber,
-    StreamSession,
-    WsConnection,
+    DeliveryQueue,
     Subscription,
-    LeanEventSourceResponse,
+    SseConnection,
+    WsConnection,
+    SseStreamResponse,
     SendWatch,
     WebSocket,
     Request,

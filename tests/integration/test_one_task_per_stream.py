@@ -41,10 +41,10 @@ async def test_streams_hold_no_disconnect_task_and_still_end_when_clients_leave(
         ]
         for stream in streams:
             await opened(stream)
-        assert len(app.state.hub.subscribers) == STREAMS
+        assert len(app.state.hub.queues) == STREAMS
         assert watcher_tasks() == 0
         await stack.aclose()  # every client leaves
-        await eventually(lambda: not app.state.hub.subscribers, what="streams ended")
+        await eventually(lambda: not app.state.hub.queues, what="streams ended")
         assert app.state.hub.channel_names == []
 
 
@@ -89,6 +89,6 @@ async def test_a_stream_after_another_request_on_the_same_connection_still_ends(
         )
         await writer.drain()
         await asyncio.wait_for(reader.readuntil(b"retry:"), 10)
-        await eventually(lambda: len(app.state.hub.subscribers) == 1, what="stream attached")
+        await eventually(lambda: len(app.state.hub.queues) == 1, what="stream attached")
         writer.close()
-        await eventually(lambda: not app.state.hub.subscribers, what="stream ended")
+        await eventually(lambda: not app.state.hub.queues, what="stream ended")

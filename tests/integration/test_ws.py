@@ -19,9 +19,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.config import Settings
+from service.fanout.closing import CloseReason
 from service.main import create_app
 from service.schemas.commands import CommandRecord
-from service.services.hub import CloseReason
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.events import event
@@ -542,7 +542,7 @@ def _slow_consumers() -> float:
 
 
 def _slow_closed(app: RunningApp) -> bool:
-    return any(s.close_reason is CloseReason.TOO_SLOW for s in app.state.hub.subscribers)
+    return any(s.close_reason is CloseReason.TOO_SLOW for s in app.state.hub.queues)
 
 
 async def test_token_expiry_warns_then_closes_4001(app: RunningApp, tokens: Tokens) -> None:

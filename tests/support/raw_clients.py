@@ -129,6 +129,6 @@ async def all_ended(app: RunningApp) -> None:
     state = app.state
 
     def nothing_open() -> bool:
-        return not state.hub.subscribers and state.limiter.total == 0
+        return not state.hub.queues and state.limiter.total == 0
 
     await eventually(nothing_open, timeout_s=TIMEOUT_S, what="every stream ended")

@@ -8,8 +8,9 @@ import asyncio
 import pytest
 from notify_publisher.keys import RedisKeys
 
+from service.fanout.hub import Hub
+from service.fanout.queue import DeliveryQueue
 from service.services.batching import KeyReader, TickBatcher
-from service.services.hub import Hub, Subscriber
 
 KEYS = RedisKeys("u:")
 
@@ -110,8 +111,8 @@ def make_hub(broker: BatchBroker) -> Hub:
     return Hub(keys=KEYS, broker=broker)
 
 
-def sub() -> Subscriber:
-    return Subscriber(maxlen=10, transport="sse")
+def sub() -> DeliveryQueue:
+    return DeliveryQueue(maxlen=10, transport="sse")
 
 
 async def test_new_channels_of_one_iteration_are_one_subscribe() -> None:
@@ -127,7 +128,7 @@ async def test_attach_returns_only_once_the_channel_is_confirmed() -> None:
     broker.gate = asyncio.Event()
     hub = make_hub(broker)
     first = asyncio.create_task(hub.attach("pt_1", sub()))
-    # A second subscriber of the same patient joining before the confirmation waits too.
+    # A second queue of the same patient joining before the confirmation waits too.
     second = asyncio.create_task(hub.attach("pt_1", sub()))
     for _ in range(5):
         await asyncio.sleep(0)
@@ -168,4 +169,4 @@ async def test_a_failed_subscribe_fails_each_attach_and_forgets_the_channels() -
     )
     assert all(isinstance(r, RuntimeError) for r in results)
     assert hub.channel_names == []
-    assert hub.subscribers == frozenset()
+    assert hub.queues == frozenset()

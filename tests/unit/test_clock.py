@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from service.services.clock import COMPACT_MIN, EXPIRY_WARNING_S, Clock, SendWatch
-from service.services.hub import Subscriber
+from service.fanout.clock import COMPACT_MIN, EXPIRY_WARNING_S, Clock, SendWatch
+from service.fanout.queue import DeliveryQueue
 
 HEARTBEAT_S = 10.0
 SEND_TIMEOUT_S = 30.0
@@ -36,7 +36,7 @@ class FakeTime:
 
 class Stream:
     """A writer (watched for stalls) that takes its own heartbeats, for brevity;
-    in the service the subscription takes them (see the heartbeat test below)."""
+    in the service the stream's queue takes them (see the heartbeat test below)."""
 
     def __init__(self) -> None:
         self.next_heartbeat = 0.0
@@ -52,7 +52,7 @@ class Stream:
 
 
 class Owner:
-    """What a token's expiry ends (an SSE session, a WebSocket connection)."""
+    """What a token's expiry ends: a connection (SSE or WebSocket)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int | None]] = []
@@ -290,23 +290,23 @@ def test_a_failing_owner_does_not_stop_the_others(clock: Clock) -> None:
     assert fine.calls == [("warn", int(EPOCH + 100)), ("expire", None)]
 
 
-async def test_the_heartbeat_wakes_the_subscription_not_the_writer(clock: Clock) -> None:
-    """One way: the clock wakes the stream's subscription (as a delivery would);
+async def test_the_heartbeat_wakes_the_queue_not_the_writer(clock: Clock) -> None:
+    """One way: the clock wakes the stream's queue (as a delivery would);
     its writer then sends the keep-alive. A write pushes the next one back."""
-    watch, subscription = SendWatch(), Subscriber(maxlen=4, transport="sse")
-    clock.add(watch, heartbeats=subscription)
-    due = subscription.next_heartbeat
-    subscription.next_heartbeat = due + 5  # its stream wrote meanwhile
+    watch, queue = SendWatch(), DeliveryQueue(maxlen=4, transport="sse")
+    clock.add(watch, heartbeats=queue)
+    due = queue.next_heartbeat
+    queue.next_heartbeat = due + 5  # its stream wrote meanwhile
     clock.tick(due + 1)
-    assert not subscription.heartbeat_due
+    assert not queue.heartbeat_due
     clock.tick(due + 6)
-    assert subscription.heartbeat_due
-    await asyncio.wait_for(subscription.wait(), 1)
-    assert subscription.drain() == []
+    assert queue.heartbeat_due
+    await asyncio.wait_for(queue.wait(), 1)
+    assert queue.drain() == []
     clock.discard(watch)
-    subscription.heartbeat_due = False
+    queue.heartbeat_due = False
     clock.tick(due + 100)
-    assert not subscription.heartbeat_due
+    assert not queue.heartbeat_due
 
 
 async def test_the_running_clock_ends_on_time() -> None:
@@ -315,7 +315,7 @@ async def test_the_running_clock_ends_on_time() -> None:
     expired = asyncio.Event()
     seen: list[tuple[str, float]] = []
 
-    class Session(Owner):
+    class Connection(Owner):
         def warn_expiring(self, expires_at: int) -> None:
             super().warn_expiring(expires_at)
             seen.append(("warn", time.time()))
@@ -325,16 +325,16 @@ async def test_the_running_clock_ends_on_time() -> None:
             seen.append(("expire", time.time()))
             expired.set()
 
-    session = Session()
+    connection = Connection()
     expires_at = time.time() + 0.4
-    clock.expiry(session, expires_at)
+    clock.expiry(connection, expires_at)
     runner = asyncio.create_task(clock.run())
     try:
         await asyncio.wait_for(expired.wait(), 5)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
-    assert session.calls == [("warn", int(expires_at)), ("expire", None)]
+    assert connection.calls == [("warn", int(expires_at)), ("expire", None)]
     (_, warned_at), (_, expired_at) = seen
     assert expires_at - 0.2 - 0.01 <= warned_at < expired_at
     assert expires_at - 0.01 <= expired_at < expires_at + 1.0

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from service.fanout.closing import ENDINGS, PRECEDENCE, CloseReason
 from service.schemas.ws import CloseCode, ReconnectMessage
-from service.services.closing import ENDINGS, PRECEDENCE, CloseReason
 
 
 def test_every_reason_has_exactly_one_row() -> None:

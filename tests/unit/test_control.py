@@ -10,15 +10,14 @@ import pytest
 from notify_publisher.keys import RedisKeys
 
 from service.brokers.memory import MemoryBroker
-from service.services.control import handle_control, parse_control
+from service.fanout.closing import CloseReason
+from service.fanout.control import handle_control, sweep_live_streams
+from service.fanout.hub import Hub
+from service.fanout.queue import DeliveryQueue
+from service.services.control import parse_control
 from service.services.errors import NotFoundError, UnauthorizedError
-from service.services.hub import CloseReason, Hub, Subscriber
 from service.services.principal import Principal, Role
-from service.services.revocations import (
-    InvalidRevocationError,
-    RevocationStore,
-    sweep_live_streams,
-)
+from service.services.revocations import InvalidRevocationError, RevocationStore
 from service.services.tickets import TicketStore, ticket_id
 
 KEYS = RedisKeys("u:")
@@ -41,14 +40,14 @@ def principal(sub: str = "pt_1", **kw: object) -> Principal:
     return Principal(sub=sub, **values)  # type: ignore[arg-type]
 
 
-async def hub_with(*principals: Principal) -> tuple[Hub, list[Subscriber]]:
+async def hub_with(*principals: Principal) -> tuple[Hub, list[DeliveryQueue]]:
     hub = Hub(keys=KEYS, broker=MemoryBroker(control_channel=KEYS.control))
-    subscribers = []
+    queues = []
     for p in principals:
-        subscriber = Subscriber(maxlen=10, transport="sse", principal=p)
-        await hub.attach(p.sub, subscriber)
-        subscribers.append(subscriber)
-    return hub, subscribers
+        queue = DeliveryQueue(maxlen=10, transport="sse", principal=p)
+        await hub.attach(p.sub, queue)
+        queues.append(queue)
+    return hub, queues
 
 
 @pytest.mark.parametrize(

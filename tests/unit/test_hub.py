@@ -11,7 +11,9 @@ import pytest
 from notify_publisher.events import MAX_EVENT_BYTES, EventStored
 from notify_publisher.keys import RedisKeys
 
-from service.services.hub import CloseReason, Hub, Subscriber
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub
+from service.fanout.queue import DeliveryQueue
 from service.wire.sse import event_block
 from service.wire.ws import delivery_text
 from tests.support.events import event_dict, event_json
@@ -58,8 +60,8 @@ class FakeHistory:
         return await self.read(patient_id, after_id)
 
 
-def sub(maxlen: int = 10, appointment_id: str | None = None) -> Subscriber:
-    return Subscriber(maxlen=maxlen, transport="sse", appointment_id=appointment_id)
+def sub(maxlen: int = 10, appointment_id: str | None = None) -> DeliveryQueue:
+    return DeliveryQueue(maxlen=maxlen, transport="sse", appointment_id=appointment_id)
 
 
 def counter(outcome: str) -> float:
@@ -89,7 +91,7 @@ async def test_event_encoded_once_and_shared(hub: Hub) -> None:
     await hub.attach("pt_2", other)
     hub.on_message("u:patient:{pt_1}", event_json("pt_1").encode())
     (da,), (db,) = a.drain(), b.drain()
-    assert da is db  # one Delivery object, one encoding, for every subscriber
+    assert da is db  # one Delivery object, one encoding, for every queue
     assert event_block(da).startswith(b"event: appointment.rescheduled\ndata: {")
     assert json.loads(delivery_text(da))["event"]["patient_id"] == "pt_1"
     assert event_block(db) is event_block(da)  # framed once, shared

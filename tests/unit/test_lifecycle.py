@@ -1,6 +1,7 @@
 """The shared lifecycle of a stream, on the memory broker (no HTTP, no Redis):
-admission, the subscription taken with `async with`, replay then live without
-duplicates, the expiry timers, and one log pair whatever ends it."""
+an SSE connection's admission, its subscription taken with `async with`, replay
+then live without duplicates, the token's expiry, and one log pair whatever ends
+it."""
 
 from __future__ import annotations
 
@@ -18,17 +19,17 @@ from notify_publisher.keys import RedisKeys
 from structlog.testing import capture_logs
 
 from service.brokers.memory import MemoryBroker
+from service.fanout.clock import Clock
+from service.fanout.closing import CloseReason
+from service.fanout.connection import SseConnection
+from service.fanout.hub import Hub
+from service.fanout.listener import HubListener
 from service.services.channels import StreamScope
-from service.services.clock import Clock
-from service.services.closing import CloseReason
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
-from service.services.hub import Hub
 from service.services.limits import ConnectionLimiter, Limit
-from service.services.listener import HubListener
 from service.services.principal import Principal, Role
 from service.services.publisher import publish
-from service.services.streams import StreamSession
 from tests.support.events import event_dict
 
 KEYS = RedisKeys("u:")
@@ -43,16 +44,15 @@ class Parts:
     limiter: ConnectionLimiter
     clock: Clock
 
-    def session(
+    def connection(
         self, sub: str = "pt_1", *, expires_at: float = 0.0, queue_max: int = 10
-    ) -> StreamSession:
-        return StreamSession(
+    ) -> SseConnection:
+        return SseConnection(
             hub=self.hub,
             history=self.history,
             limiter=self.limiter,
             principal=Principal(sub=sub, role=Role.PATIENT, expires_at=expires_at),
             scope=StreamScope(patient_id=sub, appointment_id=None),
-            transport="sse",
             queue_max=queue_max,
             route="/v1/patients/me/events",
             clock=self.clock,
@@ -99,17 +99,17 @@ def pairs(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, object]]:
 
 
 async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts) -> None:
-    session = parts.session(queue_max=1)
-    assert session.admit() is None
+    connection = parts.connection(queue_max=1)
+    assert connection.admit() is None
     with capture_logs() as logs:
-        async with session.subscribed(resume_from=None) as replay:
+        async with connection.subscribed(resume_from=None) as replay:
             # A fresh stream resumes from the history head (empty here).
             assert (replay.fresh, replay.resume_point) == (True, EMPTY_HISTORY_ID)
             assert parts.hub.channel_names == ["u:patient:{pt_1}"]
             await parts.publish()
             await parts.publish()  # the queue holds one: too slow
-            await asyncio.wait_for(session.subscriber.wait(), WAIT_S)
-            assert session.subscriber.close_reason is CloseReason.TOO_SLOW
+            await asyncio.wait_for(connection.queue.wait(), WAIT_S)
+            assert connection.queue.close_reason is CloseReason.TOO_SLOW
     assert parts.hub.channel_names == []
     assert parts.limiter.total == 0
     assert pairs(logs) == [("stream_opened", None), ("stream_closed", "too_slow")]
@@ -126,12 +126,12 @@ async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts
 async def test_an_exception_names_the_ending(
     parts: Parts, raised: BaseException, reason: str
 ) -> None:
-    session = parts.session()
-    assert session.admit() is None
+    connection = parts.connection()
+    assert connection.admit() is None
     with capture_logs() as logs, pytest.raises(type(raised)):
-        async with session.subscribed(resume_from=None):
+        async with connection.subscribed(resume_from=None):
             raise raised
-    assert parts.hub.subscribers == frozenset()
+    assert parts.hub.queues == frozenset()
     assert parts.limiter.total == 0
     assert pairs(logs) == [("stream_opened", None), ("stream_closed", reason)]
 
@@ -139,9 +139,9 @@ async def test_an_exception_names_the_ending(
 async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
     first = await parts.publish()
     missed = [await parts.publish() for _ in range(3)]
-    session = parts.session()
-    assert session.admit() is None
-    async with session.subscribed(resume_from=first) as replay:
+    connection = parts.connection()
+    assert connection.admit() is None
+    async with connection.subscribed(resume_from=first) as replay:
         assert not replay.fresh
         assert not replay.start.gap
         # A live copy of the last replayed event arrives during the replay.
@@ -151,61 +151,61 @@ async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
             .model_dump_json()
             .encode(),
         )
-        replayed = [e.id async for page in session.replayed(replay) for e in page]
+        replayed = [e.id async for page in connection.subscription.replayed(replay) for e in page]
         assert replayed == missed
         live = await parts.publish()
-        await asyncio.wait_for(session.subscriber.wait(), WAIT_S)
-        assert [d.id for d in session.subscriber.drain()] == [live]
-        assert session.subscriber.delivered == 4
+        await asyncio.wait_for(connection.queue.wait(), WAIT_S)
+        assert [d.id for d in connection.queue.drain()] == [live]
+        assert connection.queue.delivered == 4
 
 
 async def test_admission_counts_per_subject(parts: Parts) -> None:
-    sessions = [parts.session() for _ in range(3)]
-    assert [s.admit() for s in sessions] == [None, None, Limit.SUBJECT]
-    for session in sessions[:2]:
-        await session.end(reason=CloseReason.CLIENT_GONE)
+    connections = [parts.connection() for _ in range(3)]
+    assert [s.admit() for s in connections] == [None, None, Limit.SUBJECT]
+    for connection in connections[:2]:
+        await connection.end(reason=CloseReason.CLIENT_GONE)
     assert parts.limiter.total == 0
 
 
 async def test_expiry_warns_then_closes_the_stream(parts: Parts) -> None:
     """The clock warns the stream with `token_expiring`, then ends it."""
     expires_at = time.time() + 0.3
-    session = parts.session(expires_at=expires_at)
-    assert session.admit() is None
+    connection = parts.connection(expires_at=expires_at)
+    assert connection.admit() is None
     with capture_logs() as logs:
-        async with session.subscribed(resume_from=None):
-            subscriber = session.subscriber
+        async with connection.subscribed(resume_from=None):
+            queue = connection.queue
             queued = []
-            while subscriber.close_reason is None:
-                await asyncio.wait_for(subscriber.wait(), WAIT_S)
-                queued += subscriber.drain()
-            queued += subscriber.drain()
+            while queue.close_reason is None:
+                await asyncio.wait_for(queue.wait(), WAIT_S)
+                queued += queue.drain()
+            queued += queue.drain()
             assert time.time() >= expires_at - 0.01
     assert [(d.kind, json.loads(d.payload)) for d in queued] == [
         ("token_expiring", {"expires_at": int(expires_at)})
     ]
-    assert subscriber.close_reason is CloseReason.TOKEN_EXPIRED
+    assert queue.close_reason is CloseReason.TOKEN_EXPIRED
     assert pairs(logs) == [("stream_opened", None), ("stream_closed", "token_expired")]
 
 
 async def test_a_stream_ended_before_its_expiry_is_freed_at_once(parts: Parts) -> None:
     """Its expiry stays in the clock's heap until the token's time, emptied: the
-    session is freed by reference counting alone."""
-    session = parts.session(expires_at=time.time() + 3600)
-    assert session.admit() is None
+    connection is freed by reference counting alone."""
+    connection = parts.connection(expires_at=time.time() + 3600)
+    assert connection.admit() is None
     gc.disable()
     try:
-        async with session.subscribed(resume_from=None):
+        async with connection.subscribed(resume_from=None):
             assert len(parts.clock) == 1
-        ref = weakref.ref(session)
-        del session
+        ref = weakref.ref(connection)
+        del connection
         assert ref() is None
     finally:
         gc.enable()
 
 
 async def test_a_stream_without_expiry_gets_no_clock_entry(parts: Parts) -> None:
-    session = parts.session(expires_at=0.0)
-    assert session.admit() is None
-    async with session.subscribed(resume_from=None):
+    connection = parts.connection(expires_at=0.0)
+    assert connection.admit() is None
+    async with connection.subscribed(resume_from=None):
         assert len(parts.clock) == 0

@@ -20,9 +20,10 @@ from redis.asyncio import Redis
 from service.brokers.base import Inbox, Resync
 from service.brokers.memory import MemoryBroker
 from service.brokers.redis import RedisBroker
-from service.services.closing import CloseReason
-from service.services.hub import Hub, Subscriber
-from service.services.listener import HubListener
+from service.fanout.closing import CloseReason
+from service.fanout.hub import Hub
+from service.fanout.listener import HubListener
+from service.fanout.queue import DeliveryQueue
 from service.services.principal import Principal, Role
 from tests.support.events import event_dict
 from tests.support.metrics import metric
@@ -98,10 +99,10 @@ def test_inbox_overflow_drops_counts_and_asks_for_a_full_resync() -> None:
     assert asyncio.run(inbox.take())[-1] == Resync(("a",), sweep=False)
 
 
-async def test_messages_published_reach_subscribers_through_the_listener(
+async def test_messages_published_reach_queues_through_the_listener(
     running: Running,
 ) -> None:
-    s = Subscriber(maxlen=10, transport="sse")
+    s = DeliveryQueue(maxlen=10, transport="sse")
     await running.hub.attach("pt_1", s)
     await running.broker.publish_raw(CHANNEL, with_id("20-0").decode())
     await asyncio.wait_for(s.wait(), 5)
@@ -111,7 +112,7 @@ async def test_messages_published_reach_subscribers_through_the_listener(
 async def test_a_resync_holds_later_messages_until_its_backfill_is_done(
     running: Running,
 ) -> None:
-    s = Subscriber(maxlen=10, transport="sse")
+    s = DeliveryQueue(maxlen=10, transport="sse")
     await running.hub.attach("pt_1", s)
     await running.broker.publish_raw(CHANNEL, with_id("20-0").decode())
     await asyncio.wait_for(s.wait(), 5)
@@ -136,7 +137,7 @@ async def test_control_messages_go_to_the_control_handler(running: Running) -> N
         expires_at=time.time() + 600,
         issued_at=1000.0,
     )
-    s = Subscriber(maxlen=10, transport="sse", principal=principal)
+    s = DeliveryQueue(maxlen=10, transport="sse", principal=principal)
     await running.hub.attach("pt_1", s)
     await running.broker.publish_raw(KEYS.control, json.dumps({"type": "revoked", "jti": "j1"}))
     await eventually(lambda: s.close_reason is not None, what="the revocation")
@@ -146,7 +147,7 @@ async def test_control_messages_go_to_the_control_handler(running: Running) -> N
 async def test_stopped_mid_backfill_releases_and_queues_a_full_resync(
     running: Running,
 ) -> None:
-    s = Subscriber(maxlen=10, transport="sse")
+    s = DeliveryQueue(maxlen=10, transport="sse")
     await running.hub.attach("pt_1", s)
     running.broker.inbox.put_resync(None, sweep=False)
     await running.broker.publish_raw(CHANNEL, with_id("20-2").decode())

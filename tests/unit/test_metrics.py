@@ -9,8 +9,8 @@ from prometheus_client import REGISTRY
 
 from service import metrics
 from service.brokers.refusals import OTHER, REFUSALS
+from service.fanout import ws_connection
 from service.routers import health
-from service.services import connections
 from service.services.limits import Limit
 from service.services.supervisor import Supervisor
 
@@ -43,7 +43,7 @@ def test_known_label_values_are_exported_before_any_event() -> None:
 
 
 def test_the_label_sets_are_the_ones_the_code_uses() -> None:
-    assert connections.TRANSPORT in metrics.TRANSPORTS
+    assert ws_connection.TRANSPORT in metrics.TRANSPORTS
     assert "sse" in metrics.TRANSPORTS
     assert set(metrics.CAPACITY_LIMITS) == {limit.value for limit in Limit}
 

@@ -7,8 +7,8 @@ import json
 
 from notify_publisher.events import EventStored
 
+from service.fanout.queue import Delivery
 from service.schemas.ws import GapMessage, PongMessage, ReconnectMessage
-from service.services.hub import Delivery
 from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
 from service.wire.ws import delivery_text, delivery_texts, event_text, message_text
 

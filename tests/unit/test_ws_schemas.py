@@ -11,6 +11,7 @@ import pytest
 from notify_publisher.events import EventStored
 from pydantic import ValidationError
 
+from service.fanout.queue import Delivery
 from service.schemas.commands import CommandRecord
 from service.schemas.ws import (
     CLIENT_MESSAGE,
@@ -30,7 +31,6 @@ from service.schemas.ws import (
     SubscribeMessage,
     TokenExpiringMessage,
 )
-from service.services.hub import Delivery
 from service.wire.ws import delivery_text, delivery_texts, message_text
 
 EVENT: dict[str, Any] = {

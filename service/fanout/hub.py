@@ -1,13 +1,10 @@
 """Local fan-out: one pub/sub message becomes one `Delivery`, shared by every
-connection of that channel in this process.
+subscription of that channel in this process.
 
-- The hub's listener (`service/services/listener.py`) pulls every message the
-  broker received and hands it to `Hub.on_message`; the hub validates it once, makes one `Delivery` per channel (framed once, on first use,
-  by `service/wire/`), and offers it to each subscriber
-  with `put_nowait` into a bounded queue. A full queue closes that subscriber as
-  "too slow" (it resumes from history); nobody ever waits for a slow client.
-- A subscriber's writer wakes once, drains everything queued, and writes it in one
-  go: under load that coalescing is what keeps a Python process near native peers.
+- The hub's listener (`service/fanout/listener.py`) pulls every message the
+  broker received and hands it to `Hub.on_message`; the hub validates it once,
+  makes one `Delivery` per channel, and offers it to each subscription's queue
+  without waiting (`service/fanout/queue.py:DeliveryQueue.put_nowait`).
 - Per channel the hub remembers the last history id it delivered, drops duplicates
   (a backfill and the live channel may overlap) and, after the broker reconnects,
   backfills every active channel from history so connected clients miss nothing.
@@ -16,8 +13,6 @@ connection of that channel in this process.
 from __future__ import annotations
 
 import asyncio
-import json
-import math
 import time
 from collections.abc import Callable, Collection, Coroutine
 from typing import Any, Protocol
@@ -28,192 +23,12 @@ from notify_publisher.keys import RedisKeys
 from pydantic import ValidationError
 
 from service import metrics
-from service.brokers.base import StreamKey as StreamKey
-from service.brokers.base import parse_stream_id as parse_stream_id
-from service.services.closing import CloseReason as CloseReason
-from service.services.principal import Principal
+from service.brokers.base import StreamKey, parse_stream_id
+from service.fanout.closing import CloseReason
+from service.fanout.queue import Delivery, DeliveryQueue
 
 log = structlog.get_logger(__name__)
 SUBSCRIBE_BATCH = metrics.REDIS_BATCH_SIZE.labels(operation="subscribe")
-
-
-class Delivery:
-    """One event (or control notice) from the hub, for every subscriber of a channel.
-    Its SSE block and WebSocket text are built once, by `service/wire/`, on first
-    use, and kept here (`sse`, `ws`) for the channel's other subscribers."""
-
-    __slots__ = (
-        "appointment_id",
-        "id",
-        "id_key",
-        "is_event",
-        "kind",
-        "payload",
-        "published_at",
-        "sse",
-        "ws",
-    )
-
-    def __init__(
-        self,
-        *,
-        kind: str,
-        payload: str,
-        event_id: str | None = None,
-        appointment_id: str | None = None,
-        published_at: float | None = None,
-    ) -> None:
-        self.kind = kind
-        self.is_event = kind.startswith("appointment.")
-        self.payload = payload
-        self.id = event_id
-        self.id_key: StreamKey | None = parse_stream_id(event_id) if event_id else None
-        self.appointment_id = appointment_id
-        self.published_at = published_at
-        self.sse: bytes | None = None
-        self.ws: str | None = None
-
-    @classmethod
-    def from_event(cls, event: EventStored) -> Delivery:
-        return cls(
-            kind=event.type.value,
-            payload=event.model_dump_json(exclude_none=True),
-            event_id=event.id,
-            appointment_id=event.appointment_id,
-            published_at=event.published_at.timestamp() if event.published_at else None,
-        )
-
-    @classmethod
-    def gap(cls, oldest_id: str | None) -> Delivery:
-        """History no longer holds everything after the client's last id: refetch."""
-        return cls(kind="gap", payload=json.dumps({"oldest_id": oldest_id}))
-
-
-class Waker:
-    """The smallest "something happened" signal: a future exists only while the
-    writer sleeps. An idle stream holds no deque, unlike `asyncio.Event` (that
-    matters at ten thousand streams per process)."""
-
-    __slots__ = ("_future", "_set")
-
-    def __init__(self) -> None:
-        self._future: asyncio.Future[None] | None = None
-        self._set = False
-
-    def set(self) -> None:
-        self._set = True
-        future = self._future
-        if future is not None and not future.done():
-            future.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        if self._set:
-            return
-        self._future = asyncio.get_running_loop().create_future()
-        try:
-            await self._future
-        finally:
-            self._future = None
-
-
-class Subscriber:
-    """One connection's bounded queue and the state its writer needs."""
-
-    __slots__ = (
-        "_items",
-        "_maxlen",
-        "_wakeup",
-        "appointment_id",
-        "close_reason",
-        "delivered",
-        "dropped",
-        "heartbeat_due",
-        "next_heartbeat",
-        "principal",
-        "skip_through",
-        "transport",
-    )
-
-    def __init__(
-        self,
-        *,
-        maxlen: int,
-        transport: str,
-        principal: Principal | None = None,
-        appointment_id: str | None = None,
-        wakeup: asyncio.Event | Waker | None = None,
-    ) -> None:
-        self._items: list[Delivery] = []
-        self._maxlen = maxlen
-        # The subscribers of one connection (a WebSocket holding several
-        # subscriptions) share one event, so that its one writer waits on all.
-        self._wakeup = wakeup if wakeup is not None else Waker()
-        self.transport = transport
-        self.principal = principal
-        self.appointment_id = appointment_id
-        self.close_reason: CloseReason | None = None
-        self.delivered = 0
-        self.dropped = 0
-        self.heartbeat_due = False
-        # Monotonic time of the next keep-alive (`services/clock.py`), pushed
-        # back by every write of its stream (SSE only).
-        self.next_heartbeat = math.inf
-        # After a replay, live events up to this id were already sent: skip them.
-        self.skip_through: StreamKey | None = None
-
-    def put_nowait(self, item: Delivery) -> bool:
-        """Queue `item` without waiting; False when it was not queued."""
-        if self.close_reason is not None:
-            return False
-        if (
-            self.appointment_id is not None
-            and item.appointment_id is not None
-            and item.appointment_id != self.appointment_id
-        ):
-            return False
-        if len(self._items) >= self._maxlen:
-            self.dropped += 1
-            metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
-            self.close(CloseReason.TOO_SLOW)
-            return False
-        self._items.append(item)
-        self._wakeup.set()
-        return True
-
-    def close(self, reason: CloseReason) -> None:
-        """Ask the writer to end the stream (first reason wins)."""
-        if self.close_reason is None:
-            self.close_reason = reason
-        self._wakeup.set()
-
-    def heartbeat(self) -> None:
-        """Wake the writer for a keep-alive even though nothing is queued (the
-        process' clock calls it when the stream was quiet)."""
-        self.heartbeat_due = True
-        self._wakeup.set()
-
-    async def wait(self) -> None:
-        """Sleep until something is queued, a heartbeat is due, or it is closed."""
-        await self._wakeup.wait()
-        self._wakeup.clear()
-
-    def drain(self) -> list[Delivery]:
-        """Everything queued, oldest first, minus what a replay already sent."""
-        items, self._items = self._items, []
-        skip = self.skip_through
-        if skip is not None:
-            items = [i for i in items if i.id_key is None or i.id_key > skip]
-            if any(i.id_key is not None for i in items):
-                # A newer id went through: ids only grow from here on.
-                self.skip_through = None
-        self.delivered += sum(i.is_event for i in items)
-        return items
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class ChannelBroker(Protocol):
@@ -240,14 +55,14 @@ class _Channel:
         "last_key",
         "patient_id",
         "pending",
+        "queues",
         "since_ms",
         "subscribed",
-        "subscribers",
     )
 
     def __init__(self, patient_id: str) -> None:
         self.patient_id = patient_id
-        self.subscribers: set[Subscriber] = set()
+        self.queues: set[DeliveryQueue] = set()
         self.last_key: StreamKey | None = None
         # Fallback start of a backfill when nothing with an id was delivered yet.
         self.since_ms = int(time.time() * 1000)
@@ -265,7 +80,7 @@ HeldChannels = list[_Channel]
 
 
 class Hub:
-    """Channel → subscribers, reference-counted against the broker's subscriptions.
+    """Channel → queues, reference-counted against the broker's subscriptions.
 
     The first attach of a channel does not subscribe it alone: every channel that
     became new during one loop iteration is subscribed with one broker call (one
@@ -284,19 +99,19 @@ class Hub:
         self._broker = broker
         self._channels: dict[str, _Channel] = {}
         self._lock = asyncio.Lock()
-        self._all: set[Subscriber] = set()
+        self._all: set[DeliveryQueue] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._to_subscribe: list[tuple[str, _Channel]] = []
         self._subscribing: set[asyncio.Task[None]] = set()
-        self._subscriber: asyncio.Task[None] | None = None
+        self._subscribing_task: asyncio.Task[None] | None = None
         # Reads what a channel missed while the listener was away (None: no history).
         self.history = history
 
     # --- membership --------------------------------------------------------------
 
-    async def attach(self, patient_id: str, subscriber: Subscriber) -> None:
-        """Add `subscriber`; the first one of a patient subscribes the channel and
+    async def attach(self, patient_id: str, queue: DeliveryQueue) -> None:
+        """Add `queue`; the first one of a patient subscribes the channel and
         returns only once the broker confirmed it (so a replay can follow safely);
         later ones joining before the confirmation wait for it too."""
         name = self._keys.patient_channel(patient_id)
@@ -304,11 +119,11 @@ class Hub:
         if channel is None:
             channel = self._channels[name] = _Channel(patient_id)
             channel.subscribed = asyncio.get_running_loop().create_future()
-            if not self._to_subscribe and self._subscriber is None:
+            if not self._to_subscribe and self._subscribing_task is None:
                 asyncio.get_running_loop().call_soon(self._start_subscribing)
             self._to_subscribe.append((name, channel))
-        channel.subscribers.add(subscriber)
-        self._all.add(subscriber)
+        channel.queues.add(queue)
+        self._all.add(queue)
         self._idle.clear()
         waiting = channel.subscribed
         if waiting is None:
@@ -317,9 +132,9 @@ class Hub:
             # Shielded: one caller going away must not cancel the others' wait.
             await asyncio.shield(waiting)
         except BaseException:
-            channel.subscribers.discard(subscriber)
-            self._forget(subscriber)
-            if not channel.subscribers and channel.subscribed is None:
+            channel.queues.discard(queue)
+            self._forget(queue)
+            if not channel.queues and channel.subscribed is None:
                 # Settled already, so the batch will not look at it again.
                 self._spawn(self._drop_if_empty(name, channel))
             raise
@@ -333,8 +148,8 @@ class Hub:
         return task
 
     def _start_subscribing(self) -> None:
-        if self._subscriber is None and self._to_subscribe:
-            self._subscriber = self._spawn(self._subscribe_pending())
+        if self._subscribing_task is None and self._to_subscribe:
+            self._subscribing_task = self._spawn(self._subscribe_pending())
 
     async def _subscribe_pending(self) -> None:
         """One subscribing task at a time, and each batch is formed when the
@@ -346,11 +161,11 @@ class Hub:
                 batch, self._to_subscribe = self._to_subscribe, []
                 await self._subscribe_batch(batch)
         finally:
-            self._subscriber = None
+            self._subscribing_task = None
 
     async def _subscribe_batch(self, batch: list[tuple[str, _Channel]]) -> None:
         async with self._lock:
-            # A channel whose subscribers all left before it was subscribed was
+            # A channel whose queues all left before it was subscribed was
             # dropped (and "unsubscribed") by `detach` already: skip it.
             live = [(n, c) for n, c in batch if self._channels.get(n) is c]
             SUBSCRIBE_BATCH.observe(len(live))
@@ -370,7 +185,7 @@ class Hub:
                 return
             for name, channel in live:
                 self._settle(channel, None)
-                if not channel.subscribers:
+                if not channel.queues:
                     # Its only attaches were cancelled while it was being subscribed.
                     del self._channels[name]
                     await self._broker.unsubscribe(name)
@@ -379,7 +194,7 @@ class Hub:
 
     async def _drop_if_empty(self, name: str, channel: _Channel) -> None:
         async with self._lock:
-            if not channel.subscribers and self._channels.get(name) is channel:
+            if not channel.queues and self._channels.get(name) is channel:
                 del self._channels[name]
                 await self._broker.unsubscribe(name)
 
@@ -397,55 +212,56 @@ class Hub:
             # Retrieved here: a channel whose attaches all left has no reader.
             future.exception()
 
-    async def detach(self, patient_id: str, subscriber: Subscriber) -> None:
-        """Remove `subscriber`; the last one of a patient unsubscribes the channel."""
+    async def detach(self, patient_id: str, queue: DeliveryQueue) -> None:
+        """Remove `queue`; the last one of a patient unsubscribes the channel."""
         name = self._keys.patient_channel(patient_id)
-        self._forget(subscriber)
+        self._forget(queue)
         async with self._lock:
             channel = self._channels.get(name)
             if channel is None:
                 return
-            channel.subscribers.discard(subscriber)
-            if not channel.subscribers:
+            channel.queues.discard(queue)
+            if not channel.queues:
                 del self._channels[name]
                 await self._broker.unsubscribe(name)
 
-    def _forget(self, subscriber: Subscriber) -> None:
-        self._all.discard(subscriber)
+    def _forget(self, queue: DeliveryQueue) -> None:
+        self._all.discard(queue)
         if not self._all:
             self._idle.set()
 
     async def wait_idle(self, timeout_s: float) -> bool:
-        """Wait until no subscriber is left; False on timeout."""
+        """Wait until no queue is left; False on timeout."""
         try:
             await asyncio.wait_for(self._idle.wait(), timeout_s)
         except TimeoutError:
             return False
         return True
 
-    def track(self, subscriber: Subscriber) -> None:
-        """Count a connection that holds no channel (a WebSocket before or between
-        subscriptions), so that drains, revocations and `wait_streams_closed` see it."""
-        self._all.add(subscriber)
+    def track(self, queue: DeliveryQueue) -> None:
+        """Count a connection's own queue, which holds no channel (a WebSocket's,
+        before, between and beside its subscriptions), so that drains, revocations
+        and `wait_streams_closed` see the connection."""
+        self._all.add(queue)
         self._idle.clear()
 
-    def untrack(self, subscriber: Subscriber) -> None:
-        self._forget(subscriber)
+    def untrack(self, queue: DeliveryQueue) -> None:
+        self._forget(queue)
 
     @property
-    def subscribers(self) -> frozenset[Subscriber]:
+    def queues(self) -> frozenset[DeliveryQueue]:
         return frozenset(self._all)
 
     @property
     def channel_names(self) -> list[str]:
         return list(self._channels)
 
-    def close_where(self, predicate: Callable[[Subscriber], bool], reason: CloseReason) -> int:
-        """Close every local subscriber matching `predicate`; how many were closed."""
+    def close_where(self, predicate: Callable[[DeliveryQueue], bool], reason: CloseReason) -> int:
+        """Close every local queue matching `predicate`; how many were closed."""
         closed = 0
-        for subscriber in list(self._all):
-            if subscriber.close_reason is None and predicate(subscriber):
-                subscriber.close(reason)
+        for queue in list(self._all):
+            if queue.close_reason is None and predicate(queue):
+                queue.close(reason)
                 closed += 1
         return closed
 
@@ -500,13 +316,13 @@ class Hub:
         metrics.EVENTS_RECEIVED.labels(outcome="delivered").inc()
         if delivery.published_at is not None:
             metrics.DELIVERY_LATENCY.observe(max(0.0, time.time() - delivery.published_at))
-        for subscriber in tuple(channel.subscribers):
-            subscriber.put_nowait(delivery)
+        for queue in tuple(channel.queues):
+            queue.put_nowait(delivery)
 
     def broadcast_gap(self, channel: _Channel, oldest_id: str | None) -> None:
         gap = Delivery.gap(oldest_id)
-        for subscriber in tuple(channel.subscribers):
-            subscriber.put_nowait(gap)
+        for queue in tuple(channel.queues):
+            queue.put_nowait(gap)
 
     # --- recovery after the broker reconnected ------------------------------------
 
@@ -567,5 +383,5 @@ class Hub:
                 continue
             pending, channel.pending = channel.pending, []
             for raw in pending:
-                if channel.subscribers:
+                if channel.queues:
                     self._dispatch(channel, raw)

@@ -19,18 +19,18 @@ from collections.abc import AsyncIterator, Callable
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
+from service.fanout.clock import Clock, Heartbeats, SendWatch
 from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.middleware import DEFERRED_STREAM
-from service.services.clock import Clock, Heartbeats, SendWatch
 
 
-class LeanEventSourceResponse(EventSourceResponse, SendWatch):
+class SseStreamResponse(EventSourceResponse, SendWatch):
     """Headers, HEAD handling and framing from sse-starlette; a lighter stream loop.
 
     `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
     client goes away (or stops reading) and must make the iterator finish;
-    `heartbeats` (the stream's subscription) is handed to `clock` (one task for
-    all streams: `service/services/clock.py`), which wakes it for a keep-alive
+    `heartbeats` (the stream's queue) is handed to `clock` (one task for
+    all streams: `service/fanout/clock.py`), which wakes it for a keep-alive
     when this response wrote nothing for a while; every write pushes that back."""
 
     def __init__(

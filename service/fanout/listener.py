@@ -5,14 +5,14 @@ shard primary in Cluster) only append to the broker's inbox
 (`service/brokers/base.py:Inbox`); this task takes everything queued in one go
 and routes it, in arrival order:
 
-- a control message (revocation, ticket deletion) → `control.py:handle_control`;
+- a control message (revocation, ticket deletion) → `fanout/control.py:handle_control`;
 - a patient channel's message → `Hub.on_message` (validated, deduplicated, fanned
   out without waiting);
 - a `Resync` (the connection was away, a Cluster channel moved, the inbox
   overflowed) → the channels named are held back at once (`Hub.begin_backfill`,
   before any newer message of theirs is taken), then backfilled from history and,
   when control messages may have been missed, live streams re-checked
-  (`revocations.py:sweep_live_streams`), one resync after the other in a task of
+  (`fanout/control.py:sweep_live_streams`), one resync after the other in a task of
   this listener's, so that live messages of other channels keep flowing meanwhile.
 
 `run` also runs the broker's connection loop (`Broker.run_listener`: reconnects
@@ -29,10 +29,9 @@ import structlog
 from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker, Resync
-from service.services.control import handle_control
+from service.fanout.control import handle_control, sweep_live_streams
+from service.fanout.hub import HeldChannels, Hub
 from service.services.errors import UnavailableError
-from service.services.hub import HeldChannels, Hub
-from service.services.revocations import sweep_live_streams
 from service.services.tickets import TicketStore
 
 log = structlog.get_logger(__name__)
@@ -98,7 +97,7 @@ class HubListener:
                 if isinstance(item, Resync):
                     self._resync(item)
                 elif item[0] == control:
-                    # Revocations and ticket deletions (format: services/control.py).
+                    # Revocations and ticket deletions (format: `service/services/control.py`).
                     handle_control(hub, item[1])
                 else:
                     hub.on_message(item[0], item[1])

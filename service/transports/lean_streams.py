@@ -8,8 +8,8 @@ the framework: the route search through every router, `solve_dependencies`
 exception wrappers around them. This ASGI layer, inside the edge middleware
 (request id, access line, CORS), answers the three SSE routes itself with the
 very functions the FastAPI routes call: `get_sse_principal` (ticket or bearer,
-revocation), `sse_open` (the one reading of the SSE parameters, defined in
-`service/routers/streams.py`), `open_sse` (scope, draining, admission, the
+revocation), `sse_request` (the one reading of the SSE parameters, defined in
+`service/transports/sse.py`), `open_sse` (scope, draining, admission, the
 stream) and the one domain-error mapping. The FastAPI routes stay registered:
 they are the OpenAPI document, and they answer whatever this layer does not
 take (HEAD, a parameter FastAPI would refuse with its 422, a process not started).
@@ -30,15 +30,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.deps.auth import get_sse_principal
 from service.errors import domain_error_response
-from service.routers.streams import (
+from service.services.errors import DomainError
+from service.state import AppState
+from service.transports.sse import (
     LAST_EVENT_ID_HEADER,
     LAST_EVENT_ID_QUERY,
     LAST_EVENT_ID_QUERY_MAX,
     open_sse,
-    sse_open,
+    sse_request,
 )
-from service.services.errors import DomainError
-from service.state import AppState
 
 PREFIX: Final = "/v1/patients/"
 _OPAQUE_ID: Final = re.compile(OPAQUE_ID_PATTERN)
@@ -95,7 +95,7 @@ class LeanStreamRoutes:
         state: AppState, request: Request, params: dict[str, str], query: str | None
     ) -> Response:
         try:
-            sse = await sse_open(
+            sse = await sse_request(
                 request,
                 state,
                 await get_sse_principal(request, state),

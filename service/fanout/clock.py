@@ -6,11 +6,11 @@ It keeps one heap of due times and wakes every `TICK_S`; each tick takes only
 what is due by then, so a quiet stream costs no wake-up of its own and there is
 no `TimerHandle` per stream. Three things come due:
 
-- **Heartbeats** (SSE): a subscription whose stream wrote nothing for
-  `heartbeat_s` is asked for one (`heartbeat()`, `services/hub.py:Subscriber`),
+- **Heartbeats** (SSE): the queue of a stream that wrote nothing for
+  `heartbeat_s` is asked for one (`heartbeat()`, `service/fanout/queue.py:DeliveryQueue`),
   which wakes the stream's writer like a delivery does; the writer
-  (`routers/streams.py`) takes it as a keep-alive comment. One way: nothing here
-  calls back into a router. A write only moves the subscription's own
+  (`service/transports/sse.py`) takes it as a keep-alive comment. One way: nothing
+  here calls back into a transport. A write only moves the queue's own
   `next_heartbeat`; its heap slot is corrected lazily when it comes up, so the
   heartbeats stay spread out as the streams' writes spread them (a whole second's
   worth at once would be a burst of thousands of writes that delays real events).
@@ -18,7 +18,7 @@ no `TimerHandle` per stream. Three things come due:
   `send_timeout_s` after a send started, and a writer still stuck in it (a peer
   that stopped reading, a half-open TCP connection) is aborted. A watch that takes
   no heartbeats (a WebSocket) has a slot for this alone.
-- **Token expiry**: an owner (an SSE `StreamSession`, a `WsConnection`) registers
+- **Token expiry**: an owner (a `Connection`: `SseConnection`, `WsConnection`) registers
   its token's expiry with `expiry`; the clock calls its `warn_expiring` shortly
   before (`EXPIRY_WARNING_S`, or at half the remaining time for short tokens) and
   its `expire` at the expiry. Registering again (a WebSocket's fresh `auth`)
@@ -62,7 +62,7 @@ class Watched(Protocol):
 
 
 class Heartbeats(Protocol):
-    """What takes a stream's heartbeats: its subscription (`Subscriber`)."""
+    """What takes a stream's heartbeats: its queue (`DeliveryQueue`)."""
 
     # Monotonic time of the next heartbeat, pushed back by every write.
     next_heartbeat: float
@@ -71,7 +71,7 @@ class Heartbeats(Protocol):
 
 
 class Expiring(Protocol):
-    """What a token's expiry ends: an SSE stream, or a WebSocket connection."""
+    """What a token's expiry ends: a connection (`SseConnection`, `WsConnection`)."""
 
     def warn_expiring(self, expires_at: int) -> None:
         """Send `token_expiring` (the token's `exp`, Unix seconds)."""
@@ -110,7 +110,7 @@ class _Slot:
 
 
 class _Watch(_Slot):
-    """A writer watched for stalls, with the subscription that takes its heartbeats."""
+    """A writer watched for stalls, with the queue that takes its heartbeats."""
 
     __slots__ = ("heartbeats",)
 
@@ -160,7 +160,7 @@ class Clock:
 
     def add(self, watch: Watched, *, heartbeats: Heartbeats | None = None) -> None:
         """Watch `watch`'s writer for stalled sends and, with `heartbeats` (the
-        stream's subscription), keep the stream alive."""
+        stream's queue), keep the stream alive."""
         self._empty_watch(watch)
         now = self._monotonic()
         slot = self._watches[watch] = _Watch(watch, heartbeats)

@@ -1,17 +1,20 @@
-"""One WebSocket connection, whatever transport writes its frames.
+"""A WebSocket connection (`WsConnection`): a `Connection` holding up to
+`ws_max_subscriptions` subscriptions, one writer for all of them, and a queue of
+its own in the hub. The reader and writer tasks around it:
+`service/transports/ws.py`.
 
     handshake (ticket or bearer header) or a first `auth` frame
       ─▶ admit: the connection counts once against the limits, however many
-         subscriptions it holds; it is tracked by the hub from now on, so drains
-         and revocations reach it even with no subscription
-      ─▶ subscriptions (at most `ws_max_subscriptions`, never overlapping): each
-         is a `StreamSession` whose subscriber shares the connection's wake-up event
+         subscriptions it holds; its own queue (no channel) is tracked by the hub
+         from now on, so drains and revocations reach it even with no subscription
+      ─▶ subscriptions (never overlapping), whose queues share the connection's
+         waker
       ─▶ one writer (`write`): replies in order, a new subscription's `subscribed`
          and replay, then live events; nobody else writes, so `unsubscribed` is
          never followed by an event of that subscription
       ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
               policy (garbage) │ Redis unreachable during a replay
-      ─▶ every session detached, the limit released, one summary log line
+      ─▶ every subscription ended, the limit released, one `ws_closed` line
 
 Design choice: several subscriptions per socket (a patient's stream, or a few of
 their appointments; staff: several patients) rather than one socket each, because
@@ -21,7 +24,6 @@ a mobile app should not pay a TCP+TLS connection per appointment screen.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Final
@@ -32,26 +34,23 @@ from notify_publisher.keys import RedisKeys
 from service import metrics
 from service.brokers.base import Broker
 from service.config import Settings
+from service.fanout.clock import Clock
+from service.fanout.closing import ENDINGS, CloseReason, Ending
+from service.fanout.connection import Connection
+from service.fanout.hub import Hub
+from service.fanout.queue import Delivery, DeliveryQueue, Waker
+from service.fanout.subscription import Subscription
 from service.schemas.ws import (
     GapMessage,
     SubscribedMessage,
     TokenExpiringMessage,
 )
 from service.services.channels import StreamScope
-from service.services.clock import Clock
-from service.services.closing import ENDINGS, PRECEDENCE, CloseReason, Ending
 from service.services.commands import CommandRateLimiter, OwnedAppointments
 from service.services.errors import DomainError, UnavailableError
 from service.services.history import HistoryReader
-from service.services.hub import Delivery, Hub, Subscriber, Waker
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
-from service.services.streams import (
-    Replay,
-    StreamSession,
-    admit,
-    release,
-)
 from service.wire.ws import delivery_texts, event_text, message_text
 
 log = structlog.get_logger("service.ws")
@@ -91,36 +90,10 @@ TOO_MANY_INVALID: Final = ENDINGS[CloseReason.POLICY]
 INTERNAL: Final = ENDINGS[CloseReason.INTERNAL_ERROR]
 
 
-class Subscription:
-    __slots__ = ("id", "live", "replay", "reply_to", "session", "since")
+class WsConnection(Connection):
+    """A WebSocket: a connection with up to `ws_max_subscriptions` subscriptions,
+    one writer for all of them, and a queue of its own in the hub."""
 
-    def __init__(
-        self, *, sub_id: str, session: StreamSession, since: str | None, reply_to: str | None
-    ) -> None:
-        self.id = sub_id
-        self.session = session
-        self.since = since
-        self.reply_to = reply_to
-        self.replay: Replay | None = None
-        # Live events are drained only once `subscribed` and the replay were sent.
-        self.live = False
-
-    @property
-    def scope(self) -> StreamScope:
-        return self.session.scope
-
-    def overlaps(self, scope: StreamScope) -> bool:
-        mine = self.scope
-        if mine.patient_id != scope.patient_id:
-            return False
-        return (
-            mine.appointment_id is None
-            or scope.appointment_id is None
-            or mine.appointment_id == scope.appointment_id
-        )
-
-
-class WsConnection:
     def __init__(
         self,
         *,
@@ -133,27 +106,24 @@ class WsConnection:
         principal: Principal,
         clock: Clock,
     ) -> None:
+        super().__init__(
+            limiter=limiter, principal=principal, transport=TRANSPORT, route=ROUTE, clock=clock
+        )
         self._settings = settings
         self._hub = hub
         self._history = history
-        self._limiter = limiter
         self.broker = broker
         self.keys = keys
-        self.principal = principal
         self.wakeup = Waker()
-        # The connection's own entry in the hub: no channel, never fed events;
+        # The connection's own queue in the hub: no channel, never fed events;
         # drains, revocations and the token's expiry close it.
-        self.control = Subscriber(
+        self.queue = DeliveryQueue(
             maxlen=1, transport=TRANSPORT, principal=principal, wakeup=self.wakeup
         )
         self._outbox: deque[str | Subscription] = deque()
         self._outbox_max = settings.client_queue_max
         self._subscriptions: dict[str, Subscription] = {}
         self._next_id = 1
-        # Warns and closes once for all the subscriptions when the token expires.
-        self._clock = clock
-        self._admitted = False
-        self._started = time.monotonic()
         self.owned = OwnedAppointments(
             broker=broker, keys=keys, patient_id=principal.sub, page_size=settings.history_page
         )
@@ -171,12 +141,11 @@ class WsConnection:
 
     def admit(self) -> Limit | None:
         """Count the connection once against the limits; the limit hit when refused."""
-        refused = admit(self._limiter, self.principal.sub, TRANSPORT)
+        refused = super().admit()
         if refused is not None:
             return refused
-        self._admitted = True
-        self._hub.track(self.control)
-        self._clock.expiry(self, self.principal.expires_at)
+        self._hub.track(self.queue)
+        self.schedule_expiry()
         return None
 
     def extend(self, principal: Principal) -> None:
@@ -184,20 +153,15 @@ class WsConnection:
         if principal.sub != self.principal.sub:
             raise SubjectMismatchError()
         self.principal = principal
-        self.control.principal = principal
+        self.queue.principal = principal
         for subscription in self._subscriptions.values():
-            subscription.session.extend(principal)
+            subscription.extend(principal)
         if self._admitted:
             # Replaces the expiry registered at `admit` (never one after `end`).
-            self._clock.expiry(self, principal.expires_at)
-
-    # --- called by the clock (`services/clock.py:Expiring`) ---------------------------
+            self.schedule_expiry()
 
     def warn_expiring(self, expires_at: int) -> None:
         self.reply(message_text(TokenExpiringMessage(expires_at=expires_at)))
-
-    def expire(self) -> None:
-        self.control.close(CloseReason.TOKEN_EXPIRED)
 
     # --- what the reader does --------------------------------------------------------
 
@@ -209,9 +173,9 @@ class WsConnection:
     def reply(self, frame: str) -> None:
         """Queue a frame for the writer; a client that lets replies pile up is too slow."""
         if len(self._outbox) >= self._outbox_max:
-            if self.control.close_reason is None:
+            if self.queue.close_reason is None:
                 metrics.SLOW_CONSUMERS.labels(transport=TRANSPORT).inc()
-            self.control.close(CloseReason.TOO_SLOW)
+            self.queue.close(CloseReason.TOO_SLOW)
             return
         self._outbox.append(frame)
         self.wakeup.set()
@@ -227,24 +191,23 @@ class WsConnection:
             raise TooManySubscriptionsError()
         sub_id = f"s{self._next_id}"
         self._next_id += 1
-        session = StreamSession(
+        subscription = Subscription(
             hub=self._hub,
             history=self._history,
-            limiter=self._limiter,
             principal=self.principal,
             scope=scope,
             transport=TRANSPORT,
             queue_max=self._settings.client_queue_max,
             route=ROUTE,
-            clock=None,
             wakeup=self.wakeup,
+            sub_id=sub_id,
+            reply_to=reply_to,
         )
-        subscription = Subscription(sub_id=sub_id, session=session, since=since, reply_to=reply_to)
         # Registered before the first await, so that `end` cleans up after a
         # cancellation in the middle of `start`.
         self._subscriptions[sub_id] = subscription
         try:
-            subscription.replay = await session.start(resume_from=since)
+            subscription.replay = await subscription.start(resume_from=since)
         except BaseException as exc:
             self._subscriptions.pop(sub_id, None)
             failed = (
@@ -254,7 +217,7 @@ class WsConnection:
                 if isinstance(exc, asyncio.CancelledError)
                 else CloseReason.INTERNAL_ERROR
             )
-            await session.end(reason=failed)
+            await subscription.end(reason=failed)
             raise
         self.subscriptions_opened += 1
         self._outbox.append(subscription)
@@ -272,7 +235,7 @@ class WsConnection:
         for one in ids:
             subscription = self._subscriptions.pop(one)
             subscription.live = False
-            await subscription.session.end(reason=CloseReason.UNSUBSCRIBED)
+            await subscription.end(reason=CloseReason.UNSUBSCRIBED)
         return ids
 
     # --- the writer ------------------------------------------------------------------
@@ -283,20 +246,17 @@ class WsConnection:
             self._requested = closing
         self.wakeup.set()
 
+    def close_reasons(self) -> set[CloseReason | None]:
+        reasons = {subscription.queue.close_reason for subscription in self._subscriptions.values()}
+        reasons.add(self.queue.close_reason)
+        return reasons
+
     def closing(self) -> Ending | None:
-        """Why the connection must end now, if it must."""
+        """Why the connection must end now, if it must: a close the reader asked
+        for first, then the reasons of its queues (`Connection.closing`)."""
         if self._requested is not None:
             return self._requested
-        reasons = {
-            subscription.session.subscriber.close_reason
-            for subscription in self._subscriptions.values()
-        }
-        reasons.add(self.control.close_reason)
-        for reason in PRECEDENCE:
-            if reason in reasons:
-                return ENDINGS[reason]
-        other = next((r for r in reasons if r is not None), None)
-        return ENDINGS[other] if other is not None else None
+        return super().closing()
 
     async def write(self, send: Send) -> Ending:
         """Send everything queued, in order, until the connection must end."""
@@ -333,7 +293,7 @@ class WsConnection:
         for subscription in tuple(self._subscriptions.values()):
             if not subscription.live:
                 continue
-            items = subscription.session.subscriber.drain()
+            items = subscription.queue.drain()
             if not items:
                 continue
             if self._must_stop():
@@ -393,7 +353,7 @@ class WsConnection:
                 )
             )
         remember = self._remembers(subscription)
-        async for page in subscription.session.replayed(replay):
+        async for page in subscription.replayed(replay):
             for event in page:
                 await send(event_text(event.model_dump_json(exclude_none=True)))
                 if remember:
@@ -415,13 +375,13 @@ class WsConnection:
         self._subscriptions.clear()
         dropped = 0
         for subscription in subscriptions:
-            dropped += subscription.session.subscriber.dropped
-            await subscription.session.end(reason=reason)
+            dropped += subscription.queue.dropped
+            await subscription.end(reason=reason)
         if not self._admitted:
             return
-        self._admitted = False
-        self._hub.untrack(self.control)
-        duration = release(self._limiter, self.principal.sub, TRANSPORT, self._started)
+        self._hub.untrack(self.queue)
+        duration = self._release()
+        assert duration is not None
         log.info(
             "ws_closed",
             subject=self.principal.sub,
