@@ -153,7 +153,7 @@ def connect_only(h: Harness, peer: peers.Peer, n: int, conc: int) -> dict[str, A
         f"(server CPU {o['server_cpu_pct_while_connecting']:.0f}% of its main process, "
         f"generator {o['gen_cpu_pct']:.0f}%)"
         + (f", failures {o['fail_reasons']}" if o["failed"] else "")
-        + f"; mean Redis batch since start {o['mean_batch']}"
+        + (f"; mean Redis batch since start {o['mean_batch']}" if o["mean_batch"] else "")
         + (f"; streams per worker {o['per_worker']}" if len(o["per_worker"]) > 1 else "")
     )
     close_streams(h)
@@ -228,7 +228,7 @@ def _summed_runs(res: dict[str, Any], key: str) -> None:
             "connect_rate": opened / elapsed,
             "server_cpu_pct_while_connecting": runs[0].get("server_cpu_pct_while_connecting"),
             "gen_cpu_pct": runs[0].get("gen_cpu_pct"),
-            "runs": [r.get("connect_rate") for r in runs],
+            "runs": [round(r["connect_rate"], 1) for r in runs if r.get("connect_rate")],
             "per_worker": [r.get("per_worker") for r in runs],
         }
 
