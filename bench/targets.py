@@ -385,6 +385,10 @@ def _f(v: Any, nd: int = 1) -> str:
     return f"{v:.{nd}f}"
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in avg)
+
+
 def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     w1 = _get(res, "ours_connect_w1", "connect_rate")
     w2 = _get(res, "ours_connect_w2", "connect_rate")
@@ -542,12 +546,14 @@ def main(argv: list[str]) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    load_at_start = os.getloadavg()
     res = run(a)
+    res["load_at_start"] = load_at_start
     table = render(res, a)
     head = (
         f"# Issue 15 targets, with issue 23's floor ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})\n\n"
         f"Command: `python -m bench targets {' '.join(argv)}`; wall time {res['wall_s']} s; "
-        f"load average at end {os.getloadavg()}. One process per peer, one generator "
+        f"load average at start {_load(load_at_start)}, at end {_load(os.getloadavg())}. One process per peer, one generator "
         "(2 subscriber processes + 1 publisher), 2 shared cores: compare figures of this run.\n\n"
     )
     text = head + table + "\n"
