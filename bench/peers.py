@@ -9,6 +9,8 @@ Every peer runs as its own OS process (never inside the generator), bound to
 * ``nchan``: nginx + Debian's ``libnginx-mod-nchan``, one worker process.
 * ``trivial``: ``bench/trivial_server.py``, a bare-asyncio fan-out used only to
   show the generator's ceiling.
+* ``floor``: ``bench/floor_sse.py``, the least an authenticated SSE stream costs in
+  Python (uvloop, httptools, PyJWT per connect, no Redis, no events): issue 23's floor.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import procstat
 
@@ -37,7 +40,8 @@ JWT_SECRET = "bench-secret-not-for-production-0123456789abcdef"
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _raise_nofile() -> None:
@@ -47,7 +51,9 @@ def _raise_nofile() -> None:
     os.setsid()
 
 
-def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+def wait_port(
+    port: int, timeout: float = 20.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     t_end = time.monotonic() + timeout
     while time.monotonic() < t_end:
         if proc is not None and proc.poll() is not None:
@@ -69,17 +75,17 @@ def python() -> str:
 class Peer:
     name: str
     port: int
-    proc: subprocess.Popen
+    proc: subprocess.Popen[bytes]
     workdir: Path
     log: Path
     # generator settings for this peer
     sse_path: str
     ws_path: str
-    ws_subscribe: dict | None
-    publish: str  # "redis" | "nchan"
+    ws_subscribe: dict[str, Any] | None
+    publish: str  # "redis" | "nchan" | "none" (the floor: nothing to publish to)
     history: str  # "ours-http" | "nchan" | "none"
     auth: bool = True
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def procs(self) -> list[int]:
         """The server's pid and its descendants (nginx: master + worker)."""
@@ -159,7 +165,9 @@ class Redis:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def _spawn(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess.Popen:
+def _spawn(
+    cmd: list[str], env: dict[str, str], log: Path, cwd: Path = REPO
+) -> subprocess.Popen[bytes]:
     full_env = dict(os.environ)
     full_env.update(env)
     full_env.setdefault("PYTHONPATH", str(REPO))
@@ -170,15 +178,16 @@ def _spawn(cmd: list[str], env: dict, log: Path, cwd: Path = REPO) -> subprocess
         full_env["PYTHONPATH"] = f"{BENCH_DIR / 'memprof'}:{full_env['PYTHONPATH']}"
         full_env["BENCH_TRACEMALLOC_OUT"] = str(log.with_suffix(".tracemalloc.txt"))
         full_env["BENCH_GCSTATS_OUT"] = str(log.with_suffix(".gcstats.txt"))
-    fh = open(log, "wb")  # noqa: SIM115 - handed to the child process for its lifetime
-    return subprocess.Popen(
-        cmd,
-        env=full_env,
-        stdout=fh,
-        stderr=subprocess.STDOUT,
-        cwd=str(cwd),
-        preexec_fn=_raise_nofile,
-    )
+    # The child gets its own copy of the descriptor; the parent's is closed at once.
+    with open(log, "wb") as fh:
+        return subprocess.Popen(
+            cmd,
+            env=full_env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            cwd=str(cwd),
+            preexec_fn=_raise_nofile,
+        )
 
 
 def ours_available() -> tuple[bool, str]:
@@ -313,6 +322,33 @@ def start_trivial(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         ws_path="/v1/ws",
         ws_subscribe=None,
         publish="redis",
+        history="none",
+    )
+
+
+def start_floor(workdir: Path, *, port: int | None = None, log_name: str = "floor.log") -> Peer:
+    """`bench/floor_sse.py` with our service's token settings (secret, audience,
+    issuer): it answers every path with a held SSE stream and publishes nothing, so
+    the generator's readiness barrier does not apply to it (`publish="none"`)."""
+    port = port or free_port()
+    log = workdir / log_name
+    env = {
+        "NOTIFY_JWT_SECRET": JWT_SECRET,
+        "NOTIFY_JWT_AUDIENCE": "notify",
+        "NOTIFY_JWT_ISSUER": "notify-dev",
+    }
+    proc = _spawn([python(), "-m", "bench.floor_sse", "--port", str(port)], env, log)
+    wait_port(port, 30, proc)
+    return Peer(
+        "floor",
+        port,
+        proc,
+        workdir,
+        log,
+        sse_path="/v1/patients/me/events",
+        ws_path="/v1/ws",
+        ws_subscribe=None,
+        publish="none",
         history="none",
     )
 

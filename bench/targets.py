@@ -2,6 +2,7 @@
 
     python -m bench targets                       # the issue's sizes
     python -m bench targets --streams 2000 --restart-clients 2000 --no-nchan
+    python -m bench targets --rows sse_idle,connect,nchan,floor --streams 3000
 
 Rows (one process each, the same generator as ``python -m bench``):
 
@@ -19,8 +20,19 @@ Rows (one process each, the same generator as ``python -m bench``):
 Every row runs against a fresh ``notify serve``.
 
 Nchan (nginx + nchan, one worker) gets the same idle, connect and broadcast rows
-when it is installed. Writes ``bench/results/<stamp>-targets.md`` (+ ``.json``) and
-``latest-targets.md``. Shared 2-core machine: compare ratios of one run.
+when it is installed (row ``nchan``; ``--no-nchan`` drops it). Its connect rate is
+the rate while its idle streams open.
+
+The floor (row ``floor``, issue 23): ``bench/floor_sse.py``, a bare asyncio protocol
+(uvloop, httptools, PyJWT HS256 per connect, SSE head + ``retry:``, no Redis, no
+events), a fresh process per row like ours: the connect-rate row (two runs,
+alternating with ours' when ``connect`` is picked too, summed) and the idle-RSS-per-SSE
+row. It publishes nothing, so its idle row has no readiness barrier: a stream counts
+once its response head arrived. The table's floor column, and ``floor_connect``,
+``floor_sse_idle`` in the JSON.
+
+Writes ``bench/results/<stamp>-targets.md`` (+ ``.json``) and ``latest-targets.md``
+(``--tag`` renames). Shared 2-core machine: compare ratios of one run.
 """
 
 from __future__ import annotations
@@ -75,7 +87,9 @@ def idle_rows(h: Harness, peer: peers.Peer, kind: str, n: int, conc: int) -> dic
         _tracemalloc_snapshot(peer)
     rss0 = peer.rss_kb()
     o = open_streams(h, peer, kind, list(range(n)), conc)
-    unready = barrier(h, 30)
+    # A peer with nothing to publish to (the floor) cannot be probed: its streams
+    # count as ready once their response head arrived (`opened`).
+    unready = barrier(h, 30) if peer.publish != "none" else 0
     time.sleep(1.0)
     rss1 = peer.rss_kb()
     if memprof:
@@ -132,14 +146,14 @@ def connect_only(h: Harness, peer: peers.Peer, n: int, conc: int) -> dict[str, A
     t0 = time.monotonic()
     o = open_streams(h, peer, "sse", list(range(n)), conc)
     o["gen_cpu_pct"] = 100 * (h.gen_cpu_s() - g0) / max(1e-9, time.monotonic() - t0)
-    o["mean_batch"] = batch_sizes(peer)
+    o["mean_batch"] = batch_sizes(peer) if peer.name == "ours" else {}
     o["per_worker"] = streams_per_worker(peer)
     log(
         f"  connect: {o['opened']}/{n} in {o['elapsed_s']:.2f}s = {o['connect_rate']:.0f}/s "
         f"(server CPU {o['server_cpu_pct_while_connecting']:.0f}% of its main process, "
         f"generator {o['gen_cpu_pct']:.0f}%)"
         + (f", failures {o['fail_reasons']}" if o["failed"] else "")
-        + f"; mean Redis batch since start {o['mean_batch']}"
+        + (f"; mean Redis batch since start {o['mean_batch']}" if o["mean_batch"] else "")
         + (f"; streams per worker {o['per_worker']}" if len(o["per_worker"]) > 1 else "")
     )
     close_streams(h)
@@ -198,9 +212,25 @@ ROWS = (
     "broadcast",
     "workers",
     "nchan",
+    "floor",
     "restart",
     "restart_w2",
 )
+
+
+def _summed_runs(res: dict[str, Any], key: str) -> None:
+    """`<key>_1` and `<key>_2` (two connect runs) summed into `<key>`."""
+    runs = [res.get(f"{key}_{i}", {}) for i in (1, 2)]
+    opened = sum(r.get("opened", 0) for r in runs)
+    elapsed = sum(r.get("elapsed_s", 0) for r in runs)
+    if opened and elapsed:
+        res[key] = {
+            "connect_rate": opened / elapsed,
+            "server_cpu_pct_while_connecting": runs[0].get("server_cpu_pct_while_connecting"),
+            "gen_cpu_pct": runs[0].get("gen_cpu_pct"),
+            "runs": [round(r["connect_rate"], 1) for r in runs if r.get("connect_rate")],
+            "per_worker": [r.get("per_worker") for r in runs],
+        }
 
 
 def _with_ours(
@@ -234,8 +264,19 @@ def _with_ours(
         peer.stop()
 
 
+def _with_floor(workdir: Path, name: str, fn: Callable[[peers.Peer], Any]) -> Any:
+    """`fn` against a fresh floor (`bench/floor_sse.py`), as `_with_ours` for ours."""
+    peer = peers.start_floor(workdir, log_name=f"floor-{name}.log")
+    try:
+        return fn(peer)
+    finally:
+        peer.stop()
+
+
 def run(a: argparse.Namespace) -> dict[str, Any]:
     rows = set(a.rows.split(","))
+    if a.no_nchan:
+        rows.discard("nchan")
     workdir = peers.make_workdir()
     redis = peers.Redis(workdir)
     h = Harness(2)
@@ -247,11 +288,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     ) -> None:
         guarded(res, key, lambda: _with_ours(redis, workdir, h, key, fn, workers, shared_socket))
 
+    def floor(key: str, fn: Callable[[peers.Peer], Any]) -> None:
+        guarded(res, key, lambda: _with_floor(workdir, key, fn))
+
     try:
-        if rows & {"connect", "workers"}:
+        if rows & {"connect", "workers", "floor"}:
             # Alternating, so that a noisy neighbour hurts both alike.
             for i in (1, 2):
-                ours(f"ours_connect_w1_{i}", lambda p: connect_only(h, p, a.streams, a.conc))
+                if rows & {"connect", "workers"}:
+                    ours(f"ours_connect_w1_{i}", lambda p: connect_only(h, p, a.streams, a.conc))
                 if "workers" in rows:
                     ours(
                         f"ours_connect_w2_{i}",
@@ -265,22 +310,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         workers=2,
                         shared_socket=True,
                     )
-            for w in ("w1", "w2", "w2shared"):
-                runs = [res.get(f"ours_connect_{w}_{i}", {}) for i in (1, 2)]
-                opened = sum(r.get("opened", 0) for r in runs)
-                elapsed = sum(r.get("elapsed_s", 0) for r in runs)
-                if opened and elapsed:
-                    res[f"ours_connect_{w}"] = {
-                        "connect_rate": opened / elapsed,
-                        "server_cpu_pct_while_connecting": runs[0].get(
-                            "server_cpu_pct_while_connecting"
-                        ),
-                        "gen_cpu_pct": runs[0].get("gen_cpu_pct"),
-                        "runs": [r.get("connect_rate") for r in runs],
-                        "per_worker": [r.get("per_worker") for r in runs],
-                    }
+                if "floor" in rows:
+                    floor(f"floor_connect_{i}", lambda p: connect_only(h, p, a.streams, a.conc))
+            for key in ("ours_connect_w1", "ours_connect_w2", "ours_connect_w2shared"):
+                _summed_runs(res, key)
+            _summed_runs(res, "floor_connect")
         if "sse_idle" in rows:
             ours("ours_sse_idle", lambda p: idle_rows(h, p, "sse", a.streams, a.conc))
+        if "floor" in rows:
+            floor("floor_sse_idle", lambda p: idle_rows(h, p, "sse", a.streams, a.conc))
         if "ws_idle" in rows:
             ours("ours_ws_idle", lambda p: idle_rows(h, p, "ws", a.streams, a.conc))
         if "unicast" in rows:
@@ -347,6 +385,10 @@ def _f(v: Any, nd: int = 1) -> str:
     return f"{v:.{nd}f}"
 
 
+def _load(avg: tuple[float, float, float]) -> str:
+    return " ".join(f"{v:.2f}" for v in avg)
+
+
 def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     w1 = _get(res, "ours_connect_w1", "connect_rate")
     w2 = _get(res, "ours_connect_w2", "connect_rate")
@@ -361,6 +403,18 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
     nchan_rate = _get(res, "nchan_sse_idle", "connect_rate")
     nchan_kb = _get(res, "nchan_sse_idle", "kb_per_stream")
     nchan_fan = _get(res, "nchan_broadcast", "step", "fanout_ms", "p99")
+    floor_rate = _get(res, "floor_connect", "connect_rate")
+    floor_kb = _get(res, "floor_sse_idle", "kb_per_stream")
+    # The one connect figure measured alike on all three: the rate while the idle
+    # streams open (Nchan's connect figure is this one).
+    fill = ", ".join(
+        f"{name} {_f(_get(res, key, 'connect_rate'), 0)}"
+        for name, key in (
+            ("ours", "ours_sse_idle"),
+            ("Nchan", "nchan_sse_idle"),
+            ("floor", "floor_sse_idle"),
+        )
+    )
     restart_s = _get(res, "restart", "catch_up_s")
     restart_lost = _get(res, "restart", "lost")
     rows = [
@@ -369,6 +423,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             "new process ready → all have the missed event (s)",
             restart_s,
             None,
+            None,
             TARGETS["restart_s"],
             restart_s is not None and restart_s <= TARGETS["restart_s"] and restart_lost == 0,
             f"lost {restart_lost}, duplicates {_get(res, 'restart', 'duplicates')}",
@@ -376,6 +431,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         (
             "the same, NOTIFY_WORKERS=2 (s)",
             _get(res, "restart_w2", "catch_up_s"),
+            None,
             None,
             TARGETS["restart_s"],
             (_get(res, "restart_w2", "catch_up_s") or 1e9) <= TARGETS["restart_s"]
@@ -387,15 +443,20 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             f"connect rate, new authenticated SSE streams/s ({a.streams:,}, {a.conc} in flight)",
             w1,
             nchan_rate,
+            floor_rate,
             TARGETS["connect_rate"],
             w1 is not None and w1 >= TARGETS["connect_rate"],
             f"server CPU {_f(_get(res, 'ours_connect_w1', 'server_cpu_pct_while_connecting'), 0)}%, "
-            f"generator {_f(_get(res, 'ours_connect_w1', 'gen_cpu_pct'), 0)}%",
+            f"generator {_f(_get(res, 'ours_connect_w1', 'gen_cpu_pct'), 0)}%; floor: runs "
+            f"{_get(res, 'floor_connect', 'runs')}, server CPU "
+            f"{_f(_get(res, 'floor_connect', 'server_cpu_pct_while_connecting'), 0)}%; "
+            f"while the idle streams open: {fill}",
         ),
         (
             f"idle RSS per SSE stream, {a.streams:,} streams (KB)",
             _get(res, "ours_sse_idle", "kb_per_stream"),
             nchan_kb,
+            floor_kb,
             TARGETS["sse_kb"],
             (_get(res, "ours_sse_idle", "kb_per_stream") or 1e9) <= TARGETS["sse_kb"],
             "",
@@ -404,6 +465,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             f"idle RSS per WebSocket, {a.streams:,} sockets (KB)",
             _get(res, "ours_ws_idle", "kb_per_stream"),
             None,
+            None,
             TARGETS["ws_kb"],
             (_get(res, "ours_ws_idle", "kb_per_stream") or 1e9) <= TARGETS["ws_kb"],
             "",
@@ -411,6 +473,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         (
             f"unicast {a.unicast:,} patients, p99 at 2,000 events/s (ms)",
             _get(res, "ours_unicast", "step", "lat_ms", "p99"),
+            None,
             None,
             TARGETS["unicast_p99_ms"],
             (_get(res, "ours_unicast", "step", "lat_ms", "p99") or 1e9) <= TARGETS["unicast_p99_ms"]
@@ -421,6 +484,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             "broadcast 1,000 streams, whole fan-out p99 at 2 events/s (ms)",
             _get(res, "ours_broadcast", "step", "fanout_ms", "p99"),
             nchan_fan,
+            None,
             "≤ Nchan",
             nchan_fan is not None
             and (_get(res, "ours_broadcast", "step", "fanout_ms", "p99") or 1e9) <= nchan_fan,
@@ -429,6 +493,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         (
             "connect rate, NOTIFY_WORKERS=2 ÷ 1 (same run)",
             ratio,
+            None,
             None,
             TARGETS["workers_ratio"],
             ratio is not None and ratio >= TARGETS["workers_ratio"],
@@ -439,6 +504,7 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
             "streams per worker, NOTIFY_WORKERS=2: own SO_REUSEPORT sockets (uvicorn's shared socket)",
             spread,
             None,
+            None,
             "even",
             spread is not None,
             f"{_get(res, 'ours_connect_w2', 'per_worker')} "
@@ -447,25 +513,31 @@ def render(res: dict[str, Any], a: argparse.Namespace) -> str:
         ),
     ]
     lines = [
-        "| figure | ours | Nchan | target | met | notes |",
-        "|---|---|---|---|---|---|",
+        "| figure | ours | Nchan | floor | target | met | notes |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for name, ours, nchan, target, met, notes in rows:
+    for name, ours, nchan, floor, target, met, notes in rows:
         nd = 2 if isinstance(ours, float) and ours < 10 else 1
         lines.append(
-            f"| {name} | {_f(ours, nd)} | {_f(nchan)} | {_f(target) if not isinstance(target, str) else target} "
+            f"| {name} | {_f(ours, nd)} | {_f(nchan)} | {_f(floor)} "
+            f"| {_f(target) if not isinstance(target, str) else target} "
             f"| {'yes' if met else 'no'} | {notes} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench targets", description=__doc__)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench targets",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--streams", type=int, default=5000, help="idle and connect-rate streams")
     ap.add_argument("--conc", type=int, default=500, help="connects in flight")
     ap.add_argument("--unicast", type=int, default=10000, help="unicast patients")
     ap.add_argument("--restart-clients", type=int, default=5000)
     ap.add_argument("--rows", default=",".join(ROWS), help="comma list of " + ",".join(ROWS))
+    ap.add_argument("--no-nchan", action="store_true", help="skip the nchan row")
     ap.add_argument("--tag", default="targets")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
@@ -474,12 +546,14 @@ def main(argv: list[str]) -> int:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    load_at_start = os.getloadavg()
     res = run(a)
+    res["load_at_start"] = load_at_start
     table = render(res, a)
     head = (
-        f"# Issue 15 targets ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})\n\n"
+        f"# Issue 15 targets, with issue 23's floor ({time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())})\n\n"
         f"Command: `python -m bench targets {' '.join(argv)}`; wall time {res['wall_s']} s; "
-        f"load average at end {os.getloadavg()}. One process per peer, one generator "
+        f"load average at start {_load(load_at_start)}, at end {_load(os.getloadavg())}. One process per peer, one generator "
         "(2 subscriber processes + 1 publisher), 2 shared cores: compare figures of this run.\n\n"
     )
     text = head + table + "\n"
