@@ -25,6 +25,7 @@ pytestmark = pytest.mark.own_topology  # the deadline is below Redis: one topolo
 
 HALF_OPEN = 2000
 HEADER_TIMEOUT_S = 1.0
+TIMER_SLACK_S = 0.01
 ME = "/v1/patients/me/events"
 
 
@@ -110,8 +111,10 @@ async def test_half_open_requests_are_closed_while_streams_flow(
 
         answers = collections.Counter(answer for answer, _ in outcomes)
         assert answers == {REQUEST_TIMEOUT_RESPONSE: HALF_OPEN}
-        # None closed before the deadline (the server's clock starts after the client's).
-        assert min(lived for _, lived in outcomes) >= HEADER_TIMEOUT_S
+        # None closed before the deadline (the server's clock starts after the client's;
+        # uvloop's timers count from the loop's cached time, in whole milliseconds,
+        # so one can fire up to a millisecond early: 0.9997 s was seen).
+        assert min(lived for _, lived in outcomes) >= HEADER_TIMEOUT_S - TIMER_SLACK_S
         after = header_timeouts((await http.get("/metrics")).text, "in_headers")
         assert after - before == HALF_OPEN
 
