@@ -19,10 +19,11 @@ log = structlog.get_logger("service.access")
 REQUEST_ID_HEADER = "x-request-id"
 # A caller-supplied id is kept only if it is short and plain (it lands in logs).
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-# A streaming response may ask, under this scope key, to be run from here once the
-# framework's per-request machinery (routing, dependency exit stacks, exception
-# wrappers) has unwound: an idle stream then holds only what it needs
-# (see `service/transports/sse_response.py`).
+# A stream may ask, under this scope key, to be run from here once the framework's
+# per-request machinery (routing, dependency exit stacks, exception wrappers, the
+# `Request`/`WebSocket` object) has unwound: an idle stream then holds only what it
+# needs. An SSE body (`service/transports/sse_response.py`) and a WebSocket session
+# after its handshake (`service/transports/ws.py:WsSession`) both ask: `defer_stream`.
 DEFERRED_STREAM = "notify.deferred_stream"
 # Probes and scrapes would drown the access log.
 QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
@@ -36,6 +37,17 @@ def _incoming_request_id(scope: Scope) -> str:
                 return candidate
             break
     return uuid.uuid4().hex
+
+
+def defer_stream(scope: Scope, stream: ASGIApp) -> bool:
+    """Hand `stream` to the edge middleware, which runs it once routing returned.
+    False when nothing takes it (no `RequestContextMiddleware` around this app, or a
+    stream already registered): the caller then runs it itself."""
+    deferred = scope.get(DEFERRED_STREAM)
+    if deferred is None or deferred:
+        return False
+    deferred.append(stream)
+    return True
 
 
 def _release_closed_exit_stacks(scope: Scope) -> None:
@@ -76,13 +88,16 @@ class RequestContextMiddleware:
             await send(message)
 
         deferred: list[ASGIApp] = []
-        if scope["type"] == "http":
-            scope[DEFERRED_STREAM] = deferred
+        scope[DEFERRED_STREAM] = deferred
         try:
             await self.app(scope, receive, send_with_id)
             if deferred:
+                stream = deferred.pop()
+                del scope[DEFERRED_STREAM]
                 _release_closed_exit_stacks(scope)
-                await deferred[0](scope, receive, send_with_id)
+                # A WebSocket session starts after `websocket.accept` (status 101 is
+                # known): it sends straight to the server.
+                await stream(scope, receive, send_with_id if scope["type"] == "http" else send)
         except Exception:
             status = 500
             raise

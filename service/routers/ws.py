@@ -1,7 +1,8 @@
 """`WS /v1/ws`: the bidirectional channel. The route authenticates the handshake
 (a stream ticket or an `Authorization: Bearer` header, refused with an HTTP 401
-denial response) and hands the accepted socket to the connection's loop
-(`service/transports/ws.py`: first-frame `auth`, admission, reader and writer).
+denial response), accepts it and hands the session to the edge middleware, which
+runs it once routing has returned (`service/transports/ws.py:WsSession`:
+first-frame `auth`, admission, reader and writer).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from service.deps.auth import get_stream_principal
 from service.deps.state import get_state
 from service.fanout.closing import ENDINGS, CloseReason
 from service.fanout.ws_connection import UNAVAILABLE
+from service.middleware import defer_stream
 from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal
-from service.transports.ws import close_with, first_message_auth, serve
+from service.transports.ws import WsSession, WsSocket, close_with
 
 router = APIRouter(tags=["websocket"])
 
@@ -50,16 +52,13 @@ async def websocket_channel(websocket: WebSocket) -> None:
         except UnavailableError:
             # A ticket could not be checked: infrastructure, worth a retry.
             await websocket.accept()
-            await close_with(websocket, state, UNAVAILABLE)
+            await close_with(WsSocket(websocket.receive, websocket.send), state, UNAVAILABLE)
             return
     await websocket.accept()
     if state.draining:
-        await close_with(websocket, state, ENDINGS[CloseReason.SHUTDOWN])
+        shutdown = ENDINGS[CloseReason.SHUTDOWN]
+        await close_with(WsSocket(websocket.receive, websocket.send), state, shutdown)
         return
-    reply_to: str | None = None
-    if principal is None:
-        outcome = await first_message_auth(websocket, state)
-        if outcome is None:
-            return
-        principal, reply_to = outcome
-    await serve(websocket, state, principal, reply_to)
+    session = WsSession(state, principal)
+    if not defer_stream(websocket.scope, session):
+        await session(websocket.scope, websocket.receive, websocket.send)

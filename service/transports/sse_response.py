@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.fanout.clock import Clock, Heartbeats, SendWatch
 from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
-from service.middleware import DEFERRED_STREAM
+from service.middleware import defer_stream
 
 
 class SseStreamResponse(EventSourceResponse, SendWatch):
@@ -65,10 +65,8 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
         if scope["type"] != "http" or scope["method"].upper() == "HEAD":
             await super().__call__(scope, receive, send)
             return
-        deferred = scope.get(DEFERRED_STREAM)
-        if deferred is not None and not deferred:
+        if defer_stream(scope, self._stream):
             # The edge middleware runs the stream after routing has unwound.
-            deferred.append(self._stream)
             return
         await self._stream(scope, receive, send)
 

@@ -8,6 +8,12 @@ Authentication never puts a token in the URL: a stream ticket (`?ticket=`) or an
 response), or else an `auth` frame first, within `NOTIFY_WS_AUTH_TIMEOUT_S`
 (refused with close 4401). Nothing is sent before authentication succeeded.
 
+The session after the handshake (`WsSession`) is run by the edge middleware once
+FastAPI's routing has returned (`service/middleware.py:defer_stream`), like an SSE
+body: an idle socket keeps no route coroutine, dependency exit stack or Starlette
+`WebSocket` (which holds the scope), only the server's `receive`/`send`
+(`WsSocket`), the process' state and its connection.
+
 Each connection runs a reader and a writer; the first to finish cancels the other.
 A reader is not optional: uvicorn stops reading the socket until the app calls
 `receive()`, so a send-only handler leaves protocol pongs unread and dies of
@@ -24,8 +30,8 @@ import time
 from typing import Final
 
 import structlog
-from fastapi import WebSocket
 from pydantic import ValidationError
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocketDisconnect, WebSocketDisconnected
 
 from service import metrics
@@ -83,7 +89,75 @@ class _ClientGone(Exception):
     """The peer went away (or stopped reading past the send timeout)."""
 
 
-async def close_with(websocket: WebSocket, state: AppState, ending: Ending) -> None:
+class WsSocket:
+    """An accepted WebSocket as the session uses it: the server's ASGI `receive` and
+    `send`, with Starlette's `WebSocket` rules for the states a session meets (no
+    scope kept). Nothing is received after the client's disconnect and nothing sent
+    after our close (`WebSocketDisconnected`); a send on a transport already gone
+    raises `WebSocketDisconnect` (1006)."""
+
+    __slots__ = ("_closed", "_gone", "_receive", "_send")
+
+    def __init__(self, receive: Receive, send: Send) -> None:
+        self._receive = receive
+        self._send = send
+        self._gone = False
+        self._closed = False
+
+    async def receive(self) -> Message:
+        if self._gone:
+            raise WebSocketDisconnected(
+                'Cannot call "receive" once a disconnect message has been received.'
+            )
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect":
+            self._gone = True
+        return message
+
+    async def _send_message(self, message: Message) -> None:
+        if self._closed:
+            raise WebSocketDisconnected('Cannot call "send" once a close message has been sent.')
+        if message["type"] == "websocket.close":
+            self._closed = True
+        try:
+            await self._send(message)
+        except OSError:
+            self._closed = True
+            raise WebSocketDisconnect(code=1006) from None
+
+    async def send_text(self, data: str) -> None:
+        await self._send_message({"type": "websocket.send", "text": data})
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        await self._send_message({"type": "websocket.close", "code": code, "reason": reason or ""})
+
+
+class WsSession:
+    """What a WebSocket does once its handshake is accepted: the first-frame `auth`
+    when the handshake carried no credentials, then the connection's loop. An ASGI
+    app, run by the edge middleware after routing has returned (or by the route
+    itself when no middleware takes it); it keeps no scope."""
+
+    __slots__ = ("_principal", "_state")
+
+    def __init__(self, state: AppState, principal: Principal | None) -> None:
+        self._state = state
+        self._principal = principal
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        del scope  # not needed past the handshake
+        state, principal = self._state, self._principal
+        socket = WsSocket(receive, send)
+        reply_to: str | None = None
+        if principal is None:
+            outcome = await first_message_auth(socket, state)
+            if outcome is None:
+                return
+            principal, reply_to = outcome
+        await serve(socket, state, principal, reply_to)
+
+
+async def close_with(websocket: WsSocket, state: AppState, ending: Ending) -> None:
     """The reconnect hint (when retrying can succeed), then the close frame
     (`service/fanout/closing.py` has both for every reason)."""
     if ending.ws_code is None:
@@ -100,7 +174,7 @@ async def close_with(websocket: WebSocket, state: AppState, ending: Ending) -> N
 
 
 async def first_message_auth(
-    websocket: WebSocket, state: AppState
+    websocket: WsSocket, state: AppState
 ) -> tuple[Principal, str | None] | None:
     """The principal of a first `auth` frame, or None once the socket was closed."""
     try:
@@ -134,7 +208,7 @@ async def first_message_auth(
 
 
 async def serve(
-    websocket: WebSocket, state: AppState, principal: Principal, reply_to: str | None
+    websocket: WsSocket, state: AppState, principal: Principal, reply_to: str | None
 ) -> None:
     conn = WsConnection(
         settings=state.settings,
@@ -171,7 +245,7 @@ async def serve(
         await conn.end(reason=end_reason)
 
 
-async def _run(websocket: WebSocket, state: AppState, conn: WsConnection) -> Ending | None:
+async def _run(websocket: WsSocket, state: AppState, conn: WsConnection) -> Ending | None:
     """Reader and writer side by side; the first to finish ends the other. Returns
     how to close, or None when the client is gone."""
     # A peer that stopped reading blocks the write once buffers are full; the
@@ -226,7 +300,7 @@ def _requested_close(reader: asyncio.Task[Ending | None]) -> bool:
     )
 
 
-async def _read(websocket: WebSocket, state: AppState, conn: WsConnection) -> Ending | None:
+async def _read(websocket: WsSocket, state: AppState, conn: WsConnection) -> Ending | None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
