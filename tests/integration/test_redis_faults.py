@@ -66,25 +66,27 @@ async def test_pubsub_connection_killed_while_publishing(
     settings = make_settings(redis_url=own_redis.url)
     admin = aioredis.Redis(host="127.0.0.1", port=own_redis.port)
     reconnects = metric("notify_listener_reconnects_total")
-    async with (
-        run_app(settings) as app,
-        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
-        open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
-    ):
-        await s.wait_for(lambda st: bool(st.frames), what="stream open")
-        published: list[str] = []
-        for i in range(150):
-            published.append(await publish_one(app))
-            if i in (40, 90):
-                killed = await admin.execute_command(  # type: ignore[no-untyped-call]
-                    "CLIENT", "KILL", "TYPE", "pubsub"
-                )
-                assert int(killed) >= 1
-            await asyncio.sleep(0.003)
-        frames = await s.wait_events(len(published), timeout_s=30)
-        assert [f.id for f in frames] == published
-        assert not [f for f in s.events if f.event == "gap"]
-    await admin.aclose()
+    try:
+        async with (
+            run_app(settings) as app,
+            httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+            open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
+        ):
+            await s.wait_for(lambda st: bool(st.frames), what="stream open")
+            published: list[str] = []
+            for i in range(150):
+                published.append(await publish_one(app))
+                if i in (40, 90):
+                    killed = await admin.execute_command(  # type: ignore[no-untyped-call]
+                        "CLIENT", "KILL", "TYPE", "pubsub"
+                    )
+                    assert int(killed) >= 1
+                await asyncio.sleep(0.003)
+            frames = await s.wait_events(len(published), timeout_s=30)
+            assert [f.id for f in frames] == published
+            assert not [f for f in s.events if f.event == "gap"]
+    finally:
+        await admin.aclose()
     assert metric("notify_listener_reconnects_total") >= reconnects + 2
 
 
