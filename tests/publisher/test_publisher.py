@@ -37,7 +37,7 @@ def history(client: redis.Redis, keys: RedisKeys, patient: str) -> list[str]:
 def test_sync_publish_stores_and_delivers_with_its_id(redis_server: RedisServer) -> None:
     keys = RedisKeys(prefix())
     # Closed on every path, a failed assertion included (not left to the GC).
-    with redis_server.client() as client, client.pubsub() as live:  # type: ignore[no-untyped-call]
+    with redis_server.client() as client, client.pubsub() as live:
         live.subscribe(keys.patient_channel("pt_1"))
         assert live.get_message(timeout=2) is not None  # the subscribe confirmation
         with SyncPublisher.from_url(redis_server.url, key_prefix=keys.prefix) as publisher:
