@@ -12,7 +12,7 @@ a jitter window → streams end → (uvicorn runs the lifespan shutdown) listene
 from __future__ import annotations
 
 import gc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
 import structlog
@@ -127,13 +127,43 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         log.error("redis_unreachable", reason=str(exc), redis=settings.redis_topology().describe())
         await state.broker.stop()
         raise
+    except BaseException:
+        # Start-up given up (cancelled) while Redis was asked: the pools close too.
+        await state.broker.stop()
+        raise
+    try:
+        undo_signals = await _start_serving(app, state, settings)
+    except BaseException:
+        # Whatever ends start-up from here (the listener never subscribing, a
+        # cancellation, a failing part) stops what already runs: the listener's
+        # pub/sub connection and the pools are closed, not left to the GC.
+        await state.supervisor.stop(timeout_s=2)
+        await state.broker.stop()
+        raise
+    log.info(
+        "started",
+        env=settings.env,
+        broker="memory" if settings.uses_memory_broker else settings.redis_mode.value,
+    )
+    try:
+        with tuned_gc(settings):
+            yield {"notify": state}
+    finally:
+        undo_signals()
+        state.begin_drain()
+        await state.wait_streams_closed(settings.shutdown_grace_s)
+        await state.supervisor.stop(timeout_s=5)
+        await state.broker.stop()
+        log.info("stopped")
+
+
+async def _start_serving(app: FastAPI, state: AppState, settings: Settings) -> Callable[[], None]:
+    """The supervised tasks, then the exit signals; what undoes the signals."""
     # The hub's listener pulls what the broker receives (and runs the broker's
     # connection loop, when it has one).
     listener = HubListener(broker=state.broker, hub=state.hub, keys=state.keys)
     state.supervisor.spawn("pubsub-listener", listener.run)
     if not await state.broker.wait_listening(LISTENER_START_TIMEOUT_S):
-        await state.supervisor.stop(timeout_s=2)
-        await state.broker.stop()
         raise RuntimeError("the Redis pub/sub listener did not start")
     state.supervisor.spawn("clock", state.clock.run)
     jwks = state.verifier.jwks
@@ -166,21 +196,4 @@ async def lifespan(app: FastAPI) -> AsyncIterator[LifespanState]:
         settings.shutdown_grace_s,
         settings.shutdown_grace_s * settings.shutdown_jitter_fraction + DRAIN_MARGIN_S,
     )
-    undo_signals = chain_exit_signals(
-        state.begin_drain, lambda: state.wait_streams_closed(drain_wait_s)
-    )
-    log.info(
-        "started",
-        env=settings.env,
-        broker="memory" if settings.uses_memory_broker else settings.redis_mode.value,
-    )
-    try:
-        with tuned_gc(settings):
-            yield {"notify": state}
-    finally:
-        undo_signals()
-        state.begin_drain()
-        await state.wait_streams_closed(settings.shutdown_grace_s)
-        await state.supervisor.stop(timeout_s=5)
-        await state.broker.stop()
-        log.info("stopped")
+    return chain_exit_signals(state.begin_drain, lambda: state.wait_streams_closed(drain_wait_s))

@@ -246,6 +246,10 @@ class NetworkLog:
         self.requests: dict[str, Request] = {}
         self.order: list[str] = []
         self._pending_extra: dict[str, dict[str, str]] = {}
+        # ExtraInfo events come from Chromium's network service, the others from
+        # the browser process: either may be first, so what comes before its
+        # request is kept for it.
+        self._pending_status: dict[str, int] = {}
         self.ws_sent: list[str] = []
         self._ws_urls: dict[str, str] = {}
         self._ws_status: dict[str, int] = {}
@@ -273,6 +277,8 @@ class NetworkLog:
             headers={k.lower(): v for k, v in req.get("headers", {}).items()},
         )
         self.requests[rid].headers.update(self._pending_extra.pop(rid, {}))
+        if rid in self._pending_status:
+            self.requests[rid].wire_status = self._pending_status.pop(rid)
 
     def _extra(self, params: dict[str, Any]) -> None:
         # The headers actually sent (the network stack adds some: Origin,
@@ -303,9 +309,14 @@ class NetworkLog:
             req.cors_error = (params.get("corsErrorStatus") or {}).get("corsError")
 
     def _response_extra(self, params: dict[str, Any]) -> None:
+        # May come before requestWillBeSent, and before or after responseReceived
+        # or loadingFailed.
+        status = params.get("statusCode")
         req = self.requests.get(params["requestId"])
         if req is not None:
-            req.wire_status = params.get("statusCode")
+            req.wire_status = status
+        elif status is not None:
+            self._pending_status[params["requestId"]] = status
 
     def _ws_frame(self, params: dict[str, Any]) -> None:
         self.ws_sent.append(params["response"]["payloadData"])

@@ -8,8 +8,11 @@ import json
 import socket
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
+from service.brokers.redis import RedisBroker
+from service.main import create_app
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
 from tests.support.events import event_dict
@@ -66,25 +69,27 @@ async def test_pubsub_connection_killed_while_publishing(
     settings = make_settings(redis_url=own_redis.url)
     admin = aioredis.Redis(host="127.0.0.1", port=own_redis.port)
     reconnects = metric("notify_listener_reconnects_total")
-    async with (
-        run_app(settings) as app,
-        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
-        open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
-    ):
-        await s.wait_for(lambda st: bool(st.frames), what="stream open")
-        published: list[str] = []
-        for i in range(150):
-            published.append(await publish_one(app))
-            if i in (40, 90):
-                killed = await admin.execute_command(  # type: ignore[no-untyped-call]
-                    "CLIENT", "KILL", "TYPE", "pubsub"
-                )
-                assert int(killed) >= 1
-            await asyncio.sleep(0.003)
-        frames = await s.wait_events(len(published), timeout_s=30)
-        assert [f.id for f in frames] == published
-        assert not [f for f in s.events if f.event == "gap"]
-    await admin.aclose()
+    try:
+        async with (
+            run_app(settings) as app,
+            httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+            open_sse(http, ME, headers=bearer(tokens.patient("pt_1"))) as s,
+        ):
+            await s.wait_for(lambda st: bool(st.frames), what="stream open")
+            published: list[str] = []
+            for i in range(150):
+                published.append(await publish_one(app))
+                if i in (40, 90):
+                    killed = await admin.execute_command(  # type: ignore[no-untyped-call]
+                        "CLIENT", "KILL", "TYPE", "pubsub"
+                    )
+                    assert int(killed) >= 1
+                await asyncio.sleep(0.003)
+            frames = await s.wait_events(len(published), timeout_s=30)
+            assert [f.id for f in frames] == published
+            assert not [f for f in s.events if f.event == "gap"]
+    finally:
+        await admin.aclose()
     assert metric("notify_listener_reconnects_total") >= reconnects + 2
 
 
@@ -147,3 +152,44 @@ async def test_stalled_reader_is_closed_alone(
             assert metric("notify_slow_consumers_total", transport="sse") == slow_before + 1
             assert not healthy.ended.is_set()
         stalled.close()
+
+
+async def test_start_up_given_up_after_the_listener_connected_closes_its_connections(
+    own_redis: RedisServer, make_settings: SettingsFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Start-up cancelled once the listener holds its pub/sub connection (and the
+    pool its PING connection), as a server that gives up on a slow start-up does:
+    the lifespan stops the listener and closes the pools. Left to the GC, such a
+    connection fails a later test with an unclosed-socket ResourceWarning."""
+    listening = asyncio.Event()
+    wait_listening = RedisBroker.wait_listening
+
+    async def listening_then_stuck(self: RedisBroker, timeout_s: float) -> bool:
+        assert await wait_listening(self, timeout_s)
+        listening.set()
+        await asyncio.Event().wait()  # start-up stalls here until given up
+        return True
+
+    monkeypatch.setattr(RedisBroker, "wait_listening", listening_then_stuck)
+    app = create_app(make_settings(redis_url=own_redis.url))
+
+    async def start_up() -> None:
+        async with app.router.lifespan_context(app):
+            raise AssertionError("start-up was meant to stall")
+
+    admin = aioredis.Redis(host="127.0.0.1", port=own_redis.port)
+    try:
+        baseline = len(await admin.client_list())  # the admin connection itself
+        starting = asyncio.create_task(start_up())
+        await asyncio.wait_for(listening.wait(), 10)
+        assert len(await admin.client_list(_type="pubsub")) == 1
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+
+        async def only_the_admin_left() -> bool:
+            return len(await admin.client_list()) == baseline
+
+        await eventually(only_the_admin_left, what="the service's connections to close")
+    finally:
+        await admin.aclose()

@@ -36,21 +36,19 @@ def history(client: redis.Redis, keys: RedisKeys, patient: str) -> list[str]:
 
 def test_sync_publish_stores_and_delivers_with_its_id(redis_server: RedisServer) -> None:
     keys = RedisKeys(prefix())
-    client = redis_server.client()
-    live = client.pubsub()  # type: ignore[no-untyped-call]
-    live.subscribe(keys.patient_channel("pt_1"))
-    assert live.get_message(timeout=2) is not None  # the subscribe confirmation
-    with SyncPublisher.from_url(redis_server.url, key_prefix=keys.prefix) as publisher:
-        event_id = publisher.publish(event("pt_1"))
-    assert history(client, keys, "pt_1") == [event_id]
-    message = live.get_message(timeout=2)
+    # Closed on every path, a failed assertion included (not left to the GC).
+    with redis_server.client() as client, client.pubsub() as live:
+        live.subscribe(keys.patient_channel("pt_1"))
+        assert live.get_message(timeout=2) is not None  # the subscribe confirmation
+        with SyncPublisher.from_url(redis_server.url, key_prefix=keys.prefix) as publisher:
+            event_id = publisher.publish(event("pt_1"))
+        assert history(client, keys, "pt_1") == [event_id]
+        message = live.get_message(timeout=2)
     assert message is not None
     delivered = json.loads(message["data"])
     assert delivered["id"] == event_id
     assert delivered["patient_id"] == "pt_1"
     assert "published_at" in delivered
-    live.close()
-    client.close()
 
 
 def test_sync_repeat_with_the_same_key_stores_once(redis_server: RedisServer) -> None:
@@ -61,9 +59,8 @@ def test_sync_repeat_with_the_same_key_stores_once(redis_server: RedisServer) ->
         with pytest.raises(IdempotencyKeyReusedError):
             publisher.publish(event("pt_1", "ap_other"), idempotency_key="order-17-moved")
     assert again == first
-    client = redis_server.client()
-    assert history(client, keys, "pt_1") == [first]
-    client.close()
+    with redis_server.client() as client:
+        assert history(client, keys, "pt_1") == [first]
 
 
 @pytest.fixture(params=["standalone", "cluster"])

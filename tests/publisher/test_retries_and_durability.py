@@ -32,9 +32,8 @@ def history(server: RedisServer, names: RedisKeys, patient: str = "pt_1") -> lis
 def preload_script(server: RedisServer) -> None:
     """So that the first EVALSHA runs the script (not NOSCRIPT): the proxy then
     drops the reply of a publish that happened."""
-    client = server.client()
-    client.script_load(SCRIPT)
-    client.close()
+    with server.client() as client:
+        client.script_load(SCRIPT)
 
 
 @pytest.mark.parametrize("given_key", [None, "job-99"])
