@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import gc
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -35,6 +35,7 @@ from service.http_protocol import HttpProtocol
 from service.transports.sse_response import SseStreamResponse
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
+from tests.support.collector import collector_off
 from tests.support.raw_clients import (
     TIMEOUT_S,
     RawSSE,
@@ -85,16 +86,6 @@ async def nothing_left(what: str) -> None:
         await eventually(none_alive, timeout_s=10, what=what, interval_s=0.2)
     except AssertionError:
         raise AssertionError(f"alive {what}: {dict(left)}") from None
-
-
-@contextlib.contextmanager
-def collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 async def gather(count: int, make: Callable[[int], Awaitable[None]]) -> None:

@@ -16,7 +16,6 @@ import contextlib
 import gc
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from types import CoroutineType
 
@@ -30,6 +29,7 @@ from service.config import Settings
 from service.routers import ws as ws_router
 from tests.conftest import SettingsFactory, Tokens
 from tests.support.app_server import RunningApp, run_app
+from tests.support.collector import collector_off
 from tests.support.raw_clients import TIMEOUT_S, all_ended, open_ws_subscribed, send_and_wait
 
 HELD = 20
@@ -50,16 +50,6 @@ ROUTING_FILES = frozenset(
         Path(ws_router.__file__),
     )
 )
-
-
-@contextlib.contextmanager
-def collector_off() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def routing_alive() -> Counter[str]:
