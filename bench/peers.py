@@ -79,11 +79,12 @@ class Peer:
     workdir: Path
     log: Path
     # generator settings for this peer
-    sse_path: str
-    ws_path: str
     ws_subscribe: dict[str, Any] | None
     publish: str  # "redis" | "nchan" | "none" (the floor: nothing to publish to)
     history: str  # "ours-http" | "nchan" | "none"
+    # Our API's routes unless the peer has its own (Nchan).
+    sse_path: str = "/v1/patients/me/events"
+    ws_path: str = "/v1/ws"
     auth: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -243,8 +244,6 @@ def start_ours(
         proc,
         workdir,
         log,
-        sse_path="/v1/patients/me/events",
-        ws_path="/v1/ws",
         ws_subscribe={"type": "subscribe"},
         publish="redis",
         history="ours-http",
@@ -290,8 +289,6 @@ def start_baseline(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         proc,
         workdir,
         log,
-        sse_path="/v1/patients/me/events",
-        ws_path="/v1/ws",
         ws_subscribe={"type": "subscribe"},
         publish="redis",
         history="none",
@@ -318,8 +315,6 @@ def start_trivial(redis: Redis, workdir: Path, heartbeat_s: float) -> Peer:
         proc,
         workdir,
         log,
-        sse_path="/v1/patients/me/events",
-        ws_path="/v1/ws",
         ws_subscribe=None,
         publish="redis",
         history="none",
@@ -345,8 +340,6 @@ def start_floor(workdir: Path, *, port: int | None = None, log_name: str = "floo
         proc,
         workdir,
         log,
-        sse_path="/v1/patients/me/events",
-        ws_path="/v1/ws",
         ws_subscribe=None,
         publish="none",
         history="none",
