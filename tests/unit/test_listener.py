@@ -99,24 +99,27 @@ def test_inbox_overflow_drops_counts_and_asks_for_a_full_resync() -> None:
     assert asyncio.run(inbox.take())[-1] == Resync(("a",), sweep=False)
 
 
-async def test_messages_published_reach_queues_through_the_listener(
-    running: Running,
-) -> None:
+async def attached_with_a_live_message(running: Running) -> DeliveryQueue:
+    """A queue attached to pt_1 that has received one message through the
+    listener (20-0) and has been drained."""
     s = DeliveryQueue(maxlen=10, transport="sse")
     await running.hub.attach("pt_1", s)
     await running.broker.publish_raw(CHANNEL, with_id("20-0").decode())
     await asyncio.wait_for(s.wait(), 5)
     assert [d.id for d in s.drain()] == ["20-0"]
+    return s
+
+
+async def test_messages_published_reach_queues_through_the_listener(
+    running: Running,
+) -> None:
+    await attached_with_a_live_message(running)
 
 
 async def test_a_resync_holds_later_messages_until_its_backfill_is_done(
     running: Running,
 ) -> None:
-    s = DeliveryQueue(maxlen=10, transport="sse")
-    await running.hub.attach("pt_1", s)
-    await running.broker.publish_raw(CHANNEL, with_id("20-0").decode())
-    await asyncio.wait_for(s.wait(), 5)
-    assert [d.id for d in s.drain()] == ["20-0"]
+    s = await attached_with_a_live_message(running)
     # The connection came back: a resync, then a live message read after it.
     running.broker.inbox.put_resync(None, sweep=False)
     await running.broker.publish_raw(CHANNEL, with_id("20-2").decode())
