@@ -23,7 +23,10 @@ every loss is seen:
   whose slot has a new owner move there; each shard that (re)subscribes
   backfills its channels from history;
 - the server pushes `sunsubscribe` (the slot migrated, or a `CLUSTER FAILOVER`
-  demoted the primary): the same, for that channel;
+  demoted the primary): the same, for that channel, re-reading the slot map
+  until it names the new owner (the node asked may not have heard of the move
+  yet; subscribing on the demoted node again would lose what the new primary
+  publishes before it knows its new replica);
 - a shard stays unreachable (no replica to promote): only its patients wait;
   readiness stays 200 but reports the shard down (taking every pod out of the
   load balancer would not bring the shard back and would cut off everybody else).
@@ -69,6 +72,13 @@ SHARD_ERRORS = (*UNAVAILABLE, ResponseError, SlotNotCoveredError)
 # What redis-py raises on a connection its own reconnect closed underneath a
 # command (seen under load in `bench shards`): treated as the connection's loss.
 CLOSED_UNDERNEATH = (RuntimeError, AttributeError)
+# After a node dropped a channel (`sunsubscribe`): how long the slot map is read
+# again while it still names that node (gossip not there yet), with backoff from
+# MOVE_FIRST_RETRY_S up to MOVE_MAX_RETRY_S. Past it the map is believed: the
+# node has the slot again (a failover back), the channel is subscribed there.
+MOVE_WAIT_S = 10.0
+MOVE_FIRST_RETRY_S = 0.05
+MOVE_MAX_RETRY_S = 0.5
 
 
 @dataclass(eq=False)
@@ -85,6 +95,10 @@ class _Shard:
     # shard (first connect, moved here) or subscribed again after a loss.
     backfill: set[str] = field(default_factory=set)
     pending: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    # Channels this node dropped (`sunsubscribe`) whose new owner the slot map
+    # does not name yet, and the task that reads the map until it does.
+    moving: set[str] = field(default_factory=set)
+    mover: asyncio.Task[None] | None = None
 
     @property
     def up(self) -> bool:
@@ -222,6 +236,9 @@ class ClusterBroker(RedisCommands):
             if restarted:
                 shard.backfill |= shard.channels
             self._ensure_task(shard)
+            if shard.moving:
+                # The restart cancelled its mover: the map is read again.
+                shard.mover = self._spawn(self._follow_moves(shard), f"{shard.name}-moves")
         self._spawn(self._run_control(sweep_first=restarted), "control")
         try:
             await self._stopped.wait()
@@ -363,12 +380,8 @@ class ClusterBroker(RedisCommands):
             client = Redis(host=shard.host, port=shard.port, retry=no_retry(), **self._node_options)
             pubsub = client.pubsub()
             try:
-                # SSUBSCRIBE of several channels must stay within one slot.
-                by_slot: dict[int, list[str]] = {}
-                for channel in sorted(shard.channels):
-                    by_slot.setdefault(self.client.keyslot(channel), []).append(channel)
                 wanted = sorted(shard.channels)
-                for channels in by_slot.values():
+                for channels in self._by_slot(wanted):
                     await pubsub.ssubscribe(*channels)
                 # Messages before every confirmation are dropped: each of these
                 # channels is backfilled from history right after.
@@ -411,11 +424,15 @@ class ClusterBroker(RedisCommands):
         if self._shards.get(shard.name) is shard and not shard.channels:
             del self._shards[shard.name]
 
+    def _by_slot(self, channels: list[str]) -> list[list[str]]:
+        """`channels` grouped by slot: one SSUBSCRIBE must stay within one slot."""
+        groups: dict[int, list[str]] = {}
+        for channel in channels:
+            groups.setdefault(self.client.keyslot(channel), []).append(channel)
+        return list(groups.values())
+
     async def _catch_up(self, shard: _Shard, pubsub: PubSub, sent: set[str]) -> None:
-        late: dict[int, list[str]] = {}
-        for channel in sorted(shard.channels - sent):
-            late.setdefault(self.client.keyslot(channel), []).append(channel)
-        for channels in late.values():
+        for channels in self._by_slot(sorted(shard.channels - sent)):
             await pubsub.ssubscribe(*channels)
         gone = sorted(sent - shard.channels)
         if gone:
@@ -444,10 +461,43 @@ class ClusterBroker(RedisCommands):
                 # (migration, or a failover demoted this primary).
                 log.info("shard_channel_moved", shard=shard.name)
                 shard.backfill.add(channel)
-                await self._refresh_slots()
-                if self._owner.get(channel) is shard:
-                    # Still ours by the refreshed map: subscribe again here.
-                    await pubsub.ssubscribe(channel)
+                shard.moving.add(channel)
+                if shard.mover is None or shard.mover.done():
+                    shard.mover = self._spawn(self._follow_moves(shard), f"{shard.name}-moves")
+
+    async def _follow_moves(self, shard: _Shard) -> None:
+        """Read the slot map until it places every channel `shard` dropped on
+        another node (`_place` moves it there; that connection backfills it).
+        The node asked may not have heard of the move yet: a map that still
+        names `shard` is read again, never believed at once."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + MOVE_WAIT_S
+        delay = MOVE_FIRST_RETRY_S
+        while shard.moving and not self._stopping:
+            await self._refresh_slots()
+            shard.moving = {c for c in shard.moving if self._owner.get(c) is shard}
+            if not shard.moving:
+                return
+            if loop.time() >= deadline:
+                await self._subscribe_again(shard)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MOVE_MAX_RETRY_S)
+
+    async def _subscribe_again(self, shard: _Shard) -> None:
+        """The map kept naming this node for MOVE_WAIT_S: it has the slots back."""
+        channels, shard.moving = sorted(shard.moving), set()
+        log.warning("shard_channel_not_moved", shard=shard.name, channels=len(channels))
+        pubsub = shard.pubsub
+        if pubsub is None:
+            # Reconnecting: the new connection subscribes and backfills them.
+            return
+        try:
+            for group in self._by_slot(channels):
+                # Confirmed on the reader task, which backfills them.
+                await pubsub.ssubscribe(*group)
+        except (*SHARD_ERRORS, *CLOSED_UNDERNEATH):
+            log.debug("ssubscribe_again_failed")
 
     def _backfill_confirmed(self, shard: _Shard, channels: list[str]) -> None:
         todo = [c for c in channels if c in shard.backfill]

@@ -9,10 +9,12 @@ import uuid
 import pytest
 from notify_publisher import SCRIPT, NotDurableError, Publisher, PublishRefusedError, SyncPublisher
 from notify_publisher.keys import RedisKeys
+from redis.cluster import RedisCluster
 
 from tests.support.events import event
 from tests.support.redis_server import RedisServer
 from tests.support.redis_topologies import LocalCluster
+from tests.support.slot_map import stale_slot_map
 from tests.support.tcp_proxy import ReplyDroppingProxy
 
 
@@ -112,3 +114,34 @@ async def test_durable_with_a_replica_is_confirmed(redis_cluster: LocalCluster) 
         with pytest.raises(NotDurableError):
             await publisher.publish(event("pt_1"), wait_replicas=2)
     assert len(ids) == 20
+
+
+@pytest.mark.slow
+def test_a_publish_after_a_failover_follows_moved_when_the_slot_map_is_stale() -> None:
+    """A backend's SyncPublisher knew the map from before a `CLUSTER FAILOVER`;
+    every node it could ask still answers with that map (gossip not there yet).
+    The demoted primary's MOVED names the new one: the publish goes there, once."""
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        primary = cluster.primary_nodes()[0]
+        patient = next(
+            f"pt_{i}" for i in range(10_000) if cluster.primary_for(f"pt_{i}").port == primary.port
+        )
+        (replica,) = cluster.replicas_of(primary)
+        names = keys()
+        environ = {
+            "NOTIFY_REDIS_MODE": "cluster",
+            "NOTIFY_REDIS_URL": cluster.url,
+            "NOTIFY_KEY_PREFIX": names.prefix,
+        }
+        with SyncPublisher.from_env(environ) as publisher:
+            first = publisher.publish(event(patient))
+            cluster.manual_failover(replica)
+            client = publisher._client
+            assert isinstance(client, RedisCluster)
+            with stale_slot_map(client.nodes_manager):
+                second = publisher.publish(event(patient))
+        assert history(replica, names, patient) == [first, second]
+    finally:
+        cluster.stop()

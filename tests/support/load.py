@@ -32,6 +32,8 @@ class Load:
     patients: list[str]
     accepted: dict[str, list[str]] = field(default_factory=dict)
     refused: int = 0
+    # Why each refused publish was refused (the error's cause or type).
+    refusals: list[str] = field(default_factory=list)
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def run(self) -> None:
@@ -41,8 +43,11 @@ class Load:
                 n += 1
                 try:
                     stored = await publish_to(self.broker, self.keys, patient, seq=n)
-                except BrokerUnavailableError:
+                except BrokerUnavailableError as exc:
                     self.refused += 1
+                    self.refusals.append(
+                        getattr(exc, "cause", "") or repr(exc.__cause__ or exc)[:120]
+                    )
                     continue
                 assert stored.id is not None
                 self.accepted.setdefault(patient, []).append(stored.id)

@@ -82,7 +82,7 @@ class AsyncRunner:
                 # In Cluster a lost node may have been replaced: read the slot
                 # map again (a no-op for one server).
                 last = exc
-                await self._refresh()
+                await self._refresh(exc)
         raise unreachable(self._retries) from last
 
     async def _once(
@@ -118,8 +118,13 @@ class AsyncRunner:
             )
         return name
 
-    async def _refresh(self) -> None:
+    async def _refresh(self, failure: BaseException) -> None:
         if isinstance(self._client, RedisCluster):
+            if isinstance(failure, Moved) and failure.redirect is not None:
+                # The node that had the slot named its new owner: go there
+                # (the map of a node not told yet would send us back).
+                await self._client.nodes_manager.move_slot(failure.redirect)
+                return
             try:
                 await self._client.nodes_manager.initialize()
             except (*RETRY_ON, RedisError, RedisClusterException):

@@ -22,6 +22,7 @@ from typing import Any, Final
 from redis.exceptions import (
     AskError,
     ClusterDownError,
+    MovedError,
     NoScriptError,
     ReadOnlyError,
     SlotNotCoveredError,
@@ -58,7 +59,14 @@ Outcome = PublishResult | PublisherError
 
 
 class Moved(Exception):
-    """A Cluster slot or a primary moved: refresh, then send the batch again."""
+    """A Cluster slot or a primary moved: refresh, then send the batch again.
+    `redirect` is the server's MOVED reply when there was one: it names the
+    slot's new primary, which a slot map read from another node may not know
+    yet (gossip takes a moment to reach every node)."""
+
+    def __init__(self, message: str, redirect: MovedError | None = None) -> None:
+        super().__init__(message)
+        self.redirect = redirect
 
 
 def unreachable(retries: int) -> PublishRefusedError:
@@ -121,7 +129,7 @@ def outcomes(
     primary moved."""
     redirect = moved(replies)
     if redirect is not None:
-        raise Moved(str(redirect))
+        raise Moved(str(redirect), redirect if isinstance(redirect, MovedError) else None)
     results: list[Outcome] = []
     for reply in replies[: len(requests)]:
         if isinstance(reply, BaseException):

@@ -72,7 +72,7 @@ class SyncRunner:
                 # In Cluster a lost node may have been replaced: read the slot
                 # map again (a no-op for one server).
                 last = exc
-                self._refresh()
+                self._refresh(exc)
         raise unreachable(self._retries) from last
 
     def _once(
@@ -97,8 +97,13 @@ class SyncRunner:
         ]
         return in_order(len(requests), groups.values(), answers)
 
-    def _refresh(self) -> None:
+    def _refresh(self, failure: BaseException) -> None:
         if isinstance(self._client, RedisCluster):
+            if isinstance(failure, Moved) and failure.redirect is not None:
+                # The node that had the slot named its new owner: go there
+                # (the map of a node not told yet would send us back).
+                self._client.nodes_manager.move_slot(failure.redirect)
+                return
             try:
                 self._client.nodes_manager.initialize()
             except (*RETRY_ON, RedisError, RedisClusterException):
