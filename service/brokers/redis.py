@@ -341,7 +341,7 @@ class RedisBroker(RedisCommands):
             sentinel_kwargs["password"] = topology.sentinel_password
         if topology.uses_tls:
             sentinel_kwargs["ssl"] = True
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(topology.nodes),
             sentinel_kwargs=sentinel_kwargs,
             socket_timeout=socket_timeout_s,
@@ -557,7 +557,7 @@ class RedisBroker(RedisCommands):
 
 async def close_pubsub(pubsub: PubSub) -> None:
     try:
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]
     except (*UNAVAILABLE, RedisError):
         log.debug("pubsub_close_failed")
 

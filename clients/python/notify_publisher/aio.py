@@ -166,7 +166,7 @@ def _async_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentin
         return cluster, None
     if topology.mode is RedisMode.SENTINEL:
         assert topology.sentinel_master is not None  # checked by PublisherConfig
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(topology.nodes),
             sentinel_kwargs=Plan.sentinel_kwargs(config),
             db=topology.db,

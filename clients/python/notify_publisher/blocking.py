@@ -147,13 +147,13 @@ def _sync_client(config: PublisherConfig) -> tuple[Redis | RedisCluster, Sentine
         return cluster, None
     if topology.mode is RedisMode.SENTINEL:
         assert topology.sentinel_master is not None  # checked by PublisherConfig
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(topology.nodes),
             sentinel_kwargs=Plan.sentinel_kwargs(config),
             db=topology.db,
             **node_options(config),
         )
-        client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        client: Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
             topology.sentinel_master,
             connection_pool_class=_BlockingSentinelPool,
             retry=no_retry,
