@@ -95,12 +95,19 @@ DISCONNECT_EXTENSION: Final = "notify.disconnect"
 
 class DisconnectHook:
     """Set `callback` to be called once when the connection is lost (at once if
-    it is lost already); set it back to None to stop listening."""
+    it is lost already); set it back to None to stop listening. `abort` resets
+    the connection (a send that stalled for good: nothing more can reach the peer).
 
-    __slots__ = ("_callback", "lost")
+    It holds the connection's transport until the connection is lost (or upgraded to
+    a WebSocket), so the transport → protocol → hook → transport cycle never
+    outlives the connection."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_callback", "_lost_waiter", "_transport", "lost")
+
+    def __init__(self, transport: asyncio.Transport | None = None) -> None:
         self._callback: Callable[[], None] | None = None
+        self._transport = transport
+        self._lost_waiter: asyncio.Future[None] | None = None
         self.lost = False
 
     @property
@@ -115,7 +122,29 @@ class DisconnectHook:
 
     def connection_lost(self) -> None:
         self.lost = True
+        self._transport = None
+        waiter, self._lost_waiter = self._lost_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self._fire()
+
+    def forget_transport(self) -> None:
+        """The connection is no longer this protocol's (a WebSocket upgrade)."""
+        self._transport = None
+
+    async def abort(self) -> None:
+        """Reset the connection, dropping what is still buffered for the peer, and
+        return once it is lost: uvicorn then counts the response's end as the
+        client's departure, not as an app that returned without finishing it
+        (which it logs as an error and answers with a graceful close, one that
+        waits for a peer that does not read to take the buffered bytes, forever)."""
+        transport = self._transport
+        if transport is None or self.lost:
+            return
+        self._lost_waiter = waiter = asyncio.get_running_loop().create_future()
+        # `connection_lost` follows in the next loop iteration, always.
+        transport.abort()
+        await waiter
 
     def _fire(self) -> None:
         callback, self._callback = self._callback, None
@@ -144,7 +173,7 @@ class HttpProtocol(HttpToolsProtocol):
         # One per connection, not per request: HTTP/1.1 answers in order, so only
         # the request being answered can hold the callback (a pipelined one waits
         # in uvicorn's queue until the stream before it has ended).
-        self._disconnect_hook = DisconnectHook()
+        self._disconnect_hook = DisconnectHook(transport)
         flow = getattr(self, "flow", None)
         if flow is not None:
             flow._is_writable_event = LightEvent(value=flow._is_writable_event.is_set())
@@ -199,4 +228,6 @@ class HttpProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
         # This protocol is done: the transport now calls the WebSocket protocol.
         self.parser = None  # type: ignore[assignment]
-        self._disconnect_hook = None
+        hook, self._disconnect_hook = self._disconnect_hook, None
+        if hook is not None:
+            hook.forget_transport()
