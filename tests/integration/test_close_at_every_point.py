@@ -16,10 +16,13 @@ warning.
 Points and sides (the client closes / the server closes):
 
 - **before headers**: the client sends half a request (or a WebSocket upgrade) and
-  closes; or sends all of it and closes before the answer (SSE) / right after the
-  `101`, with its `subscribe` in flight (WebSocket). The server: the header
-  deadline (`NOTIFY_HEADER_TIMEOUT_S`) answers a request that never finishes its
-  headers with a `408` and closes.
+  closes: no stream opens. Or it sends all of it and closes before the answer
+  (SSE) / right after the `101`, with its `subscribe` in flight (WebSocket): the
+  request is complete, so the server serves it, opens the stream and ends it as
+  `client_gone` once it learns of the departure (one pair). The server: the
+  header deadline (`NOTIFY_HEADER_TIMEOUT_S`) answers a request that never
+  finishes its headers with a `408` and closes (no stream; on a WebSocket, no
+  connection admitted either).
 - **mid-frame**: the client has read part of a large event (its receive buffer
   small, so most of the frame still waits on the server's side) and closes. The
   server: the subject is revoked while the client is in the middle of that frame;
@@ -41,7 +44,9 @@ Points and sides (the client closes / the server closes):
 - **shutdown**: the drain (`AppState.begin_drain`, what SIGTERM starts) with the
   stream open. The client closes after the drain began, before its reconnect hint
   (the hint is made to come at the end of the jitter window); the server's side is
-  the hint and the close, after which the app stops with the lifespan's shutdown.
+  the hint and the close, after which the app stops with the lifespan's shutdown;
+  or, with a client that stopped reading, the abort of its stuck send at the
+  drain's end.
 """
 
 from __future__ import annotations
@@ -396,6 +401,26 @@ async def server_drains(ctx: Ctx) -> None:
     saw_end(peer, CloseReason.SHUTDOWN)
 
 
+async def server_drains_a_stalled_client(ctx: Ctx) -> None:
+    """The drain begins while the client has stopped reading (its send paused): the
+    reconnect hint cannot pass. At the drain's end (`AppState.finish_drain`, what
+    the exit signal waits for before the server's own shutdown) the stuck send is
+    aborted. SSE: the connection is dropped at once, and the stream ends as
+    `shutdown` (its queue's reason). WebSocket: the session ends as `client_gone`
+    (an aborted send), and uvicorn closes its socket gracefully: it lasts until the
+    peer reads what is buffered, as this client then does."""
+    peer = await stall(ctx)
+    state = ctx.app.state
+    queues = list(state.hub.queues)
+    state.begin_drain()
+    await ctx.queue_closed(queues, CloseReason.SHUTDOWN)
+    assert await state.finish_drain()
+    if ctx.transport == "sse":
+        connections = ctx.app.server.server_state.connections
+        await eventually(lambda: not connections, what="the stalled connection dropped")
+    await peer.read_to_end()
+
+
 # --- the cases ------------------------------------------------------------------------
 
 
@@ -482,6 +507,15 @@ CASES: list[Case] = [
     ),
     *both("shutdown", "client", client_closes_during_the_drain, gone, settings=DRAIN),
     *both("shutdown", "server", server_drains, CloseReason.SHUTDOWN, settings=DRAIN),
+    Case(
+        "sse",
+        "shutdown",
+        "server_stalled",
+        server_drains_a_stalled_client,
+        CloseReason.SHUTDOWN,
+        settings=DRAIN,
+    ),
+    Case("ws", "shutdown", "server_stalled", server_drains_a_stalled_client, gone, settings=DRAIN),
 ]
 
 
