@@ -29,6 +29,11 @@ learns why); a connection that sent nothing is closed silently, like an idle
 keep-alive connection (browsers open speculative connections they may never use,
 and retry a closed idle one). Both count in `notify_header_timeouts_total`.
 
+The same hook's `abort` resets a connection whose send the clock aborted (a peer
+that stopped reading): uvicorn would otherwise close it gracefully, waiting to flush
+its buffers to a peer that never reads. `WsProtocol` gives a WebSocket session the
+same hook (uvicorn's sans-I/O WebSocket protocol, `notify serve`'s `ws`).
+
 What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
 names, `cycle`, `parser`, `transport`, `flow._is_writable_event`) is pinned by
 `tests/unit/test_http_protocol.py`: an upgrade that changes it fails there.
@@ -41,6 +46,8 @@ from collections.abc import Callable
 from typing import Any, Final, Literal, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from service import metrics
 
@@ -231,3 +238,28 @@ class HttpProtocol(HttpToolsProtocol):
         hook, self._disconnect_hook = self._disconnect_hook, None
         if hook is not None:
             hook.forget_transport()
+
+
+class WsProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with the connection's `DisconnectHook`
+    in the scope (`notify.disconnect`), for its `abort`: a session whose send the
+    clock aborted (a peer that stopped reading) resets the connection. uvicorn's
+    own close after the session is graceful: it waits to flush what is buffered,
+    so a peer that stays connected without reading kept the socket (and its
+    buffers) for good, and held the server's shutdown until its graceful timeout."""
+
+    _disconnect_hook: DisconnectHook | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # The session's task is created but has not run yet.
+        scope = cast(dict[str, Any], getattr(self, "scope", None))
+        if scope is not None and self.response.status_code == 101:
+            self._disconnect_hook = hook = DisconnectHook(self.transport)
+            scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        hook, self._disconnect_hook = self._disconnect_hook, None
+        if hook is not None:
+            hook.connection_lost()

@@ -306,16 +306,19 @@ async def server_finds_it_too_slow(ctx: Ctx) -> None:
     saw_end(peer, CloseReason.TOO_SLOW)
 
 
+async def connection_dropped(ctx: Ctx) -> None:
+    """uvicorn holds no connection any more, while the client has not read on."""
+    connections = ctx.app.server.server_state.connections
+    await eventually(lambda: not connections, what="the stalled connection dropped")
+
+
 async def server_send_times_out(ctx: Ctx) -> None:
-    """The client never reads again: the clock aborts the stuck send. SSE aborts
-    the connection at once (the server keeps nothing for a peer that does not
-    read). A WebSocket's is closed by uvicorn, gracefully: its socket lasts until
-    the peer reads what is buffered (as the client here then does) or TCP gives up."""
+    """The client never reads again: the clock aborts the stuck send, and the
+    connection is dropped at once: the server keeps nothing for a peer that does
+    not read (no socket waiting to flush its buffers)."""
     peer = await stall(ctx)
     await ctx.stream_gone()
-    if ctx.transport == "sse":
-        connections = ctx.app.server.server_state.connections
-        await eventually(lambda: not connections, what="the stalled connection dropped")
+    await connection_dropped(ctx)
     await peer.read_to_end()
 
 
@@ -405,19 +408,16 @@ async def server_drains_a_stalled_client(ctx: Ctx) -> None:
     """The drain begins while the client has stopped reading (its send paused): the
     reconnect hint cannot pass. At the drain's end (`AppState.finish_drain`, what
     the exit signal waits for before the server's own shutdown) the stuck send is
-    aborted. SSE: the connection is dropped at once, and the stream ends as
-    `shutdown` (its queue's reason). WebSocket: the session ends as `client_gone`
-    (an aborted send), and uvicorn closes its socket gracefully: it lasts until the
-    peer reads what is buffered, as this client then does."""
+    aborted and the connection dropped, so the server's shutdown finds nothing to
+    wait for. SSE logs `shutdown` (its queue's reason, set by the drain first); a
+    WebSocket `client_gone` (an aborted send ends its session that way)."""
     peer = await stall(ctx)
     state = ctx.app.state
     queues = list(state.hub.queues)
     state.begin_drain()
     await ctx.queue_closed(queues, CloseReason.SHUTDOWN)
     assert await state.finish_drain()
-    if ctx.transport == "sse":
-        connections = ctx.app.server.server_state.connections
-        await eventually(lambda: not connections, what="the stalled connection dropped")
+    await connection_dropped(ctx)
     await peer.read_to_end()
 
 
