@@ -20,7 +20,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
-from service.http_protocol import HttpProtocol
+from service.http_protocol import HttpProtocol, WsProtocol
 from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
 from service.workers import serve_workers
@@ -57,7 +57,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # (service/http_protocol.py). A partial of a module-level class pickles, so
         # it reaches every worker process.
         "http": functools.partial(HttpProtocol, header_timeout_s=settings.header_timeout_s),
-        "ws": "websockets-sansio",
+        # websockets' sans-I/O protocol, able to reset a stalled connection.
+        "ws": WsProtocol,
         "ws_ping_interval": settings.ws_ping_interval_s,
         "ws_ping_timeout": settings.ws_ping_timeout_s,
         "ws_max_size": settings.ws_max_message_bytes,

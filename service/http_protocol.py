@@ -29,6 +29,11 @@ learns why); a connection that sent nothing is closed silently, like an idle
 keep-alive connection (browsers open speculative connections they may never use,
 and retry a closed idle one). Both count in `notify_header_timeouts_total`.
 
+The same hook's `abort` resets a connection whose send the clock aborted (a peer
+that stopped reading): uvicorn would otherwise close it gracefully, waiting to flush
+its buffers to a peer that never reads. `WsProtocol` gives a WebSocket session the
+same hook (uvicorn's sans-I/O WebSocket protocol, `notify serve`'s `ws`).
+
 What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
 names, `cycle`, `parser`, `transport`, `flow._is_writable_event`) is pinned by
 `tests/unit/test_http_protocol.py`: an upgrade that changes it fails there.
@@ -41,6 +46,8 @@ from collections.abc import Callable
 from typing import Any, Final, Literal, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from service import metrics
 
@@ -95,12 +102,19 @@ DISCONNECT_EXTENSION: Final = "notify.disconnect"
 
 class DisconnectHook:
     """Set `callback` to be called once when the connection is lost (at once if
-    it is lost already); set it back to None to stop listening."""
+    it is lost already); set it back to None to stop listening. `abort` resets
+    the connection (a send that stalled for good: nothing more can reach the peer).
 
-    __slots__ = ("_callback", "lost")
+    It holds the connection's transport until the connection is lost (or upgraded to
+    a WebSocket), so the transport → protocol → hook → transport cycle never
+    outlives the connection."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_callback", "_lost_waiter", "_transport", "lost")
+
+    def __init__(self, transport: asyncio.Transport | None = None) -> None:
         self._callback: Callable[[], None] | None = None
+        self._transport = transport
+        self._lost_waiter: asyncio.Future[None] | None = None
         self.lost = False
 
     @property
@@ -115,7 +129,29 @@ class DisconnectHook:
 
     def connection_lost(self) -> None:
         self.lost = True
+        self._transport = None
+        waiter, self._lost_waiter = self._lost_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
         self._fire()
+
+    def forget_transport(self) -> None:
+        """The connection is no longer this protocol's (a WebSocket upgrade)."""
+        self._transport = None
+
+    async def abort(self) -> None:
+        """Reset the connection, dropping what is still buffered for the peer, and
+        return once it is lost: uvicorn then counts the response's end as the
+        client's departure, not as an app that returned without finishing it
+        (which it logs as an error and answers with a graceful close, one that
+        waits for a peer that does not read to take the buffered bytes, forever)."""
+        transport = self._transport
+        if transport is None or self.lost:
+            return
+        self._lost_waiter = waiter = asyncio.get_running_loop().create_future()
+        # `connection_lost` follows in the next loop iteration, always.
+        transport.abort()
+        await waiter
 
     def _fire(self) -> None:
         callback, self._callback = self._callback, None
@@ -144,7 +180,7 @@ class HttpProtocol(HttpToolsProtocol):
         # One per connection, not per request: HTTP/1.1 answers in order, so only
         # the request being answered can hold the callback (a pipelined one waits
         # in uvicorn's queue until the stream before it has ended).
-        self._disconnect_hook = DisconnectHook()
+        self._disconnect_hook = DisconnectHook(transport)
         flow = getattr(self, "flow", None)
         if flow is not None:
             flow._is_writable_event = LightEvent(value=flow._is_writable_event.is_set())
@@ -199,4 +235,31 @@ class HttpProtocol(HttpToolsProtocol):
         super().handle_websocket_upgrade()
         # This protocol is done: the transport now calls the WebSocket protocol.
         self.parser = None  # type: ignore[assignment]
-        self._disconnect_hook = None
+        hook, self._disconnect_hook = self._disconnect_hook, None
+        if hook is not None:
+            hook.forget_transport()
+
+
+class WsProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, with the connection's `DisconnectHook`
+    in the scope (`notify.disconnect`), for its `abort`: a session whose send the
+    clock aborted (a peer that stopped reading) resets the connection. uvicorn's
+    own close after the session is graceful: it waits to flush what is buffered,
+    so a peer that stays connected without reading kept the socket (and its
+    buffers) for good, and held the server's shutdown until its graceful timeout."""
+
+    _disconnect_hook: DisconnectHook | None = None
+
+    def handle_connect(self, event: Request) -> None:
+        super().handle_connect(event)
+        # The session's task is created but has not run yet.
+        scope = cast(dict[str, Any], getattr(self, "scope", None))
+        if scope is not None and self.response.status_code == 101:
+            self._disconnect_hook = hook = DisconnectHook(self.transport)
+            scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        hook, self._disconnect_hook = self._disconnect_hook, None
+        if hook is not None:
+            hook.connection_lost()

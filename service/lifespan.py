@@ -88,10 +88,6 @@ def build_state(settings: Settings) -> AppState:
     )
 
 
-# After the last reconnect hint of a drain: time for the streams to close.
-DRAIN_MARGIN_S = 1.0
-
-
 @contextmanager
 def tuned_gc(settings: Settings) -> Iterator[None]:
     """Freeze the start-up heap and collect less often while serving; restore after."""
@@ -191,9 +187,6 @@ async def _start_serving(app: FastAPI, state: AppState, settings: Settings) -> C
         state.supervisor.spawn("outbox-relay", relay.run)
     # Also on the app object, for operators' tooling and in-process tests.
     app.state.notify = state
-    # Every stream has had its reconnect hint by the end of the jitter window.
-    drain_wait_s = min(
-        settings.shutdown_grace_s,
-        settings.shutdown_grace_s * settings.shutdown_jitter_fraction + DRAIN_MARGIN_S,
-    )
-    return chain_exit_signals(state.begin_drain, lambda: state.wait_streams_closed(drain_wait_s))
+    # Every stream has had its reconnect hint by the end of the jitter window; the
+    # sends still stuck then are aborted (`AppState.finish_drain`).
+    return chain_exit_signals(state.begin_drain, state.finish_drain)

@@ -25,6 +25,12 @@ from service.services.tokens import TokenVerifier
 
 log = structlog.get_logger("service.lifespan")
 
+# After the last reconnect hint of a drain: time for the streams to close.
+DRAIN_MARGIN_S = 1.0
+# After the sends still stuck at the drain's end were aborted: time for their
+# streams to end.
+ABORTED_MARGIN_S = 1.0
+
 
 @dataclass
 class AppState:
@@ -64,6 +70,26 @@ class AppState:
 
     async def wait_streams_closed(self, timeout_s: float) -> bool:
         return await self.hub.wait_idle(timeout_s)
+
+    @property
+    def drain_wait_s(self) -> float:
+        """From the drain's start until every stream has had its hint and time to
+        close, within the grace window."""
+        grace = self.settings.shutdown_grace_s
+        return min(grace, grace * self.settings.shutdown_jitter_fraction + DRAIN_MARGIN_S)
+
+    async def finish_drain(self) -> bool:
+        """What the exit signal waits for before the server's own shutdown: the
+        drained streams closed (`drain_wait_s`). A stream still open then is one
+        whose writer is stuck sending to a peer that does not read: it will never
+        take its hint, and the server would wait for it until its graceful timeout
+        and then cancel it (logged as an error). Its send is aborted now, as the
+        send timeout would later. True once every stream closed."""
+        if await self.wait_streams_closed(self.drain_wait_s):
+            return True
+        aborted = self.clock.abort_sends()
+        log.info("drain_aborted_stalled_sends", sends=aborted)
+        return await self.wait_streams_closed(ABORTED_MARGIN_S)
 
 
 class LifespanState(TypedDict):

@@ -183,6 +183,20 @@ class Clock:
         slot = self._expiries[owner] = _Expiry(owner, int(expires_at), now + max(0.0, remaining))
         self._push(now + warn_in, slot)
 
+    def abort_sends(self) -> int:
+        """Abort every writer stuck in a send now, whatever its timeout; how many.
+        The end of the shutdown drain: a peer that has not taken its reconnect
+        hint by then is not reading, and the process must not wait for it."""
+        stuck = [
+            slot.owner
+            for slot in self._watches.values()
+            if slot.owner is not None and slot.owner.send_started
+        ]
+        for watch in stuck:
+            self._empty_watch(watch)
+            _call(watch.abort)
+        return len(stuck)
+
     def discard(self, owner: object) -> None:
         """Forget everything registered for `owner`, at once."""
         self._empty_watch(owner)

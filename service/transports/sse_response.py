@@ -99,11 +99,16 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
         except asyncio.CancelledError:
             if not self.aborted:
                 raise
-            # Our own abort of a stalled writer: end quietly; uvicorn closes the socket.
+            # Our own abort of a stalled writer: end quietly. Under our protocol the
+            # connection is reset, so uvicorn sees the client gone (not a response
+            # left unfinished, an error) and keeps no socket for a peer that does
+            # not read; under other servers the server closes it.
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
             self._on_disconnect()
+            if isinstance(hook, DisconnectHook):
+                await hook.abort()
         finally:
             self._clock.discard(self)
             self.release()

@@ -47,6 +47,7 @@ from service.fanout.ws_connection import (
     UNAVAILABLE,
     WsConnection,
 )
+from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
 from service.schemas.ws import (
     CLIENT_MESSAGE,
     CLIENT_TYPES,
@@ -145,6 +146,8 @@ class WsSession:
         self._principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Our uvicorn protocol's hook: resets the connection after an aborted send.
+        hook = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
         del scope  # not needed past the handshake
         state, principal = self._state, self._principal
         socket = WsSocket(receive, send)
@@ -154,7 +157,9 @@ class WsSession:
             if outcome is None:
                 return
             principal, reply_to = outcome
-        await serve(socket, state, principal, reply_to)
+        await serve(
+            socket, state, principal, reply_to, hook if isinstance(hook, DisconnectHook) else None
+        )
 
 
 async def close_with(websocket: WsSocket, state: AppState, ending: Ending) -> None:
@@ -208,7 +213,11 @@ async def first_message_auth(
 
 
 async def serve(
-    websocket: WsSocket, state: AppState, principal: Principal, reply_to: str | None
+    websocket: WsSocket,
+    state: AppState,
+    principal: Principal,
+    reply_to: str | None,
+    hook: DisconnectHook | None = None,
 ) -> None:
     conn = WsConnection(
         settings=state.settings,
@@ -233,7 +242,7 @@ async def serve(
                 AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to)
             )
         )
-        closing = await _run(websocket, state, conn)
+        closing = await _run(websocket, state, conn, hook)
         if closing is not None:
             end_reason = closing.reason
             await close_with(websocket, state, closing)
@@ -245,9 +254,13 @@ async def serve(
         await conn.end(reason=end_reason)
 
 
-async def _run(websocket: WsSocket, state: AppState, conn: WsConnection) -> Ending | None:
+async def _run(
+    websocket: WsSocket, state: AppState, conn: WsConnection, hook: DisconnectHook | None
+) -> Ending | None:
     """Reader and writer side by side; the first to finish ends the other. Returns
-    how to close, or None when the client is gone."""
+    how to close, or None when the client is gone. A send the clock aborted resets
+    the connection (under our uvicorn protocol: `hook`): no close frame can pass,
+    and a graceful close would wait for the peer to read."""
     # A peer that stopped reading blocks the write once buffers are full; the
     # process' clock aborts a send stuck past NOTIFY_SEND_TIMEOUT_S and
     # the peer is treated as gone (no close frame could pass). No timer per send.
@@ -284,6 +297,8 @@ async def _run(websocket: WsSocket, state: AppState, conn: WsConnection) -> Endi
         watch.release()
     first = writer if writer in done else reader
     if first is writer and watch.aborted:
+        if hook is not None:
+            await hook.abort()
         return None
     try:
         return first.result()

@@ -31,7 +31,7 @@ from service.fanout.connection import SseConnection
 from service.fanout.queue import DeliveryQueue
 from service.fanout.subscription import Subscription
 from service.fanout.ws_connection import WsConnection
-from service.http_protocol import HttpProtocol
+from service.http_protocol import DisconnectHook, HttpProtocol, WsProtocol
 from service.transports.sse_response import SseStreamResponse
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
@@ -59,6 +59,8 @@ PER_CONNECTION_TYPES: tuple[type, ...] = (
     Request,
     HttpProtocol,
     WebSocketsSansIOProtocol,
+    WsProtocol,
+    DisconnectHook,
 )
 # Connections per transport and ending: 6 endings x 2 transports x 20 = 240.
 PER_GROUP = 20

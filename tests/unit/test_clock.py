@@ -150,6 +150,24 @@ def test_stalled_writer_is_aborted_once(clock: Clock, fake: FakeTime) -> None:
     assert len(clock) == 0
 
 
+def test_the_drains_end_aborts_only_the_sends_in_progress(clock: Clock, fake: FakeTime) -> None:
+    """`abort_sends`: the writers stuck in a send now, whatever their timeout; the
+    idle ones go on, and an aborted one is forgotten."""
+    stuck, idle = Stream(), Stream()
+    keep(clock, stuck)
+    clock.add(idle)
+    fake.now = 5.0
+    stuck.send_started = 4.0
+    assert clock.abort_sends() == 1
+    assert stuck.aborted
+    assert not idle.aborted
+    stuck.aborted = False
+    assert clock.abort_sends() == 0
+    clock.tick(200)
+    assert not stuck.aborted
+    assert stuck.beats == 0
+
+
 def test_a_stream_without_heartbeats_is_still_watched_for_stalls(
     clock: Clock, fake: FakeTime
 ) -> None:

@@ -21,9 +21,12 @@ from service.cli import uvicorn_options
 from service.config import Settings
 from service.http_protocol import (
     DEFAULT_HEADER_TIMEOUT_S,
+    DISCONNECT_EXTENSION,
     REQUEST_TIMEOUT_RESPONSE,
+    DisconnectHook,
     HttpProtocol,
     LightEvent,
+    WsProtocol,
 )
 from tests.support.waiting import eventually
 
@@ -192,6 +195,40 @@ async def test_a_websocket_upgrade_ends_the_deadline_and_drops_the_parser() -> N
     assert protocol.parser is None
     # The transport now belongs to uvicorn's WebSocket protocol.
     assert transport.protocol is not protocol
+
+
+async def test_a_websocket_holds_a_hook_that_can_reset_it_until_it_is_lost() -> None:
+    """`notify serve`'s `ws` protocol puts a `DisconnectHook` in the accepted
+    handshake's scope (`abort` resets a stalled connection); losing the connection
+    empties it, so no transport is kept past it (no cycle either)."""
+
+    async def ws_app(scope: Any, receive: Any, send: Any) -> None:
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    ws_class = uvicorn_options(Settings())["ws"]
+    assert ws_class is WsProtocol
+    config = Config(ws_app, http=functools.partial(HttpProtocol, header_timeout_s=1.0), ws=ws_class)  # type: ignore[arg-type]
+    config.load()
+    state = ServerState()
+    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+    ws = transport.protocol
+    assert isinstance(ws, WsProtocol)
+    hook = ws.scope["extensions"][DISCONNECT_EXTENSION]
+    assert isinstance(hook, DisconnectHook)
+    assert hook._transport is transport
+    ws.connection_lost(None)
+    assert hook.lost
+    assert hook._transport is None
+    await eventually(lambda: not state.tasks, timeout_s=5, what="the session to end")
 
 
 def test_notify_serve_passes_the_setting_in_a_picklable_protocol_factory() -> None:
