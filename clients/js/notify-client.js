@@ -30,11 +30,14 @@
 // changes, resume points and closings to the other tabs over a BroadcastChannel, in
 // order; every tab drops ids it already delivered, so each event reaches each tab
 // once. A new leader first asks the others for the last id they saw and resumes
-// from the latest, so a hand-over neither loses nor repeats. WebSocket commands from
-// a follower go through the leader; the answer comes back to the asking tab. The
-// lock and channel names hold a hash of the token's `sub` claim (decoded here, not
-// verified: only to tell patients apart) or of the `shareKey` option, never the id
-// itself. Without Web Locks or BroadcastChannel (or without a readable `sub` and no
+// from the latest, so a hand-over neither loses nor repeats. A leader that closes for
+// good (revoked) tells the other tabs, and also leaves that news in the lock manager
+// (`_handOverClosed`): a waiting tab may be granted the lock before the message
+// arrives (the two travel separately), and must close, not take over. WebSocket
+// commands from a follower go through the leader; the answer comes back to the asking
+// tab. The lock and channel names hold a hash of the token's `sub` claim (decoded
+// here, not verified: only to tell patients apart) or of the `shareKey` option, never
+// the id itself. Without Web Locks or BroadcastChannel (or without a readable `sub` and no
 // `shareKey`) every tab connects on its own.
 //
 // Under Node (20+) pass `EventSource` (e.g. the `eventsource` package) and, for the
@@ -102,6 +105,7 @@ export class NotifyClient {
     this._nextId = 1;
     this._stopped = false;
     this._channel = null; // BroadcastChannel to the other tabs
+    this._lockName = null; // the Web Lock of the tabs sharing with this one
     this._lockAbort = null; // withdraws a queued lock request
     this._releaseLock = null; // ends the held lock
     this._remote = new Map(); // a follower's commands sent to the leader: id -> { resolve, reject }
@@ -168,11 +172,21 @@ export class NotifyClient {
 
   _stop(reason) {
     if (this._stopped) return;
+    const final = this.role === "leader" && reason !== "client" && this._releaseLock !== null;
     if (this.role === "leader" && reason !== "client") this._tell({ kind: "closed", reason });
     this._stopped = true;
     clearTimeout(this._timer);
     this._lockAbort?.abort();
-    this._releaseLock?.();
+    if (final) {
+      const release = this._releaseLock;
+      this._handOverClosed(reason, release).catch((error) => {
+        release();
+        this._report(error);
+      });
+    } else {
+      this._releaseLock?.();
+    }
+    this._releaseLock = null;
     this._channel?.close();
     this._channel = null;
     for (const { reject } of this._remote.values()) reject(new Error("closed"));
@@ -346,24 +360,27 @@ export class NotifyClient {
 
   _joinTabs(key) {
     const name = `appointment-notify:${key}`;
+    this._lockName = name;
     const channel = new BroadcastChannel(name);
     this._channel = channel;
     channel.onmessage = (e) => this._onTab(e.data);
     const abort = new AbortController();
     this._lockAbort = abort;
-    const lead = () =>
+    const lead = (check) =>
       new Promise((release) => {
         this._releaseLock = release;
-        this._takeOver().catch((error) => this._report(error));
+        this._takeOver(check).catch((error) => this._report(error));
       });
     // First without waiting: a tab that finds no leader leads at once (no follower
     // state first); otherwise it follows and queues for the lock.
     const follow = () =>
-      navigator.locks.request(name, { signal: abort.signal }, () => (this._stopped ? null : lead()));
+      navigator.locks.request(name, { signal: abort.signal }, () =>
+        this._stopped ? null : lead(true),
+      );
     navigator.locks
       .request(name, { ifAvailable: true }, (lock) => {
         if (this._stopped) return null;
-        if (lock) return lead();
+        if (lock) return lead(false);
         this._spareToken = null;
         this._setRole("follower");
         this._tell({ kind: "hello", from: this.tabId });
@@ -373,7 +390,76 @@ export class NotifyClient {
       .catch((error) => this._report(error));
   }
 
-  async _takeOver() {
+  /**
+   * A leader closing for good passes the lock on with the reason. Its `closed` message
+   * and the lock's grant to a waiting tab go separate ways (in Chromium, separate
+   * pipes to the browser process): the waiting tab may hold the lock before it sees
+   * the message. So the news also goes through the lock manager, whose requests,
+   * grants and queries are ordered: a marker lock named with the reason, held while
+   * this tab queues for the tab lock once more in "shared" mode (every other request
+   * is exclusive) behind the tabs waiting now. A tab granted the lock while that
+   * shared request waits was queued before the close: it closes too (`_closedBefore`).
+   * The shared request is granted once they all had their turn (or withdrew on the
+   * message); tabs that came later take over as after any hand-over.
+   */
+  async _handOverClosed(reason, release) {
+    const name = this._lockName;
+    const marker = `${name}:closed:${this.tabId}:${reason}`;
+    let done;
+    const held = new Promise((resolve) => {
+      done = resolve;
+    });
+    let granted;
+    const markerHeld = new Promise((resolve) => {
+      granted = resolve;
+    });
+    const markerRequest = navigator.locks.request(marker, () => {
+      granted();
+      return held;
+    });
+    try {
+      // (The request itself settles only on a failure before the grant.)
+      await Promise.race([markerHeld, markerRequest]);
+      const last = navigator.locks.request(name, { mode: "shared" }, () => done());
+      // Requests and queries share one ordered path: once the query answers, the shared
+      // request is queued behind the waiting tabs, and the lock can go.
+      await navigator.locks.query();
+      release();
+      await last;
+    } finally {
+      done();
+    }
+  }
+
+  /** The reason of a leader's close that this tab, just granted the lock, missed. */
+  async _closedBefore() {
+    const name = this._lockName;
+    let state;
+    try {
+      state = await navigator.locks.query();
+    } catch (error) {
+      this._report(error);
+      return null; // no news: take over, as after any hand-over
+    }
+    const { held = [], pending = [] } = state;
+    if (!pending.some((lock) => lock.name === name && lock.mode === "shared")) return null;
+    const prefix = `${name}:closed:`;
+    const marker = held.find((lock) => lock.name?.startsWith(prefix));
+    if (!marker) return null;
+    const rest = marker.name.slice(prefix.length);
+    return rest.slice(rest.indexOf(":") + 1);
+  }
+
+  async _takeOver(check) {
+    if (check) {
+      // The leader before may have closed for good, its message still on the way.
+      const reason = await this._closedBefore();
+      if (this._stopped) return;
+      if (reason !== null) {
+        this._stop(reason);
+        return;
+      }
+    }
     const followed = this.role === "follower";
     this._setRole("leader");
     // Commands the old leader never answered are lost with it: followers reject them.
@@ -667,7 +753,12 @@ export function compareIds(a, b) {
 }
 
 function sharingSupported() {
-  return typeof globalThis.navigator?.locks?.request === "function" && typeof BroadcastChannel === "function";
+  const locks = globalThis.navigator?.locks;
+  return (
+    typeof locks?.request === "function" &&
+    typeof locks.query === "function" &&
+    typeof BroadcastChannel === "function"
+  );
 }
 
 /** The `sub` claim of a JWT, decoded but not verified (the server verifies). */
