@@ -357,3 +357,55 @@ def test_revocation_closes_every_tab_for_good(
         wait_streams(leader, stack, 0)
         assert [len(t.net.streams()) for t in tabs] == [1 if t is leader else 0 for t in tabs]
         assert all(role(t) != "leader" or t is leader for t in tabs)
+
+
+# Drops the leader's `closed` message in a follower (kept in window.dropped): as if it
+# arrived after the lock's grant, which travels a separate way.
+DROP_CLOSED = """
+() => {
+  const client = window.client;
+  const onTab = client._onTab.bind(client);
+  window.dropped = [];
+  client._onTab = (m) => (m?.kind === "closed" ? window.dropped.push(m) : onTab(m));
+}
+"""
+
+# This origin's Web Locks, held and waiting, in every tab and client.
+LOCKS = """
+async () => {
+  const { held, pending } = await navigator.locks.query();
+  return [...held, ...pending].map((lock) => `${lock.mode} ${lock.name}`);
+}
+"""
+
+
+def test_revocation_closes_a_tab_granted_the_lock_before_the_message(
+    browser: Browser, tabs_stack: Stack, allowed_site: StaticSite
+) -> None:
+    """The revoked leader's `closed` message and the hand-over of its Web Lock go
+    separate ways: a waiting tab can hold the lock before the message arrives. Here
+    the followers never handle the message, so only the lock manager can tell them:
+    each is granted the lock in turn and closes with the leader's reason, none takes
+    over, and no lock is left behind for the patient's next login."""
+    stack = tabs_stack
+    patient = new_patient()
+    with browser_context(browser) as context:
+        tabs = open_tabs(context, stack, allowed_site, mint(patient), 3)
+        leader = settled(tabs)
+        followers = [t for t in tabs if t is not leader]
+        for tab in followers:
+            tab.js(DROP_CLOSED)
+        stack.revoke_subject(patient)
+        for tab in tabs:
+            tab.wait("() => window.seen.closed.length === 1")
+            assert seen(tab)["closed"] == ["revoked"]
+            assert tab.js("() => window.client.state") == "closed"
+        for tab in followers:
+            # The message did come (and was dropped): the close came from the lock.
+            tab.wait("() => window.dropped.length === 1")
+            assert tab.js("() => window.dropped") == [{"kind": "closed", "reason": "revoked"}]
+            assert seen(tab)["roles"] == ["follower"]
+            assert seen(tab)["errors"] == []
+        leader.until(lambda: leader.js(LOCKS) == [], "no lock held or waiting")
+        wait_streams(leader, stack, 0)
+        assert [len(t.net.streams()) for t in tabs] == [1 if t is leader else 0 for t in tabs]
