@@ -6,6 +6,7 @@ it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import time
@@ -24,6 +25,7 @@ from service.fanout.closing import CloseReason
 from service.fanout.connection import SseConnection
 from service.fanout.hub import Hub
 from service.fanout.listener import HubListener
+from service.fanout.subscription import Replay, reason_for
 from service.services.channels import StreamScope
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
@@ -90,6 +92,22 @@ async def parts() -> AsyncIterator[Parts]:
     await broker.stop()
 
 
+@contextlib.asynccontextmanager
+async def subscribed(
+    connection: SseConnection, *, resume_from: str | None
+) -> AsyncIterator[Replay]:
+    """How the SSE transport takes a connection's subscription
+    (`service/transports/sse_stream.py:SseStream`): `open`, then `end` with the
+    reason the queue or the exception gives."""
+    replay = await connection.open(resume_from=resume_from)
+    try:
+        yield replay
+    except BaseException as exc:
+        await connection.end(reason=reason_for(exc, connection.queue))
+        raise
+    await connection.end(reason=reason_for(None, connection.queue))
+
+
 def pairs(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, object]]:
     return [
         (line["event"], line.get("close_reason"))
@@ -102,7 +120,7 @@ async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts
     connection = parts.connection(queue_max=1)
     assert connection.admit() is None
     with capture_logs() as logs:
-        async with connection.subscribed(resume_from=None) as replay:
+        async with subscribed(connection, resume_from=None) as replay:
             # A fresh stream resumes from the history head (empty here).
             assert (replay.fresh, replay.resume_point) == (True, EMPTY_HISTORY_ID)
             assert parts.hub.channel_names == ["u:patient:{pt_1}"]
@@ -129,7 +147,7 @@ async def test_an_exception_names_the_ending(
     connection = parts.connection()
     assert connection.admit() is None
     with capture_logs() as logs, pytest.raises(type(raised)):
-        async with connection.subscribed(resume_from=None):
+        async with subscribed(connection, resume_from=None):
             raise raised
     assert parts.hub.queues == frozenset()
     assert parts.limiter.total == 0
@@ -141,7 +159,7 @@ async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
     missed = [await parts.publish() for _ in range(3)]
     connection = parts.connection()
     assert connection.admit() is None
-    async with connection.subscribed(resume_from=first) as replay:
+    async with subscribed(connection, resume_from=first) as replay:
         assert not replay.fresh
         assert not replay.start.gap
         # A live copy of the last replayed event arrives during the replay.
@@ -173,7 +191,7 @@ async def test_expiry_warns_then_closes_the_stream(parts: Parts) -> None:
     connection = parts.connection(expires_at=expires_at)
     assert connection.admit() is None
     with capture_logs() as logs:
-        async with connection.subscribed(resume_from=None):
+        async with subscribed(connection, resume_from=None):
             queue = connection.queue
             queued = []
             while queue.close_reason is None:
@@ -195,7 +213,7 @@ async def test_a_stream_ended_before_its_expiry_is_freed_at_once(parts: Parts) -
     assert connection.admit() is None
     gc.disable()
     try:
-        async with connection.subscribed(resume_from=None):
+        async with subscribed(connection, resume_from=None):
             assert len(parts.clock) == 1
         ref = weakref.ref(connection)
         del connection
@@ -207,5 +225,5 @@ async def test_a_stream_ended_before_its_expiry_is_freed_at_once(parts: Parts) -
 async def test_a_stream_without_expiry_gets_no_clock_entry(parts: Parts) -> None:
     connection = parts.connection(expires_at=0.0)
     assert connection.admit() is None
-    async with connection.subscribed(resume_from=None):
+    async with subscribed(connection, resume_from=None):
         assert len(parts.clock) == 0
