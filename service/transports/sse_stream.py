@@ -177,6 +177,7 @@ class SseStream:
         """The live part through ASGI, for servers without a hand-over: one writer
         drains the queue per wake-up."""
         queue = self._connection.queue
+        failed: BaseException | None = None
         try:
             while True:
                 await queue.wait()
@@ -193,10 +194,13 @@ class SseStream:
                     if reason is not CloseReason.CLIENT_GONE:
                         yield closing_frame(self._retry_ms, reason)
                     return
+        except BaseException as exc:
+            failed = exc
+            raise
         finally:
-            # Whatever ended it (the queue, the response closing the body, a
-            # cancellation): `reason_for` reads the queue's reason.
-            await self.end(reason_for(None, queue))
+            # Whatever ended it: an exception names it (`internal_error`), else
+            # the queue's reason (closing the body, a cancellation: `client_gone`).
+            await self.end(reason_for(failed, queue))
 
     # --- after the hand-over: the connection's protocol ---------------------------
 
