@@ -129,3 +129,31 @@ async def test_a_stream_after_another_request_on_the_same_connection_still_ends(
         await eventually(lambda: len(app.state.hub.queues) == 1, what="stream attached")
         writer.close()
         await eventually(lambda: not app.state.hub.queues, what="stream ended")
+
+
+async def test_an_http_1_0_stream_keeps_the_framing_its_headers_announced(
+    settings: Settings, tokens: Tokens
+) -> None:
+    # uvicorn announces `Transfer-Encoding: chunked` and `Connection: close` to an
+    # HTTP/1.0 client too: the handed-over stream frames its writes as the headers
+    # said (`Taken.chunked`), ends with the last chunk, and closes the connection.
+    async with run_app(settings) as app:
+        port = int(app.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = tokens.patient("pt_http10")
+        writer.write(f"GET {ME} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).lower()
+        assert b"transfer-encoding: chunked" in head
+        assert b"connection: close" in head
+        await asyncio.wait_for(reader.readuntil(b"retry:"), 10)
+        await eventually(lambda: request_tasks() == 0, what="request task returned")
+        sent = await publish_one(app, "pt_http10")
+        await asyncio.wait_for(reader.readuntil(f"id: {sent}\n".encode()), 10)
+        # The server ends it (drain): the reconnect hint, the last chunk, the close.
+        app.state.begin_drain()
+        rest = await asyncio.wait_for(reader.read(), 10)
+        assert b"event: reconnect" in rest
+        assert rest.endswith(b"\r\n0\r\n\r\n")
+        writer.close()
+        await eventually(lambda: not app.state.hub.queues, what="stream ended")
