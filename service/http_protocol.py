@@ -34,16 +34,30 @@ that stopped reading): uvicorn would otherwise close it gracefully, waiting to f
 its buffers to a peer that never reads. `WsProtocol` gives a WebSocket session the
 same hook (uvicorn's sans-I/O WebSocket protocol, `notify serve`'s `ws`).
 
+An admitted SSE stream whose headers are out takes the connection over
+(`HandOver`, the scope's `notify.hand_over` extension; `HttpProtocol.hand_over`):
+the transport's protocol becomes the stream (`transport.set_protocol`, as uvicorn
+itself does for a WebSocket upgrade), which gets `connection_lost`,
+`pause_writing`/`resume_writing` and `data_received` from then on. uvicorn's
+request cycle is marked complete without a byte more (its task returns, nothing is
+closed) and the connection serves no other request: its keep-alive ends, and a
+pipelined request is dropped. The stream takes this protocol's place in the
+server's connection set, so that a graceful shutdown calls its `shutdown()` and
+waits for it like for any connection. This protocol, its parser, the cycle and
+the scope are freed once the request's task returns.
+
 What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
-names, `cycle`, `parser`, `transport`, `flow._is_writable_event`) is pinned by
-`tests/unit/test_http_protocol.py`: an upgrade that changes it fails there.
+names, `cycle` and its `response_started`/`response_complete`/`keep_alive`/
+`chunked_encoding`/`disconnected`, `parser`, `pipeline`, `connections`,
+`transport`, `flow`) is pinned by `tests/unit/test_http_protocol.py`: an upgrade
+that changes it fails there.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, Protocol, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -159,11 +173,76 @@ class DisconnectHook:
             callback()
 
 
+HAND_OVER_EXTENSION: Final = "notify.hand_over"
+
+
+class SocketOwner(Protocol):
+    """What takes a connection over (`service/transports/sse_stream.py:SseStream`):
+    an asyncio protocol from then on, and a connection uvicorn's shutdown asks to end."""
+
+    def connection_lost(self, exc: Exception | None) -> None: ...
+
+    def data_received(self, data: bytes) -> None: ...
+
+    def eof_received(self) -> bool | None: ...
+
+    def pause_writing(self) -> None: ...
+
+    def resume_writing(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class Taken:
+    """What a new owner gets: the transport, whether the response's body is chunked
+    (`Transfer-Encoding: chunked`, HTTP/1.1), whether writes are paused right now,
+    and the server's connection set (the owner leaves it when it ends)."""
+
+    __slots__ = ("chunked", "connections", "transport", "write_paused")
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        *,
+        chunked: bool,
+        write_paused: bool,
+        connections: set[Any],
+    ) -> None:
+        self.transport = transport
+        self.chunked = chunked
+        self.write_paused = write_paused
+        self.connections = connections
+
+
+class HandOver:
+    """The connection's hand-over, offered to the request being answered. Holds
+    the protocol until the connection is lost or handed over (a cycle broken by
+    `HttpProtocol`, never left to the collector)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: HttpProtocol) -> None:
+        self._protocol: HttpProtocol | None = protocol
+
+    def take(self, owner: SocketOwner) -> Taken | None:
+        """Give `owner` the connection once the response's headers (and any body
+        so far) are written; None when it cannot be had (lost, closing, or the
+        response not started), and the caller goes on through ASGI."""
+        protocol, self._protocol = self._protocol, None
+        if protocol is None:
+            return None
+        return protocol.hand_over(owner)
+
+    def forget(self) -> None:
+        self._protocol = None
+
+
 class HttpProtocol(HttpToolsProtocol):
     """uvicorn builds one per connection; `notify serve` passes `header_timeout_s`
     through `functools.partial` (picklable, so it reaches every worker)."""
 
     _disconnect_hook: DisconnectHook | None = None
+    _hand_over: HandOver | None = None
     _header_timer: asyncio.TimerHandle | None = None
     # A request's first byte arrived and its headers are not complete yet.
     _in_headers = False
@@ -181,6 +260,7 @@ class HttpProtocol(HttpToolsProtocol):
         # the request being answered can hold the callback (a pipelined one waits
         # in uvicorn's queue until the stream before it has ended).
         self._disconnect_hook = DisconnectHook(transport)
+        self._hand_over = HandOver(self)
         flow = getattr(self, "flow", None)
         if flow is not None:
             flow._is_writable_event = LightEvent(value=flow._is_writable_event.is_set())
@@ -220,16 +300,67 @@ class HttpProtocol(HttpToolsProtocol):
         if cycle is not None and isinstance(cycle.message_event, asyncio.Event):
             cycle.message_event = LightEvent(value=cycle.message_event.is_set())  # type: ignore[assignment]
             hook = self._disconnect_hook
+            scope = cast(dict[str, Any], cycle.scope)
+            extensions = scope.setdefault("extensions", {})
             if hook is not None:
-                scope = cast(dict[str, Any], cycle.scope)
-                scope.setdefault("extensions", {})[DISCONNECT_EXTENSION] = hook
+                extensions[DISCONNECT_EXTENSION] = hook
+            if self._hand_over is not None:
+                extensions[HAND_OVER_EXTENSION] = self._hand_over
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
         super().connection_lost(exc)
+        self._forget_hand_over()
         hook, self._disconnect_hook = self._disconnect_hook, None
         if hook is not None:
             hook.connection_lost()
+
+    def _forget_hand_over(self) -> None:
+        hand_over, self._hand_over = self._hand_over, None
+        if hand_over is not None:
+            hand_over.forget()
+
+    def hand_over(self, owner: SocketOwner) -> Taken | None:
+        """`HandOver.take`: the transport becomes `owner`'s, uvicorn's cycle ends
+        without writing or closing anything, and this protocol lets go of it."""
+        cycle, transport = self.cycle, self.transport
+        if (
+            cycle is None
+            or transport is None
+            or transport.is_closing()
+            or cycle.disconnected
+            or not cycle.response_started
+            or cycle.response_complete
+        ):
+            return None
+        # `run_asgi` then sees a complete response: no "returned without completing"
+        # close, no 500; `on_response` is not called, so no keep-alive timer and no
+        # pipelined request starts. The connection never serves another request.
+        cycle.response_complete = True
+        cycle.keep_alive = False
+        cycle.on_response = _nothing
+        self.pipeline.clear()
+        self._unset_keepalive_if_required()
+        self._cancel_header_timer()
+        taken = Taken(
+            transport,
+            chunked=bool(cycle.chunked_encoding),
+            write_paused=self.flow.write_paused,
+            connections=self.connections,
+        )
+        if self.flow.read_paused:
+            # The owner reads (and drops) whatever comes, so that a close is noticed.
+            self.flow.resume_reading()
+        self.connections.discard(self)
+        cast(set[Any], self.connections).add(owner)
+        self.parser = None  # type: ignore[assignment]
+        self.cycle = None  # type: ignore[assignment]
+        hook, self._disconnect_hook = self._disconnect_hook, None
+        if hook is not None:
+            hook.forget_transport()
+        self._forget_hand_over()
+        transport.set_protocol(owner)  # type: ignore[arg-type]
+        return taken
 
     def handle_websocket_upgrade(self) -> None:
         super().handle_websocket_upgrade()
@@ -238,6 +369,7 @@ class HttpProtocol(HttpToolsProtocol):
         hook, self._disconnect_hook = self._disconnect_hook, None
         if hook is not None:
             hook.forget_transport()
+        self._forget_hand_over()
 
 
 class WsProtocol(WebSocketsSansIOProtocol):
@@ -263,3 +395,7 @@ class WsProtocol(WebSocketsSansIOProtocol):
         hook, self._disconnect_hook = self._disconnect_hook, None
         if hook is not None:
             hook.connection_lost()
+
+
+def _nothing() -> None:
+    pass

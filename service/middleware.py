@@ -8,6 +8,8 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import structlog
 from starlette.datastructures import MutableHeaders
@@ -25,6 +27,9 @@ _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # needs. An SSE body (`service/transports/sse_response.py`) and a WebSocket session
 # after its handshake (`service/transports/ws.py:WsSession`) both ask: `defer_stream`.
 DEFERRED_STREAM = "notify.deferred_stream"
+# An SSE stream that took its socket over (`service/transports/sse_stream.py`) puts
+# itself here: the request's access line is written when the stream ends.
+HANDED_OVER = "notify.handed_over"
 # Probes and scrapes would drown the access log.
 QUIET_PATHS = frozenset({"/health/live", "/health/ready", "/metrics"})
 
@@ -48,6 +53,44 @@ def defer_stream(scope: Scope, stream: ASGIApp) -> bool:
         return False
     deferred.append(stream)
     return True
+
+
+class EndsLater(Protocol):
+    """A stream that outlives its request's ASGI call."""
+
+    def at_end(self, done: Callable[[], None]) -> None: ...
+
+
+def handed_over(scope: Scope, stream: EndsLater) -> None:
+    """`stream` owns the connection now: the access line waits for its end."""
+    scope[HANDED_OVER] = stream
+
+
+class AccessLine:
+    """One request's access line: the path without its query string (which may
+    hold a stream ticket), the route template when routing matched."""
+
+    __slots__ = ("method", "path", "request_id", "route", "started", "status")
+
+    def __init__(self, scope: Scope, *, request_id: str, started: float, status: int) -> None:
+        self.method: str = scope.get("method", "WS")
+        self.path: str = scope["path"]
+        self.route: Any = getattr(scope.get("route"), "path", None)
+        self.request_id = request_id
+        self.started = started
+        self.status = status
+
+    def log(self) -> None:
+        if self.path in QUIET_PATHS:
+            return
+        log.info(
+            "request",
+            method=self.method,
+            path=self.path,
+            route=self.route,
+            status=self.status,
+            duration_ms=round((time.perf_counter() - self.started) * 1000, 1),
+        )
 
 
 def _release_closed_exit_stacks(scope: Scope) -> None:
@@ -102,17 +145,13 @@ class RequestContextMiddleware:
             status = 500
             raise
         finally:
-            path = scope["path"]
-            if path not in QUIET_PATHS:
-                route = scope.get("route")
-                log.info(
-                    "request",
-                    method=scope.get("method", "WS"),
-                    path=path,
-                    route=getattr(route, "path", None),
-                    status=status,
-                    duration_ms=round((time.perf_counter() - started) * 1000, 1),
-                )
+            line = AccessLine(scope, request_id=request_id, started=started, status=status)
+            owner: EndsLater | None = scope.pop(HANDED_OVER, None)
+            if owner is not None:
+                # Written at the stream's end, with the same fields.
+                owner.at_end(line.log)
+            else:
+                line.log()
             structlog.contextvars.clear_contextvars()
 
 

@@ -5,9 +5,8 @@ reason that wins when several apply, and of the audit line. Its subscriptions
 (`service/fanout/subscription.py`) are the unit of hub membership.
 
 - `Connection`: what both transports share (admit/release, expiry, `closing`).
-- `SseConnection`: an SSE stream, a connection with exactly one subscription,
-  taken for an `async with` block; its subscription's queue is the one its
-  credentials close.
+- `SseConnection`: an SSE stream, a connection with exactly one subscription
+  (`open`, `end`); its subscription's queue is the one its credentials close.
 - `WsConnection` (`service/fanout/ws_connection.py`): a WebSocket, holding up to
   `ws_max_subscriptions`.
 """
@@ -115,12 +114,11 @@ class Connection:
 
 
 class SseConnection(Connection):
-    """An SSE stream: a connection with exactly one subscription. The subscription
-    is taken with `async with connection.subscribed(resume_from=…) as replay:`:
-    attached (and `stream_opened`) on entry, which gives the replay to send;
-    detached, released and `stream_closed` on exit, whatever ended it (the reason
-    comes from the queue or the exception). The connection is its own context
-    manager: no generator kept alive per stream."""
+    """An SSE stream: a connection with exactly one subscription, attached (and
+    `stream_opened`) by `open`, which gives the replay to send; detached, released
+    and `stream_closed` by `end`, whatever ended it (`reason_for`: the queue's
+    reason or the exception). `end` runs once, from the transport
+    (`service/transports/sse_stream.py`)."""
 
     def __init__(
         self,
@@ -147,25 +145,17 @@ class SseConnection(Connection):
             route=route,
         )
         self.queue = self.subscription.queue
-        self._resume_from: str | None = None
 
-    def subscribed(self, *, resume_from: str | None) -> SseConnection:
-        self._resume_from = resume_from
-        return self
-
-    async def __aenter__(self) -> Replay:
+    async def open(self, *, resume_from: str | None) -> Replay:
+        """Attach the subscription (`stream_opened`) and start its replay; ended
+        (detached, released, `stream_closed`) when that fails."""
         try:
             return await self.subscription.start(
-                resume_from=self._resume_from, attached=self.schedule_expiry
+                resume_from=resume_from, attached=self.schedule_expiry
             )
         except BaseException as exc:
             await self.end(reason=reason_for(exc, self.queue))
             raise
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, _tb: object
-    ) -> None:
-        await self.end(reason=reason_for(exc, self.queue))
 
     def warn_expiring(self, expires_at: int) -> None:
         notice = Delivery(kind="token_expiring", payload=json.dumps({"expires_at": expires_at}))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from typing import Protocol
 
 from notify_publisher.events import EventStored
 
@@ -79,6 +80,15 @@ class Delivery:
         return cls(kind="gap", payload=json.dumps({"oldest_id": oldest_id}))
 
 
+class Wakeup(Protocol):
+    """What a queue wakes: a `Waker` (a writer task sleeps on it), or a stream that
+    writes at once (`service/transports/sse_stream.py:SseStream`)."""
+
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 class Waker:
     """The smallest "something happened" signal: a future exists only while the
     writer sleeps. An idle stream holds no deque, unlike `asyncio.Event` (that
@@ -135,13 +145,13 @@ class DeliveryQueue:
         transport: str,
         principal: Principal | None = None,
         appointment_id: str | None = None,
-        wakeup: asyncio.Event | Waker | None = None,
+        wakeup: Waker | None = None,
     ) -> None:
         self._items: list[Delivery] = []
         self._maxlen = maxlen
         # The queues of one connection (a WebSocket holding several
         # subscriptions) share one waker, so that its one writer waits on all.
-        self._wakeup = wakeup if wakeup is not None else Waker()
+        self._wakeup: Wakeup = wakeup if wakeup is not None else Waker()
         self.transport = transport
         self.principal = principal
         self.appointment_id = appointment_id
@@ -186,10 +196,22 @@ class DeliveryQueue:
         self.heartbeat_due = True
         self._wakeup.set()
 
+    def hand_to(self, wakeup: Wakeup | None) -> None:
+        """From now on wake `wakeup` (a stream that writes at once), and wake it now
+        if anything is pending; None: a plain `Waker` again (drops the stream)."""
+        if wakeup is None:
+            self._wakeup = Waker()
+            return
+        self._wakeup = wakeup
+        if self._items or self.heartbeat_due or self.close_reason is not None:
+            wakeup.set()
+
     async def wait(self) -> None:
         """Sleep until something is queued, a heartbeat is due, or it is closed."""
-        await self._wakeup.wait()
-        self._wakeup.clear()
+        wakeup = self._wakeup
+        assert isinstance(wakeup, Waker), "a handed-over queue has no writer to wait"
+        await wakeup.wait()
+        wakeup.clear()
 
     def drain(self) -> list[Delivery]:
         """Everything queued, oldest first, minus what a replay already sent."""

@@ -10,29 +10,24 @@ stream carrying a jittered `retry:` and `event: reconnect`, then the end. Only
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import Header, Query, Request
 from starlette.responses import Response
 
-from service import metrics
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
-from service.fanout.closing import ENDINGS, CloseReason
 from service.fanout.connection import SseConnection, jittered_retry_ms
-from service.fanout.queue import Delivery
 from service.services.channels import resolve_stream_scope
-from service.services.errors import UnavailableError
 from service.services.history import valid_resume_id
 from service.services.principal import Principal
 from service.state import AppState
 from service.transports.sse_response import SseStreamResponse
-from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
+from service.transports.sse_stream import SseStream
+from service.wire.sse import json_block
 
 SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
 
 # An SSE open's parameters, defined once for both front doors: the FastAPI routes
 # (`service/routers/streams.py`, for validation and the OpenAPI document) and the
@@ -52,68 +47,6 @@ def retry_later_response(state: AppState, reason: str) -> Response:
         "reconnect", {"reason": reason}, jittered_retry_ms(state.settings.sse_retry_ms)
     )
     return Response(body, media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-def _closing_frame(state: AppState, reason: CloseReason) -> bytes:
-    """The last frame of a stream ended for `reason` (`service/fanout/closing.py`)."""
-    ending = ENDINGS[reason]
-    if ending.sse_event is None:
-        return b""
-    if ending.reconnect is not None:
-        return json_block(
-            "reconnect", {"reason": ending.public}, jittered_retry_ms(state.settings.sse_retry_ms)
-        )
-    # Expired, revoked or deleted credentials: reconnecting with them will fail.
-    return json_block("closed", {"reason": ending.public})
-
-
-async def _stream_body(
-    state: AppState, connection: SseConnection, resume_from: str | None
-) -> AsyncIterator[bytes]:
-    """An encoder over the connection's one subscription: `subscribed` owns attach,
-    replay start, detach, release and the log pair; this writes SSE frames."""
-    queue = connection.queue
-    try:
-        async with connection.subscribed(resume_from=resume_from) as replay:
-            # First bytes only once the channel is subscribed: a client that has seen
-            # `retry:` knows every event published from now on reaches it.
-            retry = retry_block(jittered_retry_ms(state.settings.sse_retry_ms))
-            if replay.fresh:
-                # An id-only block: sets the EventSource's last event id without
-                # dispatching an event, so its next reconnect resumes from here. Then
-                # `resume_point` with the same id, for page code: it cannot read an
-                # EventSource's last event id until an event is dispatched, and needs
-                # it to resume after the browser gave up (a block without `id:` keeps
-                # the id just set).
-                head = replay.resume_point
-                yield retry + id_block(head) + json_block("resume_point", {"id": head})
-            else:
-                yield retry
-            if replay.start.gap:
-                yield json_block("gap", {"oldest_id": replay.start.oldest_id})
-            async for page in connection.subscription.replayed(replay):
-                yield b"".join([event_block(Delivery.from_event(event)) for event in page])
-            # Not kept for the stream's life (its history page and iterator).
-            del replay
-            while True:
-                await queue.wait()
-                items = queue.drain()
-                if items:
-                    yield b"".join([event_block(item) for item in items])
-                    SSE_DELIVERIES.inc(len(items))
-                    queue.heartbeat_due = False
-                elif queue.heartbeat_due:
-                    queue.heartbeat_due = False
-                    yield HEARTBEAT
-                reason = queue.close_reason
-                if reason is not None:
-                    if reason is not CloseReason.CLIENT_GONE:
-                        yield _closing_frame(state, reason)
-                    return
-    except UnavailableError:
-        # History or the channel could not be read: the subscription is released
-        # already; the client retries from its last id.
-        yield _closing_frame(state, CloseReason.BROKER_UNAVAILABLE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +94,12 @@ def open_sse(sse: SseRequest, *, patient_id: str | None, appointment_id: str | N
     )
     if connection.admit() is not None:
         return retry_later_response(state, "over_capacity")
-    queue = connection.queue
     # Shutdown needs no watcher here: the drain closes every queue itself,
     # staggered, and uvicorn's graceful timeout bounds whatever is left.
-    return SseStreamResponse(
-        _stream_body(state, connection, sse.resume_from),
-        headers=SSE_HEADERS,
+    stream = SseStream(
+        connection=connection,
         clock=state.clock,
-        on_disconnect=lambda: queue.close(CloseReason.CLIENT_GONE),
-        heartbeats=queue,
+        retry_ms=state.settings.sse_retry_ms,
+        resume_from=sse.resume_from,
     )
+    return SseStreamResponse(stream, headers=SSE_HEADERS, clock=state.clock)

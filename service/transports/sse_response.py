@@ -1,12 +1,16 @@
-"""sse-starlette's response, streamed by one task instead of four.
+"""sse-starlette's response, streamed without its four tasks per connection.
 
 `EventSourceResponse` runs a task group per connection (writer, ping, shutdown
 watcher, disconnect listener). At ten thousand idle streams that machinery is most
 of a stream's memory, and every event pays its cancel-scope bookkeeping. Here the
-body iterator writes its own heartbeats, the service's drain replaces the
-shutdown watcher, and one small task listens for the client's disconnect. The
-stream itself runs from the edge middleware once routing has returned, so the
-framework's per-request frames and exit stacks are not kept alive for hours.
+process' clock does the heartbeats, the service's drain replaces the shutdown
+watcher, and the protocol's `connection_lost` the disconnect listener. The stream
+runs from the edge middleware once routing has returned, so the framework's
+per-request frames and exit stacks are not kept alive for hours: the headers and
+the stream's opening go through ASGI `send` (the middleware's request id and CORS
+headers on them), then, under `notify serve`, the stream takes its socket over
+(`service/http_protocol.py:HandOver`, `service/transports/sse_stream.py:SseStream`)
+and this response returns; under any other server it writes the live part itself.
 """
 
 from __future__ import annotations
@@ -14,45 +18,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
 
-from service.fanout.clock import Clock, Heartbeats, SendWatch
-from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
-from service.middleware import defer_stream
+from service.fanout.clock import Clock, SendWatch
+from service.fanout.closing import CloseReason
+from service.http_protocol import (
+    DISCONNECT_EXTENSION,
+    HAND_OVER_EXTENSION,
+    DisconnectHook,
+    HandOver,
+)
+from service.middleware import defer_stream, handed_over
+from service.transports.sse_stream import SseStream
 
 
 class SseStreamResponse(EventSourceResponse, SendWatch):
-    """Headers, HEAD handling and framing from sse-starlette; a lighter stream loop.
+    """Headers, HEAD handling and framing from sse-starlette; the stream is
+    `stream`'s. The clock watches this response's sends for stalls and wakes the
+    stream's queue for keep-alives while it writes through ASGI; every write
+    pushes the next keep-alive back."""
 
-    `content` must yield ready-made `bytes`. `on_disconnect` is called once when the
-    client goes away (or stops reading) and must make the iterator finish;
-    `heartbeats` (the stream's queue) is handed to `clock` (one task for
-    all streams: `service/fanout/clock.py`), which wakes it for a keep-alive
-    when this response wrote nothing for a while; every write pushes that back."""
-
-    def __init__(
-        self,
-        content: AsyncIterator[bytes],
-        *,
-        headers: dict[str, str],
-        clock: Clock,
-        on_disconnect: Callable[[], None],
-        heartbeats: Heartbeats,
-    ) -> None:
-        super().__init__(content, headers=headers, ping=0, sep="\n")
+    def __init__(self, stream: SseStream, *, headers: dict[str, str], clock: Clock) -> None:
+        super().__init__(_nothing(), headers=headers, ping=0, sep="\n")
         # Serialises the library's ping task with its writer; neither runs here
         # (HEAD is answered without them), and the lock costs ~0.8 KiB a stream.
         del self._send_lock
-        self._content = content
+        self._sse = stream
         self._clock = clock
-        self._on_disconnect = on_disconnect
-        self._heartbeats = heartbeats
         SendWatch.__init__(self)
 
     # --- ASGI -----------------------------------------------------------------------
+
+    def _on_disconnect(self) -> None:
+        self._sse.queue.close(CloseReason.CLIENT_GONE)
 
     async def _watch_disconnect(self, receive: Receive) -> None:
         while True:
@@ -70,9 +71,18 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
             return
         await self._stream(scope, receive, send)
 
+    async def _send(self, send: Send, chunk: bytes) -> None:
+        self.send_started = now = time.monotonic()
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        self.send_started = 0.0
+        self._sse.queue.next_heartbeat = now + self._clock.heartbeat_s
+
     async def _stream(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.task = asyncio.current_task()
-        hook = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
+        stream = self._sse
+        extensions = scope.get("extensions") or {}
+        hook = extensions.get(DISCONNECT_EXTENSION)
+        hand_over = extensions.get(HAND_OVER_EXTENSION)
         watcher: asyncio.Task[None] | None = None
         if isinstance(hook, DisconnectHook):
             # Our uvicorn protocol tells us when the client leaves: no task for it.
@@ -81,7 +91,7 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
             # Any other server: a listener task, owned by this response (cancelled
             # in `finally`, never outlives it).
             watcher = asyncio.create_task(self._watch_disconnect(receive))
-        self._clock.add(self, heartbeats=self._heartbeats)
+        self._clock.add(self, heartbeats=stream.queue)
         try:
             await send(
                 {
@@ -90,11 +100,22 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
                     "headers": self.raw_headers,
                 }
             )
-            async for chunk in self._content:
-                self.send_started = now = time.monotonic()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self.send_started = 0.0
-                self._heartbeats.next_heartbeat = now + self._clock.heartbeat_s
+            async with contextlib.aclosing(stream.opening()) as opening:
+                async for chunk in opening:
+                    await self._send(send, chunk)
+            if stream.live and isinstance(hand_over, HandOver):
+                self._clock.discard(self)
+                taken = hand_over.take(stream)
+                if taken is not None:
+                    stream.take(taken, request_id=scope.get("state", {}).get("request_id"))
+                    # The edge middleware's access line waits for the stream's end.
+                    handed_over(scope, stream)
+                    return
+                self._clock.add(self, heartbeats=stream.queue)
+            if stream.live:
+                async with contextlib.aclosing(stream.live_body()) as live:
+                    async for chunk in live:
+                        await self._send(send, chunk)
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not self.aborted:
@@ -118,6 +139,9 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
-            aclose = getattr(self._content, "aclose", None)
-            if aclose is not None:
-                await aclose()
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    """sse-starlette's content, never iterated (HEAD ends before it)."""
+    return
+    yield b""

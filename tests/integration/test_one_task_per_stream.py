@@ -1,18 +1,28 @@
-"""Under `notify serve`'s uvicorn protocol an SSE stream is one task: the client's
-departure reaches it through the protocol's `connection_lost` (`DisconnectHook`),
-not through a second task blocked in `receive()`, and it still ends the stream."""
+"""Under `notify serve`'s uvicorn protocol a live SSE stream is no task at all: once
+its opening is written it owns its socket (`service/http_protocol.py:HandOver`,
+`service/transports/sse_stream.py:SseStream`), so no request task, no ASGI
+request cycle, no response object and no uvicorn protocol stays alive for it, and
+the client's departure still ends it (`connection_lost`, now the stream's own).
+During its opening the departure reaches it through the protocol's
+`connection_lost` (`DisconnectHook`), not a task blocked in `receive()`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+from collections import Counter
 
 import httpx
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.config import Settings
 from service.http_protocol import DisconnectHook
+from service.transports.sse_response import SseStreamResponse
+from service.transports.sse_stream import SseStream
 from tests.conftest import Tokens, bearer
 from tests.support.app_server import run_app
+from tests.support.publishing import publish_one
 from tests.support.sse import open_sse, opened
 from tests.support.waiting import eventually
 
@@ -23,6 +33,22 @@ STREAMS = 30
 def watcher_tasks() -> int:
     names = [str(getattr(t.get_coro(), "__qualname__", "")) for t in asyncio.all_tasks()]
     return len([name for name in names if name.endswith("_watch_disconnect")])
+
+
+def request_tasks() -> int:
+    """uvicorn's task per request (`RequestResponseCycle.run_asgi`)."""
+    names = [str(getattr(t.get_coro(), "__qualname__", "")) for t in asyncio.all_tasks()]
+    return len([name for name in names if name.endswith("run_asgi")])
+
+
+def per_request_objects() -> Counter[str]:
+    """The request machinery a stream used to keep, and the streams themselves."""
+    kinds = (RequestResponseCycle, HttpToolsProtocol, SseStreamResponse, SseStream)
+    alive: Counter[str] = Counter()
+    for obj in gc.get_objects():
+        if isinstance(obj, kinds):
+            alive[type(obj).__name__] += 1
+    return alive
 
 
 async def test_streams_hold_no_disconnect_task_and_still_end_when_clients_leave(
@@ -43,6 +69,17 @@ async def test_streams_hold_no_disconnect_task_and_still_end_when_clients_leave(
             await opened(stream)
         assert len(app.state.hub.queues) == STREAMS
         assert watcher_tasks() == 0
+        # The request tasks returned once their streams took the sockets over.
+        await eventually(lambda: request_tasks() == 0, what="request tasks returned")
+        alive = per_request_objects()
+        assert alive["SseStream"] == STREAMS
+        assert alive["RequestResponseCycle"] == 0
+        assert alive["HttpProtocol"] == 0
+        assert alive["SseStreamResponse"] == 0
+        # Delivery reaches them without a task.
+        sent = await publish_one(app, "pt_0")
+        (frame,) = await streams[0].wait_events(1)
+        assert frame.id == sent
         await stack.aclose()  # every client leaves
         await eventually(lambda: not app.state.hub.queues, what="streams ended")
         assert app.state.hub.channel_names == []
@@ -90,5 +127,33 @@ async def test_a_stream_after_another_request_on_the_same_connection_still_ends(
         await writer.drain()
         await asyncio.wait_for(reader.readuntil(b"retry:"), 10)
         await eventually(lambda: len(app.state.hub.queues) == 1, what="stream attached")
+        writer.close()
+        await eventually(lambda: not app.state.hub.queues, what="stream ended")
+
+
+async def test_an_http_1_0_stream_keeps_the_framing_its_headers_announced(
+    settings: Settings, tokens: Tokens
+) -> None:
+    # uvicorn announces `Transfer-Encoding: chunked` and `Connection: close` to an
+    # HTTP/1.0 client too: the handed-over stream frames its writes as the headers
+    # said (`Taken.chunked`), ends with the last chunk, and closes the connection.
+    async with run_app(settings) as app:
+        port = int(app.base_url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        token = tokens.patient("pt_http10")
+        writer.write(f"GET {ME} HTTP/1.0\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        await writer.drain()
+        head = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).lower()
+        assert b"transfer-encoding: chunked" in head
+        assert b"connection: close" in head
+        await asyncio.wait_for(reader.readuntil(b"retry:"), 10)
+        await eventually(lambda: request_tasks() == 0, what="request task returned")
+        sent = await publish_one(app, "pt_http10")
+        await asyncio.wait_for(reader.readuntil(f"id: {sent}\n".encode()), 10)
+        # The server ends it (drain): the reconnect hint, the last chunk, the close.
+        app.state.begin_drain()
+        rest = await asyncio.wait_for(reader.read(), 10)
+        assert b"event: reconnect" in rest
+        assert rest.endswith(b"\r\n0\r\n\r\n")
         writer.close()
         await eventually(lambda: not app.state.hub.queues, what="stream ended")

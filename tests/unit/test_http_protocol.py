@@ -9,12 +9,13 @@ import asyncio
 import functools
 import inspect
 import pickle
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service.cli import uvicorn_options
@@ -22,10 +23,13 @@ from service.config import Settings
 from service.http_protocol import (
     DEFAULT_HEADER_TIMEOUT_S,
     DISCONNECT_EXTENSION,
+    HAND_OVER_EXTENSION,
     REQUEST_TIMEOUT_RESPONSE,
     DisconnectHook,
+    HandOver,
     HttpProtocol,
     LightEvent,
+    Taken,
     WsProtocol,
 )
 from tests.support.waiting import eventually
@@ -249,3 +253,141 @@ def test_the_default_deadline_is_the_settings_default() -> None:
 def test_the_deadline_is_bounded(value: float) -> None:
     with pytest.raises(ValueError, match="header_timeout_s"):
         Settings(header_timeout_s=value)
+
+
+class Owner:
+    """A socket owner that records what the transport tells it."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.calls.append("connection_lost")
+
+    def data_received(self, data: bytes) -> None:
+        self.calls.append("data_received")
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def pause_writing(self) -> None:
+        self.calls.append("pause_writing")
+
+    def resume_writing(self) -> None:
+        self.calls.append("resume_writing")
+
+    def shutdown(self) -> None:
+        self.calls.append("shutdown")
+
+
+def handing_over_app(owner: Owner, taken: list[Taken | None]) -> Any:
+    """Headers and a first chunk through ASGI, then the hand-over, then returns."""
+
+    async def stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        hand_over = scope["extensions"][HAND_OVER_EXTENSION]
+        assert isinstance(hand_over, HandOver)
+        taken.append(hand_over.take(owner))
+        # A second taker gets nothing: the connection has one owner.
+        taken.append(hand_over.take(Owner()))
+
+    return stream
+
+
+def connect_app(asgi: Any) -> tuple[HttpProtocol, RecordingTransport, ServerState]:
+    factory = functools.partial(HttpProtocol, header_timeout_s=5.0)
+    config = Config(asgi, http=factory)  # type: ignore[arg-type]
+    config.load()
+    state = ServerState()
+    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
+    )
+    assert isinstance(protocol, HttpProtocol)
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    return protocol, transport, state
+
+
+async def test_a_hand_over_gives_the_owner_the_transport_and_ends_uvicorns_cycle(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    owner = Owner()
+    taken: list[Taken | None] = []
+    protocol, transport, state = connect_app(handing_over_app(owner, taken))
+    protocol.data_received(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    cycle = protocol.cycle
+    await eventually(lambda: len(taken) == 2 and not state.tasks, timeout_s=5, what="app done")
+    first, second = taken
+    assert first is not None
+    assert second is None
+    assert first.transport is transport
+    assert first.chunked  # HTTP/1.1, no content-length: the owner frames chunks
+    assert not first.write_paused
+    # The transport calls the owner from now on; uvicorn's protocol let go of all.
+    assert transport.protocol is cast(object, owner)
+    assert cast(set[object], state.connections) == {owner}
+    assert first.connections is state.connections
+    assert protocol.cycle is None
+    assert protocol.parser is None
+    assert protocol.timeout_keep_alive_task is None
+    # uvicorn's cycle saw a complete response: nothing written after the first
+    # chunk, the socket not closed, no "returned without completing" error.
+    assert cycle.response_complete
+    assert not cycle.keep_alive
+    assert transport.written.endswith(b"5\r\nfirst\r\n")
+    assert not transport.closed
+    assert "without completing" not in caplog.text
+
+
+async def test_no_hand_over_before_the_headers_or_after_the_loss() -> None:
+    owner = Owner()
+    results: list[Taken | None] = []
+
+    async def early(scope: Any, receive: Any, send: Any) -> None:
+        results.append(scope["extensions"][HAND_OVER_EXTENSION].take(owner))
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    protocol, transport, state = connect_app(early)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await eventually(lambda: bool(results) and not state.tasks, timeout_s=5, what="app done")
+    assert results == [None]
+    assert getattr(transport, "protocol", None) is not owner
+    # The connection goes on as uvicorn's (keep-alive armed).
+    assert protocol.timeout_keep_alive_task is not None
+
+    lost: list[Taken | None] = []
+    gone = Owner()
+
+    async def after_loss(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        protocol.connection_lost(None)
+        lost.append(scope["extensions"][HAND_OVER_EXTENSION].take(gone))
+
+    protocol, transport, state = connect_app(after_loss)
+    protocol.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await eventually(lambda: bool(lost) and not state.tasks, timeout_s=5, what="app done")
+    assert lost == [None]
+
+
+def test_the_cycle_parts_a_hand_over_uses_exist() -> None:
+    """What `HttpProtocol.hand_over` reads and sets on uvicorn's request cycle."""
+    params = inspect.signature(RequestResponseCycle.__init__).parameters
+    assert {"keep_alive", "on_response", "flow"} <= set(params)
+    source = inspect.getsource(RequestResponseCycle)
+    for name in (
+        "self.response_started",
+        "self.response_complete",
+        "self.chunked_encoding",
+        "self.disconnected",
+        "self.keep_alive",
+        "self.on_response",
+    ):
+        assert name in source, name
+    # `run_asgi` closes the transport only for a response that is not complete.
+    run = inspect.getsource(RequestResponseCycle.run_asgi)
+    assert "elif not self.response_complete and not self.disconnected" in run
+    flow = inspect.getsource(FlowControl)
+    assert "self.write_paused" in flow
+    assert "self.read_paused" in flow

@@ -6,6 +6,7 @@ it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import time
@@ -24,13 +25,17 @@ from service.fanout.closing import CloseReason
 from service.fanout.connection import SseConnection
 from service.fanout.hub import Hub
 from service.fanout.listener import HubListener
+from service.fanout.subscription import Replay, reason_for
+from service.http_protocol import Taken
 from service.services.channels import StreamScope
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
 from service.services.publisher import publish
+from service.transports.sse_stream import SSE_SLOW, SseStream
 from tests.support.events import event_dict
+from tests.support.waiting import eventually
 
 KEYS = RedisKeys("u:")
 WAIT_S = 10.0
@@ -90,6 +95,22 @@ async def parts() -> AsyncIterator[Parts]:
     await broker.stop()
 
 
+@contextlib.asynccontextmanager
+async def subscribed(
+    connection: SseConnection, *, resume_from: str | None
+) -> AsyncIterator[Replay]:
+    """How the SSE transport takes a connection's subscription
+    (`service/transports/sse_stream.py:SseStream`): `open`, then `end` with the
+    reason the queue or the exception gives."""
+    replay = await connection.open(resume_from=resume_from)
+    try:
+        yield replay
+    except BaseException as exc:
+        await connection.end(reason=reason_for(exc, connection.queue))
+        raise
+    await connection.end(reason=reason_for(None, connection.queue))
+
+
 def pairs(logs: Sequence[Mapping[str, object]]) -> list[tuple[object, object]]:
     return [
         (line["event"], line.get("close_reason"))
@@ -102,7 +123,7 @@ async def test_the_subscription_is_released_on_exit_with_its_reason(parts: Parts
     connection = parts.connection(queue_max=1)
     assert connection.admit() is None
     with capture_logs() as logs:
-        async with connection.subscribed(resume_from=None) as replay:
+        async with subscribed(connection, resume_from=None) as replay:
             # A fresh stream resumes from the history head (empty here).
             assert (replay.fresh, replay.resume_point) == (True, EMPTY_HISTORY_ID)
             assert parts.hub.channel_names == ["u:patient:{pt_1}"]
@@ -129,7 +150,7 @@ async def test_an_exception_names_the_ending(
     connection = parts.connection()
     assert connection.admit() is None
     with capture_logs() as logs, pytest.raises(type(raised)):
-        async with connection.subscribed(resume_from=None):
+        async with subscribed(connection, resume_from=None):
             raise raised
     assert parts.hub.queues == frozenset()
     assert parts.limiter.total == 0
@@ -141,7 +162,7 @@ async def test_replay_then_live_without_duplicates(parts: Parts) -> None:
     missed = [await parts.publish() for _ in range(3)]
     connection = parts.connection()
     assert connection.admit() is None
-    async with connection.subscribed(resume_from=first) as replay:
+    async with subscribed(connection, resume_from=first) as replay:
         assert not replay.fresh
         assert not replay.start.gap
         # A live copy of the last replayed event arrives during the replay.
@@ -173,7 +194,7 @@ async def test_expiry_warns_then_closes_the_stream(parts: Parts) -> None:
     connection = parts.connection(expires_at=expires_at)
     assert connection.admit() is None
     with capture_logs() as logs:
-        async with connection.subscribed(resume_from=None):
+        async with subscribed(connection, resume_from=None):
             queue = connection.queue
             queued = []
             while queue.close_reason is None:
@@ -195,7 +216,7 @@ async def test_a_stream_ended_before_its_expiry_is_freed_at_once(parts: Parts) -
     assert connection.admit() is None
     gc.disable()
     try:
-        async with connection.subscribed(resume_from=None):
+        async with subscribed(connection, resume_from=None):
             assert len(parts.clock) == 1
         ref = weakref.ref(connection)
         del connection
@@ -207,5 +228,108 @@ async def test_a_stream_ended_before_its_expiry_is_freed_at_once(parts: Parts) -
 async def test_a_stream_without_expiry_gets_no_clock_entry(parts: Parts) -> None:
     connection = parts.connection(expires_at=0.0)
     assert connection.admit() is None
-    async with connection.subscribed(resume_from=None):
+    async with subscribed(connection, resume_from=None):
         assert len(parts.clock) == 0
+
+
+class BufferingTransport(asyncio.Transport):
+    """What a handed-over stream writes; `buffered` bytes the peer has not taken."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.buffered = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+async def handed_over(
+    parts: Parts, *, clock: Clock | None = None, queue_max: int = 10
+) -> tuple[SseConnection, SseStream, BufferingTransport, list[str]]:
+    """A stream past its opening, given a transport as `HandOver.take` would."""
+    connection = parts.connection(queue_max=queue_max)
+    assert connection.admit() is None
+    stream = SseStream(
+        connection=connection,
+        clock=parts.clock if clock is None else clock,
+        retry_ms=1000,
+        resume_from=None,
+    )
+    opening = b"".join([chunk async for chunk in stream.opening()])
+    assert opening.startswith(b"retry:")
+    transport = BufferingTransport()
+    taken = Taken(transport, chunked=True, write_paused=False, connections=set())
+    stream.take(taken, request_id="rid")
+    ended: list[str] = []
+    stream.at_end(lambda: ended.append("access line"))
+    return connection, stream, transport, ended
+
+
+async def test_a_handed_over_stream_writes_chunks_and_holds_them_while_paused(
+    parts: Parts,
+) -> None:
+    with capture_logs() as logs:
+        connection, stream, transport, ended = await handed_over(parts)
+        first = await parts.publish()
+        await eventually(lambda: first.encode() in transport.written, what="first written")
+        # One chunk: its length in hex, the SSE block, CRLF.
+        size, _, rest = bytes(transport.written).partition(b"\r\n")
+        assert int(size, 16) == len(rest) - 2
+        assert rest.endswith(b"\n\n\r\n")
+        # The transport's buffer is above its high-water mark: nothing is written.
+        stream.pause_writing()
+        before = len(transport.written)
+        later = [await parts.publish() for _ in range(2)]
+        await eventually(lambda: len(connection.queue) == 2, what="queued while paused")
+        assert len(transport.written) == before
+        stream.resume_writing()
+        await eventually(lambda: later[1].encode() in transport.written, what="written on resume")
+        tail = bytes(transport.written[before:])
+        assert tail.index(later[0].encode()) < tail.index(later[1].encode())
+        # The client leaves: the stream ends once, with its access line.
+        stream.connection_lost(None)
+        await eventually(lambda: bool(ended), what="stream ended")
+    assert parts.hub.queues == frozenset()
+    assert parts.limiter.total == 0
+    assert ended == ["access line"]
+    assert pairs(logs) == [("stream_opened", None), ("stream_closed", "client_gone")]
+    assert transport.written.endswith(b"\r\n")  # no last chunk for a gone client
+
+
+async def test_a_stream_paused_past_the_send_timeout_is_the_slow_consumer(
+    parts: Parts,
+) -> None:
+    clock = Clock(heartbeat_s=15, send_timeout_s=0.05)
+    slow_before = SSE_SLOW._value.get()
+    with capture_logs() as logs:
+        connection, stream, transport, ended = await handed_over(parts, clock=clock)
+        stream.pause_writing()
+        transport.buffered = 4096  # the peer takes nothing
+        clock.tick(time.monotonic() + 1)  # past the send timeout
+        await eventually(lambda: bool(ended), what="stream ended")
+    assert connection.queue.close_reason is CloseReason.TOO_SLOW
+    assert SSE_SLOW._value.get() == slow_before + 1
+    # The reconnect hint, the last chunk, a close; cut off if the peer still
+    # takes nothing within the send timeout.
+    written = bytes(transport.written)
+    assert b"event: reconnect" in written
+    assert written.endswith(b"0\r\n\r\n")
+    assert transport.closed
+    await eventually(lambda: transport.aborted, what="aborted after the send timeout")
+    assert pairs(logs) == [("stream_opened", None), ("stream_closed", "too_slow")]
+    assert len(clock) == 0 or all(slot[2].owner is None for slot in clock._due)
