@@ -204,9 +204,10 @@ async def publish_one_each(redis_url: str, patients: list[str]) -> list[str]:
             }
         )
         async with semaphore:
-            stored = await publish(
+            published = await publish(
                 broker=broker, keys=keys, event=event, history_maxlen=100, history_ttl_s=3600
             )
+        stored = published.event
         assert stored.id is not None
         return stored.id
 
