@@ -32,39 +32,8 @@ from service.http_protocol import (
     Taken,
     WsProtocol,
 )
+from tests.support.transport import RecordingTransport
 from tests.support.waiting import eventually
-
-
-class RecordingTransport(asyncio.Transport):
-    """What the protocol writes and whether it closed the connection."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return {"peername": ("127.0.0.1", 50000), "sockname": ("127.0.0.1", 8000)}.get(
-            name, default
-        )
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self.protocol = protocol
 
 
 async def app(scope: Any, receive: Any, send: Any) -> None:

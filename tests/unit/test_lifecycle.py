@@ -35,6 +35,7 @@ from service.services.principal import Principal, Role
 from service.services.publisher import publish
 from service.transports.sse_stream import SSE_SLOW, SseStream
 from tests.support.events import event_dict
+from tests.support.transport import RecordingTransport
 from tests.support.waiting import eventually
 
 KEYS = RedisKeys("u:")
@@ -232,35 +233,9 @@ async def test_a_stream_without_expiry_gets_no_clock_entry(parts: Parts) -> None
         assert len(parts.clock) == 0
 
 
-class BufferingTransport(asyncio.Transport):
-    """What a handed-over stream writes; `buffered` bytes the peer has not taken."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.closed = False
-        self.aborted = False
-        self.buffered = 0
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-
 async def handed_over(
     parts: Parts, *, clock: Clock | None = None, queue_max: int = 10
-) -> tuple[SseConnection, SseStream, BufferingTransport, list[str]]:
+) -> tuple[SseConnection, SseStream, RecordingTransport, list[str]]:
     """A stream past its opening, given a transport as `HandOver.take` would."""
     connection = parts.connection(queue_max=queue_max)
     assert connection.admit() is None
@@ -272,7 +247,7 @@ async def handed_over(
     )
     opening = b"".join([chunk async for chunk in stream.opening()])
     assert opening.startswith(b"retry:")
-    transport = BufferingTransport()
+    transport = RecordingTransport()
     taken = Taken(transport, chunked=True, write_paused=False, connections=set())
     stream.take(taken, request_id="rid")
     ended: list[str] = []
