@@ -27,6 +27,7 @@ from websockets.uri import parse_uri
 from tests.support.app_server import RunningApp
 from tests.support.sse import Frame as SseFrame
 from tests.support.sse import parse_frames
+from tests.support.ws import events_in
 
 TIMEOUT_S = 30.0
 RECV_BYTES = 65536
@@ -294,13 +295,7 @@ class WsPeer(Peer):
 
     @property
     def events(self) -> list[dict[str, Any]]:
-        got: list[dict[str, Any]] = []
-        for m in self.messages:
-            if m.get("type") == "event":
-                got.append(m["event"])
-            elif m.get("type") == "events":
-                got.extend(m["events"])
-        return got
+        return events_in(self.messages)
 
     async def close_politely(self) -> None:
         """A close frame (1000), then the socket closed without waiting for the

@@ -15,6 +15,18 @@ from websockets.exceptions import ConnectionClosed
 Message = dict[str, Any]
 
 
+def events_in(messages: list[Message]) -> list[Message]:
+    """Every event in `messages`, in order: an `events` message (a batch, sent under
+    load) counts as its events one after another, as docs/websocket.md says."""
+    got: list[Message] = []
+    for m in messages:
+        if m.get("type") == "event":
+            got.append(m["event"])
+        elif m.get("type") == "events":
+            got.extend(m["events"])
+    return got
+
+
 class WSClient:
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
@@ -49,15 +61,7 @@ class WSClient:
 
     @property
     def events(self) -> list[Message]:
-        """Every event received, in order: an `events` message (a batch, sent under
-        load) counts as its events one after another, as docs/websocket.md says."""
-        got: list[Message] = []
-        for m in self.messages:
-            if m.get("type") == "event":
-                got.append(m["event"])
-            elif m.get("type") == "events":
-                got.extend(m["events"])
-        return got
+        return events_in(self.messages)
 
     async def wait_for(
         self, predicate: Callable[[WSClient], bool], timeout_s: float = 10.0, what: str = ""
