@@ -15,6 +15,7 @@ from typing import Annotated, Final
 
 from fastapi import Header, Query, Request
 from starlette.responses import Response
+from starlette.routing import Route
 
 from service.deps.auth import RetryLater, SSEPrincipalDep
 from service.deps.state import StateDep
@@ -81,7 +82,10 @@ def open_sse(sse: SseRequest, *, patient_id: str | None, appointment_id: str | N
     scope = resolve_stream_scope(principal, patient_id=patient_id, appointment_id=appointment_id)
     if state.draining:
         return retry_later_response(state, "draining")
-    route = getattr(request.scope.get("route"), "path", request.url.path)
+    matched = request.scope.get("route")
+    # The route's template names the stream in logs and metrics; building
+    # `request.url` (host header parsing) for a default costs every open.
+    route = matched.path if isinstance(matched, Route) else request.url.path
     connection = SseConnection(
         hub=state.hub,
         history=state.history,

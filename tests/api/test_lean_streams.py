@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
+from structlog.testing import capture_logs
 
 from service.config import Settings
 from service.main import create_app
@@ -100,3 +101,20 @@ def test_openapi_still_documents_the_stream_routes(lean: TestClient) -> None:
         "/v1/patients/{patient_id}/events",
     ):
         assert "get" in paths[path]
+
+
+@pytest.mark.parametrize("path", ["lean", "routed"])
+def test_a_stream_is_logged_by_its_route_template_never_its_path(
+    path: str, lean: TestClient, routed: TestClient, tokens: Tokens
+) -> None:
+    # The path holds the patient's id; logs and metrics name the route.
+    client = lean if path == "lean" else routed
+    staff = bearer(tokens.staff())
+    with (
+        capture_logs() as logs,
+        client.stream("GET", "/v1/patients/pt_7/events", headers=staff) as r,
+    ):
+        assert r.status_code == 200
+        next(r.iter_bytes())
+    opened = [line for line in logs if line["event"] == "stream_opened"]
+    assert [line["route"] for line in opened] == ["/v1/patients/{patient_id}/events"]
