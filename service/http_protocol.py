@@ -49,8 +49,9 @@ the scope are freed once the request's task returns.
 What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
 names, `cycle` and its `response_started`/`response_complete`/`keep_alive`/
 `chunked_encoding`/`disconnected`, `parser`, `pipeline`, `connections`,
-`transport`, `flow`) is pinned by `tests/unit/test_http_protocol.py`: an upgrade
-that changes it fails there.
+`transport`, `flow`, and the body of `connection_made`, which `HttpProtocol` copies
+with address look-ups of its own) is pinned by `tests/unit/test_http_protocol.py`:
+an upgrade that changes it fails there.
 """
 
 from __future__ import annotations
