@@ -49,8 +49,9 @@ the scope are freed once the request's task returns.
 What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
 names, `cycle` and its `response_started`/`response_complete`/`keep_alive`/
 `chunked_encoding`/`disconnected`, `parser`, `pipeline`, `connections`,
-`transport`, `flow`) is pinned by `tests/unit/test_http_protocol.py`: an upgrade
-that changes it fails there.
+`transport`, `flow`, and the body of `connection_made`, which `HttpProtocol` copies
+with address look-ups of its own) is pinned by `tests/unit/test_http_protocol.py`:
+an upgrade that changes it fails there.
 """
 
 from __future__ import annotations
@@ -59,7 +60,10 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Final, Literal, Protocol, cast
 
+from uvicorn.logging import TRACE_LOG_LEVEL
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import is_ssl
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -254,7 +258,22 @@ class HttpProtocol(HttpToolsProtocol):
         self.header_timeout_s = header_timeout_s
 
     def connection_made(self, transport: Any) -> None:
-        super().connection_made(transport)
+        # uvicorn's `connection_made`, except where the addresses come from: it asks
+        # the transport for its `socket`, and uvloop then keeps that pseudo-socket
+        # and the two address tuples it returned in the transport for the
+        # connection's whole life (0.36 KiB of every idle stream, bench/results/
+        # NOTES.md "Issue 23: the SSE stream's last bytes"). The `peername` and
+        # `sockname` extra infos give the same addresses and keep nothing; the
+        # scope's `client` and `server` hold the only copies, gone with the request.
+        self.connections.add(self)
+        self.transport = transport
+        self.flow = FlowControl(transport)
+        self.server = address(transport.get_extra_info("sockname"), local=True)
+        self.client = cast(tuple[str, int] | None, address(transport.get_extra_info("peername")))
+        self.scheme = "https" if is_ssl(transport) else "http"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = "%s:%d - " % self.client if self.client else ""  # noqa: UP031 (uvicorn's)
+            self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)
         self._arm_header_timer()
         # One per connection, not per request: HTTP/1.1 answers in order, so only
         # the request being answered can hold the callback (a pipelined one waits
@@ -395,6 +414,18 @@ class WsProtocol(WebSocketsSansIOProtocol):
         hook, self._disconnect_hook = self._disconnect_hook, None
         if hook is not None:
             hook.connection_lost()
+
+
+def address(info: Any, *, local: bool = False) -> tuple[str, int | None] | None:
+    """A transport's `sockname` (`local`) or `peername` as uvicorn's scope holds it
+    (`uvicorn/protocols/utils.py:get_local_addr`, `get_remote_addr` on a socket):
+    host and port of an IP address (an IPv6 one has two more fields), the path of
+    a Unix socket for the server (port None), else None."""
+    if isinstance(info, list | tuple) and len(info) >= 2:
+        return (str(info[0]), int(info[1]))
+    if local and isinstance(info, str):
+        return (info, None)
+    return None
 
 
 def _nothing() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -73,12 +74,18 @@ class AccessLine:
     __slots__ = ("method", "path", "request_id", "route", "started", "status")
 
     def __init__(self, scope: Scope, *, request_id: str, started: float, status: int) -> None:
-        self.method: str = scope.get("method", "WS")
-        self.path: str = scope["path"]
+        # Interned: a stream keeps its line for hours, and the method and the path
+        # (`/v1/patients/me/events`) are the same strings for thousands of them.
+        self.method: str = sys.intern(scope.get("method", "WS"))
+        self.path: str = sys.intern(scope["path"])
         self.route: Any = getattr(scope.get("route"), "path", None)
         self.request_id = request_id
         self.started = started
         self.status = status
+
+    def __call__(self) -> None:
+        """The line as a stream's `at_end` callback (no bound method kept per stream)."""
+        self.log()
 
     def log(self) -> None:
         if self.path in QUIET_PATHS:
@@ -149,7 +156,7 @@ class RequestContextMiddleware:
             owner: EndsLater | None = scope.pop(HANDED_OVER, None)
             if owner is not None:
                 # Written at the stream's end, with the same fields.
-                owner.at_end(line.log)
+                owner.at_end(line)
             else:
                 line.log()
             structlog.contextvars.clear_contextvars()

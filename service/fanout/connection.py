@@ -43,6 +43,19 @@ class Connection:
     the close reason that wins when several apply. `queue` is the queue the
     connection's credentials close (SSE: its subscription's; WebSocket: its own)."""
 
+    # Slots, not an instance dict: every idle stream keeps one (issue 23).
+    __slots__ = (
+        "__weakref__",
+        "_admitted",
+        "_clock",
+        "_limiter",
+        "_started",
+        "principal",
+        "queue",
+        "route",
+        "transport",
+    )
+
     queue: DeliveryQueue
 
     def __init__(
@@ -119,6 +132,8 @@ class SseConnection(Connection):
     and `stream_closed` by `end`, whatever ended it (`reason_for`: the queue's
     reason or the exception). `end` runs once, from the transport
     (`service/transports/sse_stream.py`)."""
+
+    __slots__ = ("subscription",)
 
     def __init__(
         self,

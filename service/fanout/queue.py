@@ -147,7 +147,8 @@ class DeliveryQueue:
         appointment_id: str | None = None,
         wakeup: Waker | None = None,
     ) -> None:
-        self._items: list[Delivery] = []
+        # None while empty: an idle stream keeps no list (72 bytes, issue 23).
+        self._items: list[Delivery] | None = None
         self._maxlen = maxlen
         # The queues of one connection (a WebSocket holding several
         # subscriptions) share one waker, so that its one writer waits on all.
@@ -175,12 +176,15 @@ class DeliveryQueue:
             and item.appointment_id != self.appointment_id
         ):
             return False
-        if len(self._items) >= self._maxlen:
+        items = self._items
+        if items is None:
+            items = self._items = []
+        if len(items) >= self._maxlen:
             self.dropped += 1
             metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
             self.close(CloseReason.TOO_SLOW)
             return False
-        self._items.append(item)
+        items.append(item)
         self._wakeup.set()
         return True
 
@@ -215,7 +219,9 @@ class DeliveryQueue:
 
     def drain(self) -> list[Delivery]:
         """Everything queued, oldest first, minus what a replay already sent."""
-        items, self._items = self._items, []
+        items, self._items = self._items, None
+        if items is None:
+            return []
         skip = self.skip_through
         if skip is not None:
             items = [i for i in items if i.id_key is None or i.id_key > skip]
@@ -226,4 +232,4 @@ class DeliveryQueue:
         return items
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self._items) if self._items is not None else 0

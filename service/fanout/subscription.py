@@ -55,6 +55,24 @@ class Replay:
 
 
 class Subscription:
+    # Slots, not an instance dict: every idle stream keeps one (issue 23).
+    __slots__ = (
+        "_attached",
+        "_history",
+        "_hub",
+        "_opened",
+        "_started",
+        "id",
+        "live",
+        "principal",
+        "queue",
+        "replay",
+        "reply_to",
+        "route",
+        "scope",
+        "transport",
+    )
+
     def __init__(
         self,
         *,

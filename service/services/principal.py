@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import StrEnum
+
+# The scopes of a token that has none (most patients'): one shared set, not an
+# empty set per principal (216 bytes each, kept for a stream's whole life).
+NO_SCOPES: frozenset[str] = frozenset()
+
+
+def scope_set(scopes: Iterable[str]) -> frozenset[str]:
+    """`scopes` as a principal keeps them: `NO_SCOPES` when there are none."""
+    found = frozenset(scopes)
+    return found if found else NO_SCOPES
 
 
 class Role(StrEnum):
@@ -24,7 +35,7 @@ class Principal:
 
     sub: str
     role: Role
-    scopes: frozenset[str] = field(default_factory=frozenset)
+    scopes: frozenset[str] = NO_SCOPES
     jti: str | None = None
     # Unix seconds; a live stream ends when this passes.
     expires_at: float = 0.0

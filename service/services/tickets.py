@@ -32,7 +32,7 @@ from service.brokers.base import Broker
 from service.services.batching import KeyReader
 from service.services.control import announce_ticket_deleted
 from service.services.errors import NotFoundError, UnauthorizedError
-from service.services.principal import Principal, Role
+from service.services.principal import Principal, Role, scope_set
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +83,7 @@ class TicketRecord(BaseModel):
         return Principal(
             sub=self.sub,
             role=self.role,
-            scopes=frozenset(self.scopes),
+            scopes=scope_set(self.scopes),
             jti=self.jti,
             expires_at=self.exp,
             issued_at=self.iat,

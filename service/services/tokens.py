@@ -28,7 +28,7 @@ from notify_publisher.events import is_opaque_id
 
 from service.keys import PublicKey, algorithms_for_key, load_public_key
 from service.services.errors import UnauthorizedError, UnavailableError
-from service.services.principal import Principal, Role
+from service.services.principal import Principal, Role, scope_set
 
 log = structlog.get_logger(__name__)
 
@@ -366,7 +366,7 @@ def principal_from_claims(claims: dict[str, Any]) -> Principal:
     return Principal(
         sub=sub,
         role=role,
-        scopes=frozenset(scope_claim.split()),
+        scopes=scope_set(scope_claim.split()),
         jti=jti,
         expires_at=float(claims["exp"]),
         issued_at=float(iat) if isinstance(iat, int | float) else None,

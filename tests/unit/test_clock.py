@@ -1,18 +1,20 @@
 """One clock for every stream: heartbeats for idle streams, an abort for a writer
 stuck in one send, and token expiry (a warning, then the close), all from one
-heap of due times walked by `tick(now)`. Driven here with explicit times."""
+timing wheel walked by `tick(now)`. Driven here with explicit times."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import time
+import tracemalloc
 import weakref
 from collections.abc import Iterator
 
 import pytest
 
-from service.fanout.clock import COMPACT_MIN, EXPIRY_WARNING_S, Clock, SendWatch
+from service.fanout.clock import COMPACT_MIN, EXPIRY_WARNING_S, TICK_S, Clock, SendWatch
 from service.fanout.queue import DeliveryQueue
 
 HEARTBEAT_S = 10.0
@@ -356,3 +358,131 @@ async def test_the_running_clock_ends_on_time() -> None:
     (_, warned_at), (_, expired_at) = seen
     assert expires_at - 0.2 - 0.01 <= warned_at < expired_at
     assert expires_at - 0.01 <= expired_at < expires_at + 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_everything_comes_at_the_first_tick_at_or_after_its_time(seed: int) -> None:
+    """The wheel's slices are `TICK_S` wide, its ticks are not bound to them: a
+    warning, a close or a heartbeat never comes before its time, and always at the
+    first tick at or after it, wherever the ticks fall (several in one slice,
+    several slices skipped)."""
+    rng = random.Random(seed)
+    fake = FakeTime()
+    clock = Clock(
+        heartbeat_s=HEARTBEAT_S,
+        send_timeout_s=SEND_TIMEOUT_S,
+        monotonic=fake.monotonic,
+        wall=fake.wall,
+    )
+    owners = [Owner() for _ in range(200)]
+    expiries = [rng.uniform(0.0, 200.0) for _ in owners]
+    for owner, expires in zip(owners, expiries, strict=True):
+        clock.expiry(owner, EPOCH + expires)
+    streams = [Stream() for _ in range(50)]
+    for stream in streams:
+        keep(clock, stream)
+    ticks = sorted(rng.uniform(0.0, 260.0) for _ in range(2000))
+    ticks += [t + TICK_S / 7 for t in ticks[:200]]  # several ticks in one slice
+    previous = 0.0
+    for now in sorted(ticks):
+        beats = [s.beats for s in streams]
+        clock.tick(now)
+        for owner, expires in zip(owners, expiries, strict=True):
+            warn_at = expires - min(EXPIRY_WARNING_S, expires / 2)
+            warned = ("warn", int(EPOCH + expires)) in owner.calls
+            assert warned == (warn_at <= now), (warn_at, now)
+            assert (("expire", None) in owner.calls) == (expires <= now), (expires, now)
+        for stream, before in zip(streams, beats, strict=True):
+            if stream.beats > before:
+                assert stream.beats == before + 1
+                # It was due by now, and not yet due at the tick before.
+                assert stream.next_heartbeat == now + HEARTBEAT_S
+        for stream in streams:
+            assert stream.next_heartbeat > now
+        previous = now
+    assert previous > 200
+    assert all(len(owner.calls) == 2 for owner in owners)
+
+
+def test_one_slot_per_registration_reused_from_slice_to_slice(clock: Clock) -> None:
+    """A stream is one slot in the wheel for its whole life, moved from slice to
+    slice by its heartbeats and writes; a token's expiry is one more."""
+    streams = [Stream() for _ in range(300)]
+    owners = [Owner() for _ in streams]
+    for stream, owner in zip(streams, owners, strict=True):
+        keep(clock, stream)
+        clock.expiry(owner, EPOCH + 3600)
+    assert len(clock) == 600
+    for second in range(1, 100):
+        for stream in streams[::3]:
+            stream.next_heartbeat = second + 5  # these wrote: their beat moved
+        clock.tick(second + 0.5)
+        assert len(clock) == 600
+    assert sum(s.beats for s in streams) > 0
+    for stream in streams:
+        clock.discard(stream)
+    clock.tick(200)
+    assert len(clock) == 300  # the expiries
+
+
+def test_an_idle_stream_costs_the_clock_little_memory(clock: Clock) -> None:
+    """What an idle SSE stream keeps in the clock: its watch slot, its expiry slot
+    and their place in the wheel's lists and the owner maps; the heap version also
+    kept a tuple, a float and a sequence number per heap entry, two entries."""
+    count = 2000
+    streams = [Stream() for _ in range(count)]
+    owners = [Owner() for _ in range(count)]
+    expires_at = EPOCH + 3600.0
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for stream, owner in zip(streams, owners, strict=True):
+            keep(clock, stream)
+            clock.expiry(owner, expires_at)
+        for second in range(1, 40):
+            clock.tick(float(second))  # heartbeats move the slots between slices
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    clock_file = [tracemalloc.Filter(True, "*service/fanout/clock.py")]
+    grown = sum(
+        stat.size_diff
+        for stat in after.filter_traces(clock_file).compare_to(
+            before.filter_traces(clock_file), "filename"
+        )
+    )
+    # 249 bytes when written (the heap version: 468 here)
+    assert 0 < grown / count <= 300, grown / count
+
+
+def test_a_token_expiring_in_the_far_future_is_held_and_never_due(clock: Clock) -> None:
+    owner = Owner()
+    clock.expiry(owner, 1e308)
+    clock.tick(10**9)
+    assert owner.calls == []
+    assert len(clock) == 1
+    clock.discard(owner)
+    assert len(clock) == 1  # emptied, dropped when its slice comes up
+
+
+def test_a_warning_that_ends_its_owner_leaves_the_counts_right(clock: Clock) -> None:
+    """An owner discarded by its own warning (warning and close due in one tick)
+    is not closed, and the wheel's counts stay exact: compaction still comes once
+    the emptied slots are most of it."""
+
+    class EndsOnWarning(Owner):
+        def warn_expiring(self, expires_at: int) -> None:
+            super().warn_expiring(expires_at)
+            clock.discard(self)
+
+    owner = EndsOnWarning()
+    clock.expiry(owner, EPOCH + 2)
+    clock.tick(5)
+    assert owner.calls == [("warn", int(EPOCH + 2))]
+    assert len(clock) == 0
+    stream = Stream()
+    for _ in range(COMPACT_MIN):
+        keep(clock, stream)  # each re-registration empties the previous slot
+    assert len(clock) == COMPACT_MIN
+    keep(clock, stream)
+    assert len(clock) == 1  # compacted: only the live slot is left

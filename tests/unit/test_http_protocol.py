@@ -360,3 +360,88 @@ def test_the_cycle_parts_a_hand_over_uses_exist() -> None:
     flow = inspect.getsource(FlowControl)
     assert "self.write_paused" in flow
     assert "self.read_paused" in flow
+
+
+class SocketlessTransport(RecordingTransport):
+    """A transport that records which extra infos were asked for: under uvloop,
+    asking for the `socket` makes the transport keep a pseudo-socket and both
+    address tuples for the connection's life."""
+
+    def __init__(self, peername: Any, sockname: Any) -> None:
+        super().__init__()
+        self.infos = {"peername": peername, "sockname": sockname}
+        self.asked: list[str] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        self.asked.append(name)
+        return self.infos.get(name, default)
+
+
+def uvicorn_protocol(cls: type[HttpToolsProtocol]) -> HttpToolsProtocol:
+    config = Config(app, http="httptools")
+    config.load()
+    return cls(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_event_loop()
+    )
+
+
+@pytest.mark.parametrize(
+    ("peername", "sockname"),
+    [
+        (("127.0.0.1", 50000), ("127.0.0.1", 8000)),
+        (("::1", 50000, 0, 0), ("::1", 8000, 0, 0)),
+        ("", "/run/notify.sock"),
+        (None, None),
+    ],
+)
+async def test_connection_made_sets_what_uvicorns_does_without_asking_for_the_socket(
+    peername: Any, sockname: Any
+) -> None:
+    """`HttpProtocol.connection_made` is uvicorn's, with the addresses read from
+    `peername`/`sockname`: the same attributes, the same values as uvicorn's
+    address look-ups on the socket give (an IPv6 address's host and port, a Unix
+    socket's path), and the transport's `socket` never asked for."""
+
+    class FakeSocket:
+        def getpeername(self) -> Any:
+            return peername
+
+        def getsockname(self) -> Any:
+            return sockname
+
+    ours_transport = SocketlessTransport(peername, sockname)
+    theirs_transport = SocketlessTransport(peername, sockname)
+    theirs_transport.infos["socket"] = FakeSocket()
+    ours = uvicorn_protocol(HttpProtocol)
+    theirs = uvicorn_protocol(HttpToolsProtocol)
+    ours.connection_made(ours_transport)
+    theirs.connection_made(theirs_transport)
+    assert "socket" not in ours_transport.asked
+    assert "socket" in theirs_transport.asked  # what uvicorn itself does
+    mine = {"_header_timer", "_disconnect_hook", "_hand_over", "header_timeout_s"}
+    ours_vars = {k: v for k, v in vars(ours).items() if k not in mine}
+    assert set(ours_vars) == set(vars(theirs))
+    assert (ours.server, ours.client, ours.scheme) == (theirs.server, theirs.client, theirs.scheme)
+    assert ours.transport is ours_transport
+    assert isinstance(ours.flow, FlowControl)
+    assert ours in ours.connections
+    ours.connection_lost(None)
+    theirs.connection_lost(None)
+
+
+def test_uvicorns_connection_made_is_still_the_one_copied() -> None:
+    """`HttpProtocol.connection_made` copies uvicorn's: a change there must be
+    looked at (and copied) on upgrade."""
+    source = inspect.getsource(HttpToolsProtocol.connection_made)
+    body = [line.strip() for line in source.splitlines()[3:] if line.strip()]
+    assert body == [
+        "self.connections.add(self)",
+        "self.transport = transport",
+        "self.flow = FlowControl(transport)",
+        "self.server = get_local_addr(transport)",
+        "self.client = get_remote_addr(transport)",
+        'self.scheme = "https" if is_ssl(transport) else "http"',
+        "if self.logger.level <= TRACE_LOG_LEVEL:",
+        'prefix = "%s:%d - " % self.client if self.client else ""',
+        'self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)',
+    ]

@@ -277,3 +277,38 @@ async def test_close_where_matches_predicate(hub: Hub) -> None:
     assert hub.close_where(lambda s: s is a, CloseReason.REVOKED) == 1
     assert a.close_reason is CloseReason.REVOKED
     assert b.close_reason is None
+
+
+async def test_an_idle_stream_keeps_no_lists_in_the_hub_or_its_queue(hub: Hub) -> None:
+    """Issue 23's idle memory: a channel's queues are one list (not a set), its
+    held-back messages exist only while a backfill holds it, and an empty queue
+    keeps no item list; all of it behaves as before."""
+    alone, first, second = sub(), sub(), sub()
+    await hub.attach("pt_1", alone)
+    await hub.attach("pt_2", first)
+    await hub.attach("pt_2", second)
+    channel = hub._channels["u:patient:{pt_1}"]
+    assert channel.queues == [alone]
+    assert channel.pending is None
+    assert alone._items is None
+    assert len(alone) == 0
+    assert alone.drain() == []
+    hub.on_message("u:patient:{pt_1}", with_id("12-0"))
+    assert len(alone) == 1
+    assert [d.id for d in alone.drain()] == ["12-0"]
+    assert alone._items is None  # drained: no list kept
+    hub.history = FakeHistory(lambda _p, _a: asyncio.sleep(0, ([], False, None)))
+    held = hub.begin_backfill(None)
+    hub.on_message("u:patient:{pt_1}", with_id("12-1"))
+    assert channel.pending is not None
+    hub.release_backfill(held)
+    assert channel.pending is None
+    assert [d.id for d in alone.drain()] == ["12-1"]
+    # Leaving: the other queue of a shared channel stays; a queue that is not
+    # (or no longer) there is ignored.
+    await hub.detach("pt_2", first)
+    await hub.detach("pt_2", first)
+    assert hub._channels["u:patient:{pt_2}"].queues == [second]
+    hub.on_message("u:patient:{pt_2}", with_id("12-2", patient_id="pt_2"))
+    assert [d.id for d in second.drain()] == ["12-2"]
+    assert first.drain() == []

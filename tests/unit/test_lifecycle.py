@@ -307,4 +307,5 @@ async def test_a_stream_paused_past_the_send_timeout_is_the_slow_consumer(
     assert transport.closed
     await eventually(lambda: transport.aborted, what="aborted after the send timeout")
     assert pairs(logs) == [("stream_opened", None), ("stream_closed", "too_slow")]
-    assert len(clock) == 0 or all(slot[2].owner is None for slot in clock._due)
+    assert not clock.holds(stream)
+    assert not clock.holds(connection)
