@@ -256,13 +256,13 @@ class Clock:
         next_due = (started or now) + self.send_timeout_s
         heartbeats = slot.heartbeats
         if heartbeats is not None:
-            due_beat = heartbeats.next_heartbeat <= now
-            if due_beat:
+            if heartbeats.next_heartbeat <= now:
                 heartbeats.next_heartbeat = now + self.heartbeat_s
+                # It may set its own next time (a WebSocket: its ping interval, or
+                # its pong deadline), sooner or later than `heartbeat_s`.
+                _call(heartbeats.heartbeat)
             # Else it wrote since: come back when its new deadline is reached.
             self._push(min(next_due, heartbeats.next_heartbeat), slot)
-            if due_beat:
-                _call(heartbeats.heartbeat)
             return
         self._push(next_due, slot)
 

@@ -145,7 +145,7 @@ class DeliveryQueue:
         transport: str,
         principal: Principal | None = None,
         appointment_id: str | None = None,
-        wakeup: Waker | None = None,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self._items: list[Delivery] = []
         self._maxlen = maxlen

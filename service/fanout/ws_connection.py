@@ -38,7 +38,7 @@ from service.fanout.clock import Clock
 from service.fanout.closing import ENDINGS, CloseReason, Ending
 from service.fanout.connection import Connection
 from service.fanout.hub import Hub
-from service.fanout.queue import Delivery, DeliveryQueue, Waker
+from service.fanout.queue import Delivery, DeliveryQueue, Waker, Wakeup
 from service.fanout.subscription import Subscription
 from service.schemas.ws import (
     GapMessage,
@@ -114,7 +114,9 @@ class WsConnection(Connection):
         self._history = history
         self.broker = broker
         self.keys = keys
-        self.wakeup = Waker()
+        # The wake-up of all its queues: a `Waker` its writer task sleeps on, or
+        # the stream that owns the socket (`hand_to`).
+        self.wakeup: Wakeup = Waker()
         # The connection's own queue in the hub: no channel, never fed events;
         # drains, revocations and the token's expiry close it.
         self.queue = DeliveryQueue(
@@ -258,12 +260,67 @@ class WsConnection(Connection):
             return self._requested
         return super().closing()
 
+    def hand_to(self, wakeup: Wakeup | None) -> None:
+        """Wake `wakeup` (the stream that owns the socket, and writes at once)
+        instead of a writer task, from now on and for every queue, its
+        subscriptions' included, and wake it now; None: a plain `Waker` again
+        (drops the stream)."""
+        self.wakeup = wakeup if wakeup is not None else Waker()
+        self.queue.hand_to(wakeup)
+        for subscription in self._subscriptions.values():
+            subscription.queue.hand_to(wakeup)
+        if wakeup is not None:
+            # Whatever is queued (the replies at least) is written now.
+            wakeup.set()
+
+    @property
+    def requested(self) -> Ending | None:
+        """The close the reader asked for (garbage), if any."""
+        return self._requested
+
+    def ready(self) -> tuple[list[str], Subscription | None]:
+        """What can be written now without waiting, in order: the replies, then
+        the live events of every subscription; up to a new subscription, whose
+        start (`start_subscription`: `subscribed` and the replay) must come next,
+        before anything after it."""
+        frames: list[str] = []
+        outbox = self._outbox
+        while outbox:
+            item = outbox.popleft()
+            if not isinstance(item, str):
+                return frames, item
+            frames.append(item)
+        for subscription in tuple(self._subscriptions.values()):
+            if not subscription.live:
+                continue
+            items = subscription.queue.drain()
+            if not items:
+                continue
+            if self._must_stop():
+                break
+            if self._remembers(subscription):
+                for delivery in items:
+                    if delivery.appointment_id is not None:
+                        self.owned.remember(delivery.appointment_id)
+            frames.extend(delivery_texts(items))
+            self._count(items)
+        return frames, None
+
+    def ready_replies(self) -> list[str]:
+        """The replies queued (the errors that explain a requested close)."""
+        frames = [item for item in self._outbox if isinstance(item, str)]
+        self._outbox.clear()
+        return frames
+
     async def write(self, send: Send) -> Ending:
-        """Send everything queued, in order, until the connection must end."""
+        """Send everything queued, in order, until the connection must end (the
+        writer task of a connection that does not own its socket)."""
+        wakeup = self.wakeup
+        assert isinstance(wakeup, Waker), "a handed-over connection has no writer task"
         try:
             while True:
-                await self.wakeup.wait()
-                self.wakeup.clear()
+                await wakeup.wait()
+                wakeup.clear()
                 closing = self.closing()
                 if closing is not None:
                     if closing.reason is CloseReason.SHUTDOWN:
@@ -278,33 +335,17 @@ class WsConnection(Connection):
             return UNAVAILABLE
 
     async def _flush_replies(self, send: Send) -> None:
-        while self._outbox:
-            item = self._outbox.popleft()
-            if isinstance(item, str):
-                await send(item)
+        for frame in self.ready_replies():
+            await send(frame)
 
     async def _flush(self, send: Send) -> None:
-        while self._outbox:
-            item = self._outbox.popleft()
-            if isinstance(item, str):
-                await send(item)
-            else:
-                await self._start(item, send)
-        for subscription in tuple(self._subscriptions.values()):
-            if not subscription.live:
-                continue
-            items = subscription.queue.drain()
-            if not items:
-                continue
-            if self._must_stop():
-                return
-            if self._remembers(subscription):
-                for delivery in items:
-                    if delivery.appointment_id is not None:
-                        self.owned.remember(delivery.appointment_id)
-            for frame in delivery_texts(items):
+        while True:
+            frames, starting = self.ready()
+            for frame in frames:
                 await send(frame)
-            self._count(items)
+            if starting is None:
+                return
+            await self.start_subscription(starting, send)
 
     def _must_stop(self) -> bool:
         """Revoked or expired credentials: not one more event."""
@@ -327,7 +368,8 @@ class WsConnection(Connection):
         self.delivered += events
         metrics.DELIVERIES.labels(transport=TRANSPORT).inc(events)
 
-    async def _start(self, subscription: Subscription, send: Send) -> None:
+    async def start_subscription(self, subscription: Subscription, send: Send) -> None:
+        """A new subscription's `subscribed`, `gap` and replay; live from then on."""
         scope = subscription.scope
         replay = subscription.replay
         # Set by `subscribe` before the subscription is queued for this writer.
