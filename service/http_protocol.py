@@ -519,6 +519,12 @@ class WsProtocol(WebSocketsSansIOProtocol):
         if self.read_paused:
             self.read_paused = False
             transport.resume_reading()
+        # The handshake's request stays referenced for the connection's life by
+        # `websockets`' parser (a local of its suspended generator): its headers
+        # (~3 KB) are not needed past the handshake.
+        request = getattr(self, "request", None)
+        if isinstance(request, Request):
+            request.headers.clear()
         taken = WsTaken(
             transport,
             self.conn,

@@ -122,14 +122,15 @@ class WsConnection(Connection):
         self.queue = DeliveryQueue(
             maxlen=1, transport=TRANSPORT, principal=principal, wakeup=self.wakeup
         )
-        self._outbox: deque[str | Subscription] = deque()
+        # Replies and new subscriptions waiting for the writer; made when needed
+        # (an idle connection holds none: a deque is ~600 bytes).
+        self._outbox: deque[str | Subscription] | None = None
         self._outbox_max = settings.client_queue_max
         self._subscriptions: dict[str, Subscription] = {}
         self._next_id = 1
-        self.owned = OwnedAppointments(
-            broker=broker, keys=keys, patient_id=principal.sub, page_size=settings.history_page
-        )
-        self.command_limiter = CommandRateLimiter()
+        # Made on first use: most connections never send a command.
+        self._owned: OwnedAppointments | None = None
+        self._command_limiter: CommandRateLimiter | None = None
         self.invalid_messages = 0
         self.delivered = 0
         self.commands = 0
@@ -149,6 +150,24 @@ class WsConnection(Connection):
         self._hub.track(self.queue)
         self.schedule_expiry()
         return None
+
+    @property
+    def owned(self) -> OwnedAppointments:
+        """The appointments the caller's own events proved theirs (commands check it)."""
+        if self._owned is None:
+            self._owned = OwnedAppointments(
+                broker=self.broker,
+                keys=self.keys,
+                patient_id=self.principal.sub,
+                page_size=self._settings.history_page,
+            )
+        return self._owned
+
+    @property
+    def command_limiter(self) -> CommandRateLimiter:
+        if self._command_limiter is None:
+            self._command_limiter = CommandRateLimiter()
+        return self._command_limiter
 
     def extend(self, principal: Principal) -> None:
         """A fresh token for the same subject: new identity details, new expiry."""
@@ -174,6 +193,8 @@ class WsConnection(Connection):
 
     def reply(self, frame: str) -> None:
         """Queue a frame for the writer; a client that lets replies pile up is too slow."""
+        if self._outbox is None:
+            self._outbox = deque()
         if len(self._outbox) >= self._outbox_max:
             if self.queue.close_reason is None:
                 metrics.SLOW_CONSUMERS.labels(transport=TRANSPORT).inc()
@@ -222,6 +243,8 @@ class WsConnection(Connection):
             await subscription.end(reason=failed)
             raise
         self.subscriptions_opened += 1
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(subscription)
         self.wakeup.set()
         return subscription
@@ -285,11 +308,13 @@ class WsConnection(Connection):
         before anything after it."""
         frames: list[str] = []
         outbox = self._outbox
-        while outbox:
-            item = outbox.popleft()
-            if not isinstance(item, str):
-                return frames, item
-            frames.append(item)
+        if outbox is not None:
+            while outbox:
+                item = outbox.popleft()
+                if not isinstance(item, str):
+                    return frames, item
+                frames.append(item)
+            self._outbox = None
         for subscription in tuple(self._subscriptions.values()):
             if not subscription.live:
                 continue
@@ -308,9 +333,8 @@ class WsConnection(Connection):
 
     def ready_replies(self) -> list[str]:
         """The replies queued (the errors that explain a requested close)."""
-        frames = [item for item in self._outbox if isinstance(item, str)]
-        self._outbox.clear()
-        return frames
+        outbox, self._outbox = self._outbox, None
+        return [item for item in outbox or () if isinstance(item, str)]
 
     async def write(self, send: Send) -> Ending:
         """Send everything queued, in order, until the connection must end (the

@@ -448,6 +448,8 @@ async def test_a_websocket_hand_over_gives_the_owner_the_open_protocol_and_unrea
     assert ws.pong_timer is None
     assert ws._disconnect_hook is None
     assert not transport.closed
+    # The handshake's headers are let go (the parser's generator keeps the request).
+    assert not list(ws.request.headers.raw_items())
     assert "Exception" not in caplog.text
     # Frames are the owner's now: built by the protocol it got.
     first.protocol.send_text(b"hello")
@@ -508,6 +510,7 @@ def test_the_websocket_parts_a_hand_over_uses_exist() -> None:
         "self.pong_timer",
     ):
         assert name in init, name
+    assert "self.request = event" in inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
     assert "self.ping_timer" in inspect.getsource(WebSocketsSansIOProtocol.stop_keepalive)
     assert "self.pong_timer" in inspect.getsource(WebSocketsSansIOProtocol.stop_keepalive)
     # Its task closes "its" transport once the app returns: after a hand-over that
