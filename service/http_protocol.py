@@ -32,7 +32,10 @@ and retry a closed idle one). Both count in `notify_header_timeouts_total`.
 The same hook's `abort` resets a connection whose send the clock aborted (a peer
 that stopped reading): uvicorn would otherwise close it gracefully, waiting to flush
 its buffers to a peer that never reads. `WsProtocol` gives a WebSocket session the
-same hook (uvicorn's sans-I/O WebSocket protocol, `notify serve`'s `ws`).
+same hook (uvicorn's sans-I/O WebSocket protocol, `notify serve`'s `ws`), and a
+hand-over of its own (`WsHandOver`, the scope's `notify.ws_hand_over`): an
+admitted WebSocket's stream takes the transport and the open `websockets`
+`ServerProtocol` (`WsProtocol.hand_over`).
 
 An admitted SSE stream whose headers are out takes the connection over
 (`HandOver`, the scope's `notify.hand_over` extension; `HttpProtocol.hand_over`):
@@ -49,8 +52,10 @@ the scope are freed once the request's task returns.
 What this module takes from uvicorn's private `HttpToolsProtocol` (its callback
 names, `cycle` and its `response_started`/`response_complete`/`keep_alive`/
 `chunked_encoding`/`disconnected`, `parser`, `pipeline`, `connections`,
-`transport`, `flow`) is pinned by `tests/unit/test_http_protocol.py`: an upgrade
-that changes it fails there.
+`transport`, `flow`), and from its `WebSocketsSansIOProtocol` (`conn`, `queue`,
+`frames`, `request`, the keepalive timers and the connection state: `WsProtocol`),
+is pinned by `tests/unit/test_http_protocol.py`: an upgrade that changes it fails
+there.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ no `TimerHandle` per stream. Three things come due:
 - **Stalled sends** (both transports): the same slot comes up at the latest
   `send_timeout_s` after a send started, and a writer still stuck in it (a peer
   that stopped reading, a half-open TCP connection) is aborted. A watch that takes
-  no heartbeats (a WebSocket) has a slot for this alone.
+  no heartbeats (a WebSocket's writer task under other servers) has a slot for
+  this alone. A WebSocket stream is its own `Heartbeats`: its `heartbeat` sends a
+  protocol ping or checks the pong, and sets its own next time.
 - **Token expiry**: an owner (a `Connection`: `SseConnection`, `WsConnection`) registers
   its token's expiry with `expiry`; the clock calls its `warn_expiring` shortly
   before (`EXPIRY_WARNING_S`, or at half the remaining time for short tokens) and

@@ -1,7 +1,8 @@
 """A WebSocket connection (`WsConnection`): a `Connection` holding up to
 `ws_max_subscriptions` subscriptions, one writer for all of them, and a queue of
-its own in the hub. The reader and writer tasks around it:
-`service/transports/ws.py`.
+its own in the hub. The writer is the stream that owns the socket
+(`service/transports/ws_stream.py:WsStream`: `ready`, `start_subscription`), or,
+under other servers, a writer task (`write`, `service/transports/ws.py`).
 
     handshake (ticket or bearer header) or a first `auth` frame
       ─▶ admit: the connection counts once against the limits, however many
@@ -9,9 +10,10 @@ its own in the hub. The reader and writer tasks around it:
          from now on, so drains and revocations reach it even with no subscription
       ─▶ subscriptions (never overlapping), whose queues share the connection's
          waker
-      ─▶ one writer (`write`): replies in order, a new subscription's `subscribed`
-         and replay, then live events; nobody else writes, so `unsubscribed` is
-         never followed by an event of that subscription
+      ─▶ one writer (`ready` + `start_subscription`, or `write`): replies in
+         order, a new subscription's `subscribed` and replay, then live events;
+         nobody else writes, so `unsubscribed` is never followed by an event of
+         that subscription
       ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
               policy (garbage) │ Redis unreachable during a replay
       ─▶ every subscription ended, the limit released, one `ws_closed` line
