@@ -21,7 +21,9 @@ version: 0.69 KiB, 13.7 blocks, in tracemalloc). Three things come due:
 - **Stalled sends** (both transports): the same slot comes up at the latest
   `send_timeout_s` after a send started, and a writer still stuck in it (a peer
   that stopped reading, a half-open TCP connection) is aborted. A watch that takes
-  no heartbeats (a WebSocket) has a slot for this alone.
+  no heartbeats (a WebSocket's writer task under other servers) has a slot for
+  this alone. A WebSocket stream is its own `Heartbeats`: its `heartbeat` sends a
+  protocol ping or checks the pong, and sets its own next time.
 - **Token expiry**: an owner (a `Connection`: `SseConnection`, `WsConnection`) registers
   its token's expiry with `expiry`; the clock calls its `warn_expiring` shortly
   before (`EXPIRY_WARNING_S`, or at half the remaining time for short tokens) and
@@ -310,13 +312,13 @@ class Clock:
         next_due = (started or now) + self.send_timeout_s
         heartbeats = slot.heartbeats
         if heartbeats is not None:
-            due_beat = heartbeats.next_heartbeat <= now
-            if due_beat:
+            if heartbeats.next_heartbeat <= now:
                 heartbeats.next_heartbeat = now + self.heartbeat_s
+                # It may set its own next time (a WebSocket: its ping interval, or
+                # its pong deadline), sooner or later than `heartbeat_s`.
+                _call(heartbeats.heartbeat)
             # Else it wrote since: come back when its new deadline is reached.
             self._push(min(next_due, heartbeats.next_heartbeat), slot)
-            if due_beat:
-                _call(heartbeats.heartbeat)
             return
         self._push(next_due, slot)
 

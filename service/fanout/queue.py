@@ -145,7 +145,7 @@ class DeliveryQueue:
         transport: str,
         principal: Principal | None = None,
         appointment_id: str | None = None,
-        wakeup: Waker | None = None,
+        wakeup: Wakeup | None = None,
     ) -> None:
         # None while empty: an idle stream keeps no list (72 bytes, issue 23).
         self._items: list[Delivery] | None = None

@@ -23,7 +23,7 @@ from service import metrics
 from service.brokers.base import parse_stream_id
 from service.fanout.closing import CloseReason
 from service.fanout.hub import Hub
-from service.fanout.queue import DeliveryQueue, Waker
+from service.fanout.queue import DeliveryQueue, Wakeup
 from service.services.channels import StreamScope
 from service.services.errors import UnavailableError
 from service.services.history import HistoryReader, ReplayStart
@@ -83,7 +83,7 @@ class Subscription:
         transport: str,
         queue_max: int,
         route: str,
-        wakeup: Waker | None = None,
+        wakeup: Wakeup | None = None,
         sub_id: str = "",
         reply_to: str | None = None,
     ) -> None:

@@ -1,7 +1,8 @@
 """A WebSocket connection (`WsConnection`): a `Connection` holding up to
 `ws_max_subscriptions` subscriptions, one writer for all of them, and a queue of
-its own in the hub. The reader and writer tasks around it:
-`service/transports/ws.py`.
+its own in the hub. The writer is the stream that owns the socket
+(`service/transports/ws_stream.py:WsStream`: `ready`, `start_subscription`), or,
+under other servers, a writer task (`write`, `service/transports/ws.py`).
 
     handshake (ticket or bearer header) or a first `auth` frame
       ─▶ admit: the connection counts once against the limits, however many
@@ -9,9 +10,10 @@ its own in the hub. The reader and writer tasks around it:
          from now on, so drains and revocations reach it even with no subscription
       ─▶ subscriptions (never overlapping), whose queues share the connection's
          waker
-      ─▶ one writer (`write`): replies in order, a new subscription's `subscribed`
-         and replay, then live events; nobody else writes, so `unsubscribed` is
-         never followed by an event of that subscription
+      ─▶ one writer (`ready` + `start_subscription`, or `write`): replies in
+         order, a new subscription's `subscribed` and replay, then live events;
+         nobody else writes, so `unsubscribed` is never followed by an event of
+         that subscription
       ─▶ end: client gone │ too slow │ shutdown │ token expired │ revoked │
               policy (garbage) │ Redis unreachable during a replay
       ─▶ every subscription ended, the limit released, one `ws_closed` line
@@ -38,7 +40,7 @@ from service.fanout.clock import Clock
 from service.fanout.closing import ENDINGS, CloseReason, Ending
 from service.fanout.connection import Connection
 from service.fanout.hub import Hub
-from service.fanout.queue import Delivery, DeliveryQueue, Waker
+from service.fanout.queue import Delivery, DeliveryQueue, Waker, Wakeup
 from service.fanout.subscription import Subscription
 from service.schemas.ws import (
     GapMessage,
@@ -114,20 +116,23 @@ class WsConnection(Connection):
         self._history = history
         self.broker = broker
         self.keys = keys
-        self.wakeup = Waker()
+        # The wake-up of all its queues: a `Waker` its writer task sleeps on, or
+        # the stream that owns the socket (`hand_to`).
+        self.wakeup: Wakeup = Waker()
         # The connection's own queue in the hub: no channel, never fed events;
         # drains, revocations and the token's expiry close it.
         self.queue = DeliveryQueue(
             maxlen=1, transport=TRANSPORT, principal=principal, wakeup=self.wakeup
         )
-        self._outbox: deque[str | Subscription] = deque()
+        # Replies and new subscriptions waiting for the writer; made when needed
+        # (an idle connection holds none: a deque is ~600 bytes).
+        self._outbox: deque[str | Subscription] | None = None
         self._outbox_max = settings.client_queue_max
         self._subscriptions: dict[str, Subscription] = {}
         self._next_id = 1
-        self.owned = OwnedAppointments(
-            broker=broker, keys=keys, patient_id=principal.sub, page_size=settings.history_page
-        )
-        self.command_limiter = CommandRateLimiter()
+        # Made on first use: most connections never send a command.
+        self._owned: OwnedAppointments | None = None
+        self._command_limiter: CommandRateLimiter | None = None
         self.invalid_messages = 0
         self.delivered = 0
         self.commands = 0
@@ -147,6 +152,24 @@ class WsConnection(Connection):
         self._hub.track(self.queue)
         self.schedule_expiry()
         return None
+
+    @property
+    def owned(self) -> OwnedAppointments:
+        """The appointments the caller's own events proved theirs (commands check it)."""
+        if self._owned is None:
+            self._owned = OwnedAppointments(
+                broker=self.broker,
+                keys=self.keys,
+                patient_id=self.principal.sub,
+                page_size=self._settings.history_page,
+            )
+        return self._owned
+
+    @property
+    def command_limiter(self) -> CommandRateLimiter:
+        if self._command_limiter is None:
+            self._command_limiter = CommandRateLimiter()
+        return self._command_limiter
 
     def extend(self, principal: Principal) -> None:
         """A fresh token for the same subject: new identity details, new expiry."""
@@ -172,6 +195,8 @@ class WsConnection(Connection):
 
     def reply(self, frame: str) -> None:
         """Queue a frame for the writer; a client that lets replies pile up is too slow."""
+        if self._outbox is None:
+            self._outbox = deque()
         if len(self._outbox) >= self._outbox_max:
             if self.queue.close_reason is None:
                 metrics.SLOW_CONSUMERS.labels(transport=TRANSPORT).inc()
@@ -220,6 +245,8 @@ class WsConnection(Connection):
             await subscription.end(reason=failed)
             raise
         self.subscriptions_opened += 1
+        if self._outbox is None:
+            self._outbox = deque()
         self._outbox.append(subscription)
         self.wakeup.set()
         return subscription
@@ -258,12 +285,68 @@ class WsConnection(Connection):
             return self._requested
         return super().closing()
 
+    def hand_to(self, wakeup: Wakeup | None) -> None:
+        """Wake `wakeup` (the stream that owns the socket, and writes at once)
+        instead of a writer task, from now on and for every queue, its
+        subscriptions' included, and wake it now; None: a plain `Waker` again
+        (drops the stream)."""
+        self.wakeup = wakeup if wakeup is not None else Waker()
+        self.queue.hand_to(wakeup)
+        for subscription in self._subscriptions.values():
+            subscription.queue.hand_to(wakeup)
+        if wakeup is not None:
+            # Whatever is queued (the replies at least) is written now.
+            wakeup.set()
+
+    @property
+    def requested(self) -> Ending | None:
+        """The close the reader asked for (garbage), if any."""
+        return self._requested
+
+    def ready(self) -> tuple[list[str], Subscription | None]:
+        """What can be written now without waiting, in order: the replies, then
+        the live events of every subscription; up to a new subscription, whose
+        start (`start_subscription`: `subscribed` and the replay) must come next,
+        before anything after it."""
+        frames: list[str] = []
+        outbox = self._outbox
+        if outbox is not None:
+            while outbox:
+                item = outbox.popleft()
+                if not isinstance(item, str):
+                    return frames, item
+                frames.append(item)
+            self._outbox = None
+        for subscription in tuple(self._subscriptions.values()):
+            if not subscription.live:
+                continue
+            items = subscription.queue.drain()
+            if not items:
+                continue
+            if self._must_stop():
+                break
+            if self._remembers(subscription):
+                for delivery in items:
+                    if delivery.appointment_id is not None:
+                        self.owned.remember(delivery.appointment_id)
+            frames.extend(delivery_texts(items))
+            self._count(items)
+        return frames, None
+
+    def ready_replies(self) -> list[str]:
+        """The replies queued (the errors that explain a requested close)."""
+        outbox, self._outbox = self._outbox, None
+        return [item for item in outbox or () if isinstance(item, str)]
+
     async def write(self, send: Send) -> Ending:
-        """Send everything queued, in order, until the connection must end."""
+        """Send everything queued, in order, until the connection must end (the
+        writer task of a connection that does not own its socket)."""
+        wakeup = self.wakeup
+        assert isinstance(wakeup, Waker), "a handed-over connection has no writer task"
         try:
             while True:
-                await self.wakeup.wait()
-                self.wakeup.clear()
+                await wakeup.wait()
+                wakeup.clear()
                 closing = self.closing()
                 if closing is not None:
                     if closing.reason is CloseReason.SHUTDOWN:
@@ -278,33 +361,17 @@ class WsConnection(Connection):
             return UNAVAILABLE
 
     async def _flush_replies(self, send: Send) -> None:
-        while self._outbox:
-            item = self._outbox.popleft()
-            if isinstance(item, str):
-                await send(item)
+        for frame in self.ready_replies():
+            await send(frame)
 
     async def _flush(self, send: Send) -> None:
-        while self._outbox:
-            item = self._outbox.popleft()
-            if isinstance(item, str):
-                await send(item)
-            else:
-                await self._start(item, send)
-        for subscription in tuple(self._subscriptions.values()):
-            if not subscription.live:
-                continue
-            items = subscription.queue.drain()
-            if not items:
-                continue
-            if self._must_stop():
-                return
-            if self._remembers(subscription):
-                for delivery in items:
-                    if delivery.appointment_id is not None:
-                        self.owned.remember(delivery.appointment_id)
-            for frame in delivery_texts(items):
+        while True:
+            frames, starting = self.ready()
+            for frame in frames:
                 await send(frame)
-            self._count(items)
+            if starting is None:
+                return
+            await self.start_subscription(starting, send)
 
     def _must_stop(self) -> bool:
         """Revoked or expired credentials: not one more event."""
@@ -327,7 +394,8 @@ class WsConnection(Connection):
         self.delivered += events
         metrics.DELIVERIES.labels(transport=TRANSPORT).inc(events)
 
-    async def _start(self, subscription: Subscription, send: Send) -> None:
+    async def start_subscription(self, subscription: Subscription, send: Send) -> None:
+        """A new subscription's `subscribed`, `gap` and replay; live from then on."""
         scope = subscription.scope
         replay = subscription.replay
         # Set by `subscribe` before the subscription is queued for this writer.

@@ -2,7 +2,8 @@
 (a stream ticket or an `Authorization: Bearer` header, refused with an HTTP 401
 denial response), accepts it and hands the session to the edge middleware, which
 runs it once routing has returned (`service/transports/ws.py:WsSession`:
-first-frame `auth`, admission, reader and writer).
+first-frame `auth`, admission, then the socket goes to the connection's stream,
+`service/transports/ws_stream.py:WsStream`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ live part, which owns its socket when the server can hand it over.
   (`DeliveryQueue.hand_to`) and it writes what is queued at once, framed once per
   channel (`service/wire/sse.py`), in one chunk; heartbeats come from the process'
   clock the same way. "At once" is at the end of the loop iteration that woke it
-  (`_Writes`: one callback for every stream woken in it), so that a batch of
+  (`service/transports/writes.py`: one callback for every stream woken in it), so that a batch of
   messages from the listener is one write per stream, and a queue that the hub
   fills beyond its bound within one batch is too slow, as a writer task's was. Backpressure is the transport's: while its buffer is above
   the high-water mark (`pause_writing`) nothing is written and the queue fills; a
@@ -40,6 +40,7 @@ from service.fanout.queue import Delivery, DeliveryQueue
 from service.fanout.subscription import reason_for
 from service.http_protocol import Taken
 from service.services.errors import UnavailableError
+from service.transports.writes import WRITES
 from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
 
 log = structlog.get_logger("service.stream")
@@ -62,31 +63,7 @@ def closing_frame(retry_ms: int, reason: CloseReason) -> bytes:
     return json_block("closed", {"reason": ending.public})
 
 
-class _Writes:
-    """The streams woken during this loop iteration, written by one callback at
-    its end (not a callback per stream)."""
-
-    def __init__(self) -> None:
-        self._due: list[SseStream] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, stream: SseStream) -> None:
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
-            # A new event loop (tests run several in one process): what the old
-            # one left due belongs to connections gone with it.
-            self._loop, self._due = loop, []
-        if not self._due:
-            loop.call_soon(self._flush)
-        self._due.append(stream)
-
-    def _flush(self) -> None:
-        due, self._due = self._due, []
-        for stream in due:
-            stream.write_due()
-
-
-_WRITES: Final = _Writes()
+_WRITES: Final = WRITES
 
 
 class SseStream:

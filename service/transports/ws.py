@@ -1,31 +1,34 @@
-"""The WebSocket connection's reader/writer loop behind `WS /v1/ws` (the route
-and its handshake: `service/routers/ws.py`; the connection itself:
-`service/fanout/connection.py:WsConnection`; protocol: `service/schemas/ws.py`,
-`docs/websocket.md`, `docs/asyncapi.json`).
+"""The WebSocket session behind `WS /v1/ws`, after its handshake (the route and
+the handshake: `service/routers/ws.py`; the connection: `service/fanout/
+ws_connection.py:WsConnection`; what a client frame does: `service/transports/
+ws_handlers.py`; protocol: `service/schemas/ws.py`, `docs/websocket.md`,
+`docs/asyncapi.json`).
 
 Authentication never puts a token in the URL: a stream ticket (`?ticket=`) or an
 `Authorization: Bearer` header at the handshake (refused with an HTTP 401 denial
 response), or else an `auth` frame first, within `NOTIFY_WS_AUTH_TIMEOUT_S`
 (refused with close 4401). Nothing is sent before authentication succeeded.
 
-The session after the handshake (`WsSession`) is run by the edge middleware once
-FastAPI's routing has returned (`service/middleware.py:defer_stream`), like an SSE
-body: an idle socket keeps no route coroutine, dependency exit stack or Starlette
-`WebSocket` (which holds the scope), only the server's `receive`/`send`
-(`WsSocket`), the process' state and its connection.
+The session (`WsSession`) is run by the edge middleware once FastAPI's routing has
+returned (`service/middleware.py:defer_stream`), like an SSE body: it keeps no
+route coroutine, dependency exit stack or Starlette `WebSocket`. It reads the
+first-frame `auth` if needed (through ASGI), admits the connection, and then:
 
-Each connection runs a reader and a writer; the first to finish cancels the other.
-A reader is not optional: uvicorn stops reading the socket until the app calls
-`receive()`, so a send-only handler leaves protocol pongs unread and dies of
-"keepalive ping timeout".
+- under `notify serve` (`service/http_protocol.py:WsHandOver`), hands the socket to
+  the connection's stream (`service/transports/ws_stream.py:WsStream`) and returns:
+  no task, no ASGI `send`/`receive`, no scope, no uvicorn protocol is kept. The
+  edge middleware's access line waits for the stream's end.
+- under any other server, runs a reader and a writer task over the server's
+  `receive`/`send` (`WsSocket`); the first to finish cancels the other. A reader
+  is not optional: uvicorn stops reading the socket until the app calls
+  `receive()`, so a send-only handler leaves protocol pongs unread and dies of
+  "keepalive ping timeout".
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import re
 import time
 from typing import Final
 
@@ -38,52 +41,32 @@ from service import metrics
 from service.deps.auth import authenticate
 from service.fanout.clock import SendWatch
 from service.fanout.closing import CloseReason, Ending
-from service.fanout.connection import jittered_retry_ms
 from service.fanout.ws_connection import (
     INTERNAL,
     OVER_CAPACITY,
-    TOO_MANY_INVALID,
     UNAUTHORIZED,
     UNAVAILABLE,
     WsConnection,
 )
-from service.http_protocol import DISCONNECT_EXTENSION, DisconnectHook
-from service.schemas.ws import (
-    CLIENT_MESSAGE,
-    CLIENT_TYPES,
-    AckMessage,
-    AuthenticatedMessage,
-    AuthMessage,
-    CommandAcceptedMessage,
-    CommandMessage,
-    ErrorCode,
-    ErrorMessage,
-    PingMessage,
-    PongMessage,
-    ReconnectMessage,
-    SubscribeMessage,
-    UnsubscribedMessage,
-    UnsubscribeMessage,
+from service.http_protocol import (
+    DISCONNECT_EXTENSION,
+    WS_HAND_OVER_EXTENSION,
+    DisconnectHook,
+    WsHandOver,
 )
-from service.services.channels import resolve_stream_scope
-from service.services.commands import Command, CommandRateLimitedError, submit_command
-from service.services.errors import (
-    DomainError,
-    ForbiddenError,
-    NotFoundError,
-    UnauthorizedError,
-    UnavailableError,
-)
+from service.middleware import handed_over
+from service.schemas.ws import CLIENT_MESSAGE, AuthenticatedMessage, AuthMessage
+from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal
 from service.state import AppState
+from service.transports.ws_handlers import handle, reconnect_text
+from service.transports.ws_stream import WsStream
 from service.wire.ws import message_text
 
 log = structlog.get_logger("service.ws")
 
 # Sending the reconnect hint and the close frame must not hold a handler forever.
 CLOSE_TIMEOUT_S: Final = 5.0
-_CLIENT_REF = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-_GARBAGE: Final = frozenset({ErrorCode.INVALID_MESSAGE, ErrorCode.UNSUPPORTED_TYPE})
 
 
 class _ClientGone(Exception):
@@ -135,9 +118,10 @@ class WsSocket:
 
 class WsSession:
     """What a WebSocket does once its handshake is accepted: the first-frame `auth`
-    when the handshake carried no credentials, then the connection's loop. An ASGI
-    app, run by the edge middleware after routing has returned (or by the route
-    itself when no middleware takes it); it keeps no scope."""
+    when the handshake carried no credentials, admission, then the hand-over to its
+    stream (or the connection's loop). An ASGI app, run by the edge middleware
+    after routing has returned (or by the route itself when no middleware takes
+    it); past the hand-over it keeps nothing."""
 
     __slots__ = ("_principal", "_state")
 
@@ -146,9 +130,10 @@ class WsSession:
         self._principal = principal
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extensions = scope.get("extensions") or {}
         # Our uvicorn protocol's hook: resets the connection after an aborted send.
-        hook = scope.get("extensions", {}).get(DISCONNECT_EXTENSION)
-        del scope  # not needed past the handshake
+        hook = extensions.get(DISCONNECT_EXTENSION)
+        hand_over = extensions.get(WS_HAND_OVER_EXTENSION)
         state, principal = self._state, self._principal
         socket = WsSocket(receive, send)
         reply_to: str | None = None
@@ -157,9 +142,22 @@ class WsSession:
             if outcome is None:
                 return
             principal, reply_to = outcome
-        await serve(
-            socket, state, principal, reply_to, hook if isinstance(hook, DisconnectHook) else None
+        # Kept only while the socket can still be handed over (the access line
+        # then waits for the stream's end); the connection's loop keeps no scope.
+        kept = scope if isinstance(hand_over, WsHandOver) else None
+        del scope
+        stream = await serve(
+            socket,
+            state,
+            principal,
+            reply_to,
+            hook if isinstance(hook, DisconnectHook) else None,
+            hand_over if isinstance(hand_over, WsHandOver) else None,
+            request_id=kept.get("state", {}).get("request_id") if kept is not None else None,
         )
+        if stream is not None and kept is not None:
+            # The edge middleware's access line waits for the stream's end.
+            handed_over(kept, stream)
 
 
 async def close_with(websocket: WsSocket, state: AppState, ending: Ending) -> None:
@@ -169,12 +167,9 @@ async def close_with(websocket: WsSocket, state: AppState, ending: Ending) -> No
         return
     with contextlib.suppress(WebSocketDisconnect, WebSocketDisconnected, TimeoutError):
         async with asyncio.timeout(CLOSE_TIMEOUT_S):
-            if ending.reconnect is not None:
-                hint = ReconnectMessage(
-                    reason=ending.reconnect,
-                    retry_ms=jittered_retry_ms(state.settings.sse_retry_ms),
-                )
-                await websocket.send_text(message_text(hint))
+            hint = reconnect_text(ending, state.settings.sse_retry_ms)
+            if hint is not None:
+                await websocket.send_text(hint)
             await websocket.close(code=int(ending.ws_code), reason=ending.ws_reason)
 
 
@@ -212,14 +207,8 @@ async def first_message_auth(
     return principal, auth.id
 
 
-async def serve(
-    websocket: WsSocket,
-    state: AppState,
-    principal: Principal,
-    reply_to: str | None,
-    hook: DisconnectHook | None = None,
-) -> None:
-    conn = WsConnection(
+def _connection(state: AppState, principal: Principal) -> WsConnection:
+    return WsConnection(
         settings=state.settings,
         hub=state.hub,
         history=state.history,
@@ -229,19 +218,59 @@ async def serve(
         principal=principal,
         clock=state.clock,
     )
+
+
+def _opened(
+    state: AppState, conn: WsConnection, principal: Principal, reply_to: str | None
+) -> None:
+    """An admitted connection's first reply (and its close, when the drain began
+    between the handshake and now: it did not see this connection)."""
+    if state.draining:
+        conn.queue.close(CloseReason.SHUTDOWN)
+    conn.reply(
+        message_text(AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to))
+    )
+
+
+async def serve(
+    websocket: WsSocket,
+    state: AppState,
+    principal: Principal,
+    reply_to: str | None,
+    hook: DisconnectHook | None = None,
+    hand_over: WsHandOver | None = None,
+    *,
+    request_id: str | None = None,
+) -> WsStream | None:
+    """Admit the connection, then give its socket to its stream (returned) when
+    the server offers a hand-over; else (or when the client left meanwhile) run
+    the connection's loop over ASGI, a reader and a writer task."""
+    conn = _connection(state, principal)
     if conn.admit() is not None:
         await close_with(websocket, state, OVER_CAPACITY)
-        return
+        return None
+    if hand_over is not None:
+        stream = WsStream(connection=conn, state=state)
+        taken = hand_over.take(stream)
+        if taken is not None:
+            _opened(state, conn, principal, reply_to)
+            stream.take(taken, request_id=request_id)
+            return stream
+    await _serve_admitted(websocket, state, conn, principal, reply_to, hook)
+    return None
+
+
+async def _serve_admitted(
+    websocket: WsSocket,
+    state: AppState,
+    conn: WsConnection,
+    principal: Principal,
+    reply_to: str | None,
+    hook: DisconnectHook | None,
+) -> None:
     end_reason = CloseReason.CLIENT_GONE
     try:
-        if state.draining:
-            # The drain began between the handshake and now: it did not see us.
-            conn.queue.close(CloseReason.SHUTDOWN)
-        conn.reply(
-            message_text(
-                AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=reply_to)
-            )
-        )
+        _opened(state, conn, principal, reply_to)
         closing = await _run(websocket, state, conn, hook)
         if closing is not None:
             end_reason = closing.reason
@@ -320,115 +349,7 @@ async def _read(websocket: WsSocket, state: AppState, conn: WsConnection) -> End
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return None
-        closing = await _handle(message.get("text"), state, conn)
+        closing = await handle(message.get("text"), state, conn)
         if closing is not None:
             conn.request_close(closing)
             return closing
-
-
-def _reply_error(
-    conn: WsConnection, code: ErrorCode, message: str, reply_to: str | None
-) -> Ending | None:
-    if code in _GARBAGE and conn.note_invalid():
-        return TOO_MANY_INVALID
-    conn.reply(message_text(ErrorMessage(code=code, message=message, reply_to=reply_to)))
-    return None
-
-
-def _error_code(exc: DomainError) -> ErrorCode:
-    if isinstance(exc, UnavailableError):
-        return ErrorCode.UNAVAILABLE
-    if isinstance(exc, NotFoundError):
-        return ErrorCode.NOT_FOUND
-    if isinstance(exc, ForbiddenError):
-        return ErrorCode.FORBIDDEN
-    if isinstance(exc, UnauthorizedError):
-        return ErrorCode.UNAUTHORIZED
-    try:
-        return ErrorCode(exc.code)
-    except ValueError:
-        return ErrorCode.FORBIDDEN
-
-
-def _invalid_frame(text: str, exc: ValidationError) -> tuple[ErrorCode, str, str | None]:
-    """Error code, message and the frame's `id` (when readable) for an invalid frame.
-    The message names fields only, never values (a frame may carry a token)."""
-    try:
-        document = json.loads(text)
-    except ValueError:
-        return ErrorCode.INVALID_MESSAGE, "not JSON", None
-    if not isinstance(document, dict):
-        return ErrorCode.INVALID_MESSAGE, "not a JSON object", None
-    ref = document.get("id")
-    reply_to = ref if isinstance(ref, str) and _CLIENT_REF.fullmatch(ref) else None
-    kind = document.get("type")
-    if not isinstance(kind, str) or kind not in CLIENT_TYPES:
-        return ErrorCode.UNSUPPORTED_TYPE, "unknown or missing type", reply_to
-    fields = sorted({".".join(str(p) for p in err["loc"][1:]) or kind for err in exc.errors()})
-    return ErrorCode.INVALID_MESSAGE, f"invalid: {', '.join(fields[:5])}", reply_to
-
-
-async def _handle(text: str | None, state: AppState, conn: WsConnection) -> Ending | None:
-    """One client frame; a `Ending` when the connection must end."""
-    if text is None:
-        return _reply_error(conn, ErrorCode.INVALID_MESSAGE, "text frames only", None)
-    try:
-        message = CLIENT_MESSAGE.validate_json(text)
-    except ValidationError as exc:
-        code, detail, reply_to = _invalid_frame(text, exc)
-        return _reply_error(conn, code, detail, reply_to)
-    try:
-        await _dispatch(message, state, conn)
-    except DomainError as exc:
-        return _reply_error(conn, _error_code(exc), exc.public_message, message.id)
-    return None
-
-
-async def _dispatch(
-    message: AuthMessage
-    | SubscribeMessage
-    | UnsubscribeMessage
-    | AckMessage
-    | PingMessage
-    | CommandMessage,
-    state: AppState,
-    conn: WsConnection,
-) -> None:
-    if isinstance(message, PingMessage):
-        conn.reply(message_text(PongMessage(reply_to=message.id)))
-    elif isinstance(message, AckMessage):
-        conn.acks += 1
-    elif isinstance(message, SubscribeMessage):
-        scope = resolve_stream_scope(
-            conn.principal, patient_id=message.patient_id, appointment_id=message.appointment_id
-        )
-        await conn.subscribe(scope, since=message.since, reply_to=message.id)
-    elif isinstance(message, UnsubscribeMessage):
-        ids = await conn.unsubscribe(message.subscription_id)
-        conn.reply(message_text(UnsubscribedMessage(subscription_ids=ids, reply_to=message.id)))
-    elif isinstance(message, CommandMessage):
-        if not conn.command_limiter.try_take():
-            raise CommandRateLimitedError()
-        command_id = await submit_command(
-            broker=state.broker,
-            keys=state.keys,
-            principal=conn.principal,
-            command=Command(
-                action=message.action,
-                appointment_id=message.appointment_id,
-                client_ref=message.id,
-                preferred_starts_at=message.preferred_starts_at,
-            ),
-            owned=conn.owned,
-            maxlen=state.settings.commands_maxlen,
-        )
-        conn.commands += 1
-        conn.reply(message_text(CommandAcceptedMessage(command_id=command_id, reply_to=message.id)))
-    else:
-        principal = await authenticate(state, message.token)
-        conn.extend(principal)
-        conn.reply(
-            message_text(
-                AuthenticatedMessage(expires_at=int(principal.expires_at), reply_to=message.id)
-            )
-        )

@@ -4,25 +4,33 @@ its opening is written it owns its socket (`service/http_protocol.py:HandOver`,
 request cycle, no response object and no uvicorn protocol stays alive for it, and
 the client's departure still ends it (`connection_lost`, now the stream's own).
 During its opening the departure reaches it through the protocol's
-`connection_lost` (`DisconnectHook`), not a task blocked in `receive()`."""
+`connection_lost` (`DisconnectHook`), not a task blocked in `receive()`.
+
+A WebSocket likewise, once admitted (`service/http_protocol.py:WsHandOver`,
+`service/transports/ws_stream.py:WsStream`): no session task, no reader or writer,
+no uvicorn WebSocket protocol."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import gc
+import json
 from collections import Counter
 
 import httpx
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
 from service.http_protocol import DisconnectHook
 from service.transports.sse_response import SseStreamResponse
 from service.transports.sse_stream import SseStream
+from service.transports.ws_stream import WsStream
 from tests.conftest import Tokens, bearer
 from tests.support.app_server import run_app
 from tests.support.publishing import publish_one
+from tests.support.raw_clients import open_ws_subscribed
 from tests.support.sse import open_sse, opened
 from tests.support.waiting import eventually
 
@@ -43,10 +51,18 @@ def request_tasks() -> int:
 
 def per_request_objects() -> Counter[str]:
     """The request machinery a stream used to keep, and the streams themselves."""
-    kinds = (RequestResponseCycle, HttpToolsProtocol, SseStreamResponse, SseStream)
+    kinds = (
+        RequestResponseCycle,
+        HttpToolsProtocol,
+        SseStreamResponse,
+        SseStream,
+        WebSocketsSansIOProtocol,
+        WsStream,
+    )
     alive: Counter[str] = Counter()
     for obj in gc.get_objects():
-        if isinstance(obj, kinds):
+        # By type: `isinstance` on a dead weak proxy raises `ReferenceError`.
+        if issubclass(type(obj), kinds):
             alive[type(obj).__name__] += 1
     return alive
 
@@ -82,6 +98,39 @@ async def test_streams_hold_no_disconnect_task_and_still_end_when_clients_leave(
         assert frame.id == sent
         await stack.aclose()  # every client leaves
         await eventually(lambda: not app.state.hub.queues, what="streams ended")
+        assert app.state.hub.channel_names == []
+
+
+def ws_tasks() -> int:
+    """The ASGI path's reader and writer tasks of a WebSocket."""
+    names = [t.get_name() for t in asyncio.all_tasks()]
+    return len([name for name in names if name in ("ws-read", "ws-write")])
+
+
+async def test_websockets_hold_no_task_and_still_end_when_clients_leave(
+    settings: Settings, tokens: Tokens
+) -> None:
+    async with run_app(settings) as app:
+        sockets = [await open_ws_subscribed(app, tokens.patient(f"pt_{i}")) for i in range(STREAMS)]
+        try:
+            assert len(app.state.hub.queues) == 2 * STREAMS  # own queue + subscription
+            await eventually(lambda: request_tasks() == 0, what="session tasks returned")
+            assert ws_tasks() == 0
+            alive = per_request_objects()
+            assert alive["WsStream"] == STREAMS
+            assert alive["WebSocketsSansIOProtocol"] == 0
+            # Delivery reaches them without a task.
+            sent = await publish_one(app, "pt_0")
+            async with asyncio.timeout(10):
+                while True:
+                    message = json.loads(await sockets[0].recv())
+                    if message["type"] == "event":
+                        break
+            assert message["event"]["id"] == sent
+        finally:
+            for socket in sockets:
+                await socket.close()
+        await eventually(lambda: not app.state.hub.queues, what="sockets ended")
         assert app.state.hub.channel_names == []
 
 

@@ -114,6 +114,32 @@ def test_idle_streams_beat_once_per_period(clock: Clock) -> None:
     assert (idle.beats, busy.beats) == (3, 2)
 
 
+class Pinger(Stream):
+    """Sets its own next time in `heartbeat`, as a WebSocket stream does (its ping
+    interval, then its pong deadline): sooner than the clock's period."""
+
+    def __init__(self, every: float) -> None:
+        super().__init__()
+        self.every = every
+        self.at: list[float] = []
+
+    def heartbeat(self) -> None:
+        super().heartbeat()
+        self.at.append(self.next_heartbeat - HEARTBEAT_S)  # the clock's `now`
+        self.next_heartbeat = self.at[-1] + self.every
+
+
+def test_an_owner_that_sets_its_own_next_beat_is_called_then(clock: Clock) -> None:
+    pinger = Pinger(every=HEARTBEAT_S / 4)
+    keep(clock, pinger)
+    step = HEARTBEAT_S / 8
+    for i in range(1, 17):
+        clock.tick(i * step)
+    # The first beat one period after `add`; from then on every quarter period,
+    # as the owner asked, not once per period.
+    assert pinger.at == [HEARTBEAT_S, 12.5, 15.0, 17.5, 2 * HEARTBEAT_S]
+
+
 def test_heartbeats_stay_spread_as_the_streams_are(clock: Clock) -> None:
     """Each tick hands out only the heartbeats due by then, not a second's worth."""
     streams = [Stream() for _ in range(100)]

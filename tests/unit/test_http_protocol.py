@@ -16,7 +16,11 @@ from prometheus_client import REGISTRY
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 from service.cli import uvicorn_options
 from service.config import Settings
@@ -25,12 +29,15 @@ from service.http_protocol import (
     DISCONNECT_EXTENSION,
     HAND_OVER_EXTENSION,
     REQUEST_TIMEOUT_RESPONSE,
+    WS_HAND_OVER_EXTENSION,
     DisconnectHook,
     HandOver,
     HttpProtocol,
     LightEvent,
     Taken,
+    WsHandOver,
     WsProtocol,
+    WsTaken,
 )
 from tests.support.transport import RecordingTransport
 from tests.support.waiting import eventually
@@ -445,3 +452,163 @@ def test_uvicorns_connection_made_is_still_the_one_copied() -> None:
         'prefix = "%s:%d - " % self.client if self.client else ""',
         'self.logger.log(TRACE_LOG_LEVEL, "%sHTTP connection made", prefix)',
     ]
+
+
+# --- the WebSocket's hand-over (`WsProtocol.hand_over`) -----------------------------
+
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+)
+
+
+def client_frame(opcode: Opcode, data: bytes) -> bytes:
+    return Frame(opcode, data).serialize(mask=True)
+
+
+def upgraded(ws_app: Any) -> tuple[WsProtocol, RecordingTransport, ServerState]:
+    """A WebSocket upgrade through `notify serve`'s protocols, `ws_app` its session."""
+    ws_class = uvicorn_options(Settings())["ws"]
+    config = Config(
+        ws_app,
+        http=functools.partial(HttpProtocol, header_timeout_s=1.0),  # type: ignore[arg-type]
+        ws=ws_class,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+    )
+    config.load()
+    state = ServerState()
+    protocol = config.http_protocol_class(  # type: ignore[call-arg]
+        config=config, server_state=state, app_state={}, _loop=asyncio.get_running_loop()
+    )
+    transport = RecordingTransport()
+    protocol.connection_made(transport)
+    protocol.data_received(UPGRADE)
+    ws = transport.protocol
+    assert isinstance(ws, WsProtocol)
+    return ws, transport, state
+
+
+async def test_a_websocket_hand_over_gives_the_owner_the_open_protocol_and_unread_messages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Accepted, then taken over: the owner gets the transport and the `websockets`
+    protocol uvicorn negotiated (OPEN), the messages the app had not read, the
+    server's connection set; uvicorn's keepalive stops and its task returns without
+    closing the socket."""
+    owner = Owner()
+    taken: list[WsTaken | None] = []
+    go = asyncio.Event()
+
+    async def session(scope: Any, receive: Any, send: Any) -> None:
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        await go.wait()
+        hand_over = scope["extensions"][WS_HAND_OVER_EXTENSION]
+        assert isinstance(hand_over, WsHandOver)
+        taken.append(hand_over.take(owner))
+        taken.append(hand_over.take(Owner()))
+
+    ws, transport, state = upgraded(session)
+    await eventually(lambda: ws.handshake_complete, timeout_s=5, what="accepted")
+    assert transport.written.startswith(b"HTTP/1.1 101 ")
+    assert ws.ping_timer is not None
+    negotiated = ws.conn
+    ws.data_received(client_frame(Opcode.TEXT, b"early") + client_frame(Opcode.BINARY, b"\x00"))
+    go.set()
+    await eventually(lambda: len(taken) == 2 and not state.tasks, timeout_s=5, what="app done")
+    first, second = taken
+    assert first is not None
+    assert second is None
+    assert first.transport is transport
+    assert first.protocol is negotiated
+    assert first.protocol.state is State.OPEN
+    assert first.pending == ["early", None]
+    assert not first.write_paused
+    assert transport.protocol is cast(object, owner)
+    assert cast(set[object], state.connections) == {owner}
+    assert first.connections is state.connections
+    # uvicorn's keepalive and the hook let go; its task closed nothing.
+    assert ws.ping_timer is None
+    assert ws.pong_timer is None
+    assert ws._disconnect_hook is None
+    assert not transport.closed
+    # The handshake's headers are let go (the parser's generator keeps the request).
+    assert not list(ws.request.headers.raw_items())
+    assert "Exception" not in caplog.text
+    # Frames are the owner's now: built by the protocol it got.
+    first.protocol.send_text(b"hello")
+    assert b"hello" in b"".join(first.protocol.data_to_send())
+
+
+async def test_no_websocket_hand_over_after_the_loss_or_the_close() -> None:
+    owner = Owner()
+    results: list[WsTaken | None] = []
+
+    async def lost(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        results.append(scope["extensions"][WS_HAND_OVER_EXTENSION].take(owner))
+
+    ws, transport, state = upgraded(lost)
+    await eventually(lambda: ws.handshake_complete, timeout_s=5, what="accepted")
+    ws.connection_lost(None)
+    await eventually(lambda: bool(results) and not state.tasks, timeout_s=5, what="app done")
+    assert results == [None]
+    assert transport.protocol is ws
+
+    closed: list[WsTaken | None] = []
+
+    async def closes(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": 1000})
+        closed.append(scope["extensions"][WS_HAND_OVER_EXTENSION].take(owner))
+
+    ws, transport, state = upgraded(closes)
+    await eventually(lambda: bool(closed), timeout_s=5, what="app done")
+    assert closed == [None]
+    assert transport.protocol is ws
+    ws.connection_lost(None)
+
+
+def test_the_websocket_parts_a_hand_over_uses_exist() -> None:
+    """What `WsProtocol.hand_over` reads and sets on uvicorn's sans-I/O WebSocket
+    protocol: an upgrade that renames or drops any of it fails here."""
+    init = inspect.getsource(WebSocketsSansIOProtocol.__init__)
+    # The `websockets` protocol the owner takes over, and the state read.
+    assert "self.conn = ServerProtocol(" in init
+    for name in (
+        "self.connections",
+        "self.transport",
+        "self.queue",
+        "self.frames",
+        "self.read_paused",
+        "self.writable",
+        "self.close_sent",
+        "self.disconnected",
+        "self.handshake_complete",
+        "self.initial_response",
+        "self.ping_timer",
+        "self.pong_timer",
+    ):
+        assert name in init, name
+    assert "self.request = event" in inspect.getsource(WebSocketsSansIOProtocol.handle_connect)
+    assert "self.ping_timer" in inspect.getsource(WebSocketsSansIOProtocol.stop_keepalive)
+    assert "self.pong_timer" in inspect.getsource(WebSocketsSansIOProtocol.stop_keepalive)
+    # Its task closes "its" transport once the app returns: after a hand-over that
+    # transport is a stand-in, so the owner's socket stays open.
+    run = inspect.getsource(WebSocketsSansIOProtocol.run_asgi)
+    assert "self.transport.close()" in run
+    # Messages wait in an asyncio queue until `receive()`; reading pauses meanwhile.
+    handle = inspect.getsource(WebSocketsSansIOProtocol.send_receive_event_to_app)
+    assert "self.queue.put_nowait" in handle
+    assert "self.transport.pause_reading()" in handle
+    # The negotiated protocol: OPEN after `accept`, frames in and out.
+    assert hasattr(ServerProtocol, "receive_data")
+    assert hasattr(ServerProtocol, "events_received")
+    assert hasattr(ServerProtocol, "data_to_send")
+    for method in ("send_text", "send_ping", "send_close", "fail"):
+        assert hasattr(ServerProtocol, method), method
