@@ -493,6 +493,20 @@ class WsProtocol(WebSocketsSansIOProtocol):
     _disconnect_hook: DisconnectHook | None = None
     _ws_hand_over: WsHandOver | None = None
 
+    def connection_made(self, transport: Any) -> None:
+        # uvicorn's, with the addresses from `peername`/`sockname` as in
+        # `HttpProtocol.connection_made`: asking for the transport's `socket` makes
+        # uvloop keep a pseudo-socket and both address tuples for the connection's
+        # whole life, which after the hand-over is the WebSocket stream's.
+        self.connections.add(self)
+        self.transport = transport
+        self.server = address(transport.get_extra_info("sockname"), local=True)
+        self.client = cast(tuple[str, int] | None, address(transport.get_extra_info("peername")))
+        self.scheme = "wss" if is_ssl(transport) else "ws"
+        if self.logger.level <= TRACE_LOG_LEVEL:
+            prefix = "%s:%d - " % self.client if self.client else ""  # noqa: UP031 (uvicorn's)
+            self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)
+
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         # The session's task is created but has not run yet.

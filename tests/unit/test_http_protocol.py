@@ -454,6 +454,72 @@ def test_uvicorns_connection_made_is_still_the_one_copied() -> None:
     ]
 
 
+def ws_uvicorn_protocol(cls: type[WebSocketsSansIOProtocol]) -> WebSocketsSansIOProtocol:
+    config = Config(app, ws="websockets-sansio")
+    config.load()
+    return cls(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_event_loop()
+    )
+
+
+@pytest.mark.parametrize(
+    ("peername", "sockname"),
+    [
+        (("127.0.0.1", 50000), ("127.0.0.1", 8000)),
+        (("::1", 50000, 0, 0), ("::1", 8000, 0, 0)),
+        ("", "/run/notify.sock"),
+        (None, None),
+    ],
+)
+async def test_the_websocket_protocol_sets_what_uvicorns_does_without_asking_for_the_socket(
+    peername: Any, sockname: Any
+) -> None:
+    """`WsProtocol.connection_made` (called at the upgrade, on the connection's
+    transport) is uvicorn's with the addresses from `peername`/`sockname`: the same
+    attributes and values, and the `socket`, which uvloop would keep for the life of
+    the WebSocket stream the connection becomes, never asked for."""
+
+    class FakeSocket:
+        def getpeername(self) -> Any:
+            return peername
+
+        def getsockname(self) -> Any:
+            return sockname
+
+    ours_transport = SocketlessTransport(peername, sockname)
+    theirs_transport = SocketlessTransport(peername, sockname)
+    theirs_transport.infos["socket"] = FakeSocket()
+    ours = ws_uvicorn_protocol(WsProtocol)
+    theirs = ws_uvicorn_protocol(WebSocketsSansIOProtocol)
+    ours.connection_made(ours_transport)
+    theirs.connection_made(theirs_transport)
+    assert "socket" not in ours_transport.asked
+    assert "socket" in theirs_transport.asked  # what uvicorn itself does
+    assert set(vars(ours)) == set(vars(theirs))
+    assert (ours.server, ours.client, ours.scheme) == (theirs.server, theirs.client, theirs.scheme)
+    assert ours.transport is ours_transport
+    assert ours in ours.connections
+
+
+def test_uvicorns_websocket_connection_made_is_still_the_one_copied() -> None:
+    """`WsProtocol.connection_made` copies uvicorn's: a change there must be looked
+    at (and copied) on upgrade."""
+    source = inspect.getsource(WebSocketsSansIOProtocol.connection_made)
+    body = [line.strip() for line in source.splitlines()[1:] if line.strip()]
+    assert body == [
+        '"""Called when a connection is made."""',
+        "transport = cast(Transport, transport)",
+        "self.connections.add(self)",
+        "self.transport = transport",
+        "self.server = get_local_addr(transport)",
+        "self.client = get_remote_addr(transport)",
+        'self.scheme = "wss" if is_ssl(transport) else "ws"',
+        "if self.logger.level <= TRACE_LOG_LEVEL:",
+        'prefix = "%s:%d - " % self.client if self.client else ""',
+        'self.logger.log(TRACE_LOG_LEVEL, "%sWebSocket connection made", prefix)',
+    ]
+
+
 # --- the WebSocket's hand-over (`WsProtocol.hand_over`) -----------------------------
 
 UPGRADE = (
