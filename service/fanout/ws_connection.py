@@ -96,6 +96,28 @@ class WsConnection(Connection):
     """A WebSocket: a connection with up to `ws_max_subscriptions` subscriptions,
     one writer for all of them, and a queue of its own in the hub."""
 
+    # Slots, not an instance dict: every idle socket keeps one (issue 23).
+    __slots__ = (
+        "_command_limiter",
+        "_history",
+        "_hub",
+        "_next_id",
+        "_outbox",
+        "_outbox_max",
+        "_owned",
+        "_requested",
+        "_settings",
+        "_subscriptions",
+        "acks",
+        "broker",
+        "commands",
+        "delivered",
+        "invalid_messages",
+        "keys",
+        "subscriptions_opened",
+        "wakeup",
+    )
+
     def __init__(
         self,
         *,
