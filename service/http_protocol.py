@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Final, Literal, Protocol, cast
+from typing import Any, Final, Generic, Literal, Protocol, TypeVar, cast
 
 from uvicorn.logging import TRACE_LOG_LEVEL
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -187,6 +187,10 @@ class DisconnectHook:
 HAND_OVER_EXTENSION: Final = "notify.hand_over"
 
 
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+
 class SocketOwner(Protocol):
     """What takes a connection over (`service/transports/sse_stream.py:SseStream`):
     an asyncio protocol from then on, and a connection uvicorn's shutdown asks to end."""
@@ -225,20 +229,23 @@ class Taken:
         self.connections = connections
 
 
-class HandOver:
-    """The connection's hand-over, offered to the request being answered. Holds
-    the protocol until the connection is lost or handed over (a cycle broken by
-    `HttpProtocol`, never left to the collector)."""
+class _HandsOver(Protocol[_T_co]):
+    def hand_over(self, owner: SocketOwner) -> _T_co | None: ...
+
+
+class _OneHandOver(Generic[_T]):
+    """A connection's hand-over, taken at most once: holds the protocol until the
+    connection is lost or handed over (a cycle broken by the protocol, never left
+    to the collector)."""
 
     __slots__ = ("_protocol",)
 
-    def __init__(self, protocol: HttpProtocol) -> None:
-        self._protocol: HttpProtocol | None = protocol
+    def __init__(self, protocol: _HandsOver[_T]) -> None:
+        self._protocol: _HandsOver[_T] | None = protocol
 
-    def take(self, owner: SocketOwner) -> Taken | None:
-        """Give `owner` the connection once the response's headers (and any body
-        so far) are written; None when it cannot be had (lost, closing, or the
-        response not started), and the caller goes on through ASGI."""
+    def take(self, owner: SocketOwner) -> _T | None:
+        """Give `owner` the connection; None when it cannot be had (see the
+        protocol's `hand_over`), and the caller goes on through ASGI."""
         protocol, self._protocol = self._protocol, None
         if protocol is None:
             return None
@@ -246,6 +253,14 @@ class HandOver:
 
     def forget(self) -> None:
         self._protocol = None
+
+
+class HandOver(_OneHandOver[Taken]):
+    """An HTTP connection's hand-over, offered to the request being answered: the
+    owner gets it once the response's headers (and any body so far) are written;
+    not when lost, closing, or the response not started (`HttpProtocol.hand_over`)."""
+
+    __slots__ = ()
 
 
 class HttpProtocol(HttpToolsProtocol):
@@ -425,26 +440,12 @@ class WsTaken:
         self.connections = connections
 
 
-class WsHandOver:
-    """A WebSocket's hand-over, offered to its session (`notify.ws_hand_over`).
-    Holds the protocol until the connection is lost or handed over."""
+class WsHandOver(_OneHandOver[WsTaken]):
+    """A WebSocket's hand-over, offered to its session (`notify.ws_hand_over`): the
+    owner gets the open WebSocket; not when lost, closing, or a fragmented message
+    half read (`WsProtocol.hand_over`)."""
 
-    __slots__ = ("_protocol",)
-
-    def __init__(self, protocol: WsProtocol) -> None:
-        self._protocol: WsProtocol | None = protocol
-
-    def take(self, owner: SocketOwner) -> WsTaken | None:
-        """Give `owner` the open WebSocket; None when it cannot be had (lost,
-        closing, or a fragmented message half read), and the session goes on
-        through ASGI."""
-        protocol, self._protocol = self._protocol, None
-        if protocol is None:
-            return None
-        return protocol.hand_over(owner)
-
-    def forget(self) -> None:
-        self._protocol = None
+    __slots__ = ()
 
 
 class _Detached:

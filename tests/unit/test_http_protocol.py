@@ -384,15 +384,9 @@ class SocketlessTransport(RecordingTransport):
         return self.infos.get(name, default)
 
 
-def uvicorn_protocol(cls: type[HttpToolsProtocol]) -> HttpToolsProtocol:
-    config = Config(app, http="httptools")
-    config.load()
-    return cls(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_event_loop()
-    )
-
-
-@pytest.mark.parametrize(
+# A connection's addresses as the transport gives them: IPv4, IPv6 (two more
+# fields), a Unix socket (the server's path), none.
+ADDRESSES = pytest.mark.parametrize(
     ("peername", "sockname"),
     [
         (("127.0.0.1", 50000), ("127.0.0.1", 8000)),
@@ -401,13 +395,13 @@ def uvicorn_protocol(cls: type[HttpToolsProtocol]) -> HttpToolsProtocol:
         (None, None),
     ],
 )
-async def test_connection_made_sets_what_uvicorns_does_without_asking_for_the_socket(
+
+
+def address_transports(
     peername: Any, sockname: Any
-) -> None:
-    """`HttpProtocol.connection_made` is uvicorn's, with the addresses read from
-    `peername`/`sockname`: the same attributes, the same values as uvicorn's
-    address look-ups on the socket give (an IPv6 address's host and port, a Unix
-    socket's path), and the transport's `socket` never asked for."""
+) -> tuple[SocketlessTransport, SocketlessTransport]:
+    """Two transports with these addresses: ours, and uvicorn's, which also has
+    the `socket` that uvicorn's own look-ups ask for."""
 
     class FakeSocket:
         def getpeername(self) -> Any:
@@ -416,9 +410,29 @@ async def test_connection_made_sets_what_uvicorns_does_without_asking_for_the_so
         def getsockname(self) -> Any:
             return sockname
 
-    ours_transport = SocketlessTransport(peername, sockname)
-    theirs_transport = SocketlessTransport(peername, sockname)
-    theirs_transport.infos["socket"] = FakeSocket()
+    theirs = SocketlessTransport(peername, sockname)
+    theirs.infos["socket"] = FakeSocket()
+    return SocketlessTransport(peername, sockname), theirs
+
+
+def uvicorn_protocol(cls: type[HttpToolsProtocol]) -> HttpToolsProtocol:
+    config = Config(app, http="httptools")
+    config.load()
+    return cls(
+        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_event_loop()
+    )
+
+
+@ADDRESSES
+async def test_connection_made_sets_what_uvicorns_does_without_asking_for_the_socket(
+    peername: Any, sockname: Any
+) -> None:
+    """`HttpProtocol.connection_made` is uvicorn's, with the addresses read from
+    `peername`/`sockname`: the same attributes, the same values as uvicorn's
+    address look-ups on the socket give (an IPv6 address's host and port, a Unix
+    socket's path), and the transport's `socket` never asked for."""
+
+    ours_transport, theirs_transport = address_transports(peername, sockname)
     ours = uvicorn_protocol(HttpProtocol)
     theirs = uvicorn_protocol(HttpToolsProtocol)
     ours.connection_made(ours_transport)
@@ -462,15 +476,7 @@ def ws_uvicorn_protocol(cls: type[WebSocketsSansIOProtocol]) -> WebSocketsSansIO
     )
 
 
-@pytest.mark.parametrize(
-    ("peername", "sockname"),
-    [
-        (("127.0.0.1", 50000), ("127.0.0.1", 8000)),
-        (("::1", 50000, 0, 0), ("::1", 8000, 0, 0)),
-        ("", "/run/notify.sock"),
-        (None, None),
-    ],
-)
+@ADDRESSES
 async def test_the_websocket_protocol_sets_what_uvicorns_does_without_asking_for_the_socket(
     peername: Any, sockname: Any
 ) -> None:
@@ -479,16 +485,7 @@ async def test_the_websocket_protocol_sets_what_uvicorns_does_without_asking_for
     attributes and values, and the `socket`, which uvloop would keep for the life of
     the WebSocket stream the connection becomes, never asked for."""
 
-    class FakeSocket:
-        def getpeername(self) -> Any:
-            return peername
-
-        def getsockname(self) -> Any:
-            return sockname
-
-    ours_transport = SocketlessTransport(peername, sockname)
-    theirs_transport = SocketlessTransport(peername, sockname)
-    theirs_transport.infos["socket"] = FakeSocket()
+    ours_transport, theirs_transport = address_transports(peername, sockname)
     ours = ws_uvicorn_protocol(WsProtocol)
     theirs = ws_uvicorn_protocol(WebSocketsSansIOProtocol)
     ours.connection_made(ours_transport)
