@@ -284,6 +284,9 @@ class SseStream:
             structlog.contextvars.bind_contextvars(request_id=self._request_id)
         try:
             await self.end(reason)
+        except Exception:
+            # No request cycle is left to log it: the end's own line.
+            log.exception("stream_end_failed", transport="sse", reason=reason.value)
         finally:
             # The queue's wake-up is this stream: that reference goes with the
             # connection (no cycle left for the collector).

@@ -429,6 +429,9 @@ class WsStream:
             if tasks:
                 await asyncio.wait(tasks)
             await self._connection.end(reason=reason)
+        except Exception:
+            # No session task is left to log it: the end's own line.
+            log.exception("stream_end_failed", transport="ws", reason=reason.value)
         finally:
             # The queues' wake-up is this stream: that reference goes with the
             # connection (no cycle left for the collector).
