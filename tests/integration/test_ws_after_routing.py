@@ -87,6 +87,19 @@ async def open_first_frame_auth(app: RunningApp, token: str) -> ClientConnection
     return conn
 
 
+async def answered_then_closed(app: RunningApp, held: list[ClientConnection]) -> None:
+    """Each held socket answers a ping, then a close (1000); the server ends all."""
+    for conn in held:
+        await conn.send(json.dumps({"type": "ping", "id": "p"}))
+    async with asyncio.timeout(TIMEOUT_S):
+        for conn in held:
+            while json.loads(await conn.recv())["type"] != "pong":
+                pass
+    await asyncio.gather(*(conn.close() for conn in held))
+    assert {conn.close_code for conn in held} == {1000}
+    await all_ended(app)
+
+
 async def test_held_websockets_keep_no_routing(held_settings: Settings, tokens: Tokens) -> None:
     with collector_off():
         async with run_app(held_settings) as app:
@@ -98,15 +111,7 @@ async def test_held_websockets_keep_no_routing(held_settings: Settings, tokens: 
             kept = routing_alive() - before
             assert not kept, f"{2 * HELD} held WebSockets keep routing alive: {dict(kept)}"
             # The sessions are live: a ping on each is answered.
-            for conn in held:
-                await conn.send(json.dumps({"type": "ping", "id": "p"}))
-            async with asyncio.timeout(TIMEOUT_S):
-                for conn in held:
-                    while json.loads(await conn.recv())["type"] != "pong":
-                        pass
-            await asyncio.gather(*(conn.close() for conn in held))
-            assert {conn.close_code for conn in held} == {1000}
-            await all_ended(app)
+            await answered_then_closed(app, held)
 
 
 def server_tasks() -> list[str]:
@@ -155,16 +160,8 @@ async def test_held_websockets_keep_no_task_no_uvicorn_protocol_and_no_scope(
             )
             alive = held_per_socket()
             assert alive == Counter({"stream": 2 * HELD}), dict(alive)
-            # Live without a task: pings answered, events delivered, closes answered.
-            for conn in held:
-                await conn.send(json.dumps({"type": "ping", "id": "p"}))
-            async with asyncio.timeout(TIMEOUT_S):
-                for conn in held:
-                    while json.loads(await conn.recv())["type"] != "pong":
-                        pass
-            await asyncio.gather(*(conn.close() for conn in held))
-            assert {conn.close_code for conn in held} == {1000}
-            await all_ended(app)
+            # Live without a task: pings answered, closes answered.
+            await answered_then_closed(app, held)
             await eventually(
                 lambda: held_per_socket()["stream"] == 0,
                 timeout_s=TIMEOUT_S,
