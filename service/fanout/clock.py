@@ -172,15 +172,24 @@ class Clock:
 
     # --- registration --------------------------------------------------------------
 
-    def add(self, watch: Watched, *, heartbeats: Heartbeats | None = None) -> None:
+    def add(
+        self,
+        watch: Watched,
+        *,
+        heartbeats: Heartbeats | None = None,
+        first_heartbeat_s: float | None = None,
+    ) -> None:
         """Watch `watch`'s writer for stalled sends and, with `heartbeats` (the
-        stream's queue), keep the stream alive."""
+        stream's queue, or a WebSocket stream's pings), keep the stream alive: the
+        first heartbeat `first_heartbeat_s` from now (default `heartbeat_s`), every
+        later one when `heartbeats.next_heartbeat` says."""
         self._empty_watch(watch)
         now = self._monotonic()
         slot = self._watches[watch] = _Watch(watch, heartbeats)
         due = now + self.send_timeout_s
         if heartbeats is not None:
-            heartbeats.next_heartbeat = now + self.heartbeat_s
+            first = self.heartbeat_s if first_heartbeat_s is None else first_heartbeat_s
+            heartbeats.next_heartbeat = now + first
             due = min(due, heartbeats.next_heartbeat)
         self._push(due, slot)
 

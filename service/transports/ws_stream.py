@@ -136,11 +136,11 @@ class WsStream:
         if self._paused:
             self.send_started = time.monotonic()
         self._request_id = request_id
-        self._state.clock.add(self, heartbeats=self)
-        # uvicorn's keepalive was stopped: the first ping one interval from now
-        # (at the earliest when the clock's first slot comes up, `heartbeat_s`
-        # after `add`; every later one at the interval `heartbeat` sets).
-        self.next_heartbeat = time.monotonic() + self._state.settings.ws_ping_interval_s
+        # uvicorn's keepalive was stopped: the first ping one interval from now,
+        # every later one at the interval `heartbeat` sets.
+        self._state.clock.add(
+            self, heartbeats=self, first_heartbeat_s=self._state.settings.ws_ping_interval_s
+        )
         # What is queued already (`authenticated`, at least) is written now.
         self._connection.hand_to(self)
         for text in taken.pending:

@@ -29,6 +29,7 @@ from tests.support.metrics import metric
 from tests.support.publishing import publish_one
 from tests.support.raw_redis import raw_publish
 from tests.support.redis_server import RedisServer
+from tests.support.socket_peers import WsPeer
 from tests.support.waiting import eventually
 from tests.support.ws import open_ws
 
@@ -632,6 +633,21 @@ async def test_keepalive_pings_do_not_kill_a_busy_connection(
             await ws.request({"type": "ping"}, "pong")
             await ws.send({"type": "ack", "event_id": "1-0"})
         assert not ws.closed.is_set()
+
+
+async def test_protocol_pings_keep_their_interval_from_the_hand_over(
+    make_settings: SettingsFactory, tokens: Tokens
+) -> None:
+    """The first ping of a held WebSocket comes one `NOTIFY_WS_PING_INTERVAL_S`
+    after the hand-over, not when the clock's first heartbeat slot (`heartbeat_s`,
+    here almost a minute) comes up."""
+    settings = make_settings(heartbeat_s=59.0, ws_ping_interval_s=0.2, ws_ping_timeout_s=20.0)
+    async with run_app(settings) as app:
+        peer = await WsPeer.open(app, tokens.patient("pt_pings"))
+        try:
+            await peer.read_until(lambda: peer.pings >= 2, "two protocol pings", timeout_s=20)
+        finally:
+            peer.close()
 
 
 async def _wait(predicate: Any, what: str, timeout_s: float = 5.0) -> None:
