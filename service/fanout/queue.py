@@ -181,13 +181,15 @@ class DeliveryQueue:
             return False
         items = self._items
         if items is None:
-            items = self._items = []
-        if len(items) >= self._maxlen:
+            # The usual case under a broadcast: an empty queue (the bound is >= 1).
+            self._items = [item]
+        elif len(items) >= self._maxlen:
             self.dropped += 1
             metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
             self.close(CloseReason.TOO_SLOW)
             return False
-        items.append(item)
+        else:
+            items.append(item)
         self._wakeup.set()
         return True
 
