@@ -76,6 +76,28 @@ def closing_frame(retry_ms: int, reason: CloseReason) -> bytes:
 _WRITES: Final = Writes(SSE_DELIVERIES)
 
 
+class _SharedBatch:
+    """The chunk of the last several-delivery write. Under a broadcast every stream
+    woken by one listener batch drains the same deliveries: they are joined and
+    framed once, for all of them (the lists compare by identity, in C). Holds
+    those deliveries until the next batch, nothing of a stream."""
+
+    __slots__ = ("_chunk", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Delivery] = []
+        self._chunk = b""
+
+    def chunk_of(self, items: list[Delivery]) -> bytes:
+        if items != self._items:
+            self._items = items
+            self._chunk = chunk(b"".join([event_block(item) for item in items]))
+        return self._chunk
+
+
+_BATCH: Final = _SharedBatch()
+
+
 class SseStream:
     """One SSE stream, from its opening to its end; after a hand-over, the
     connection's protocol."""
@@ -241,11 +263,13 @@ class SseStream:
                 if items:
                     written = len(items)
                     queue.heartbeat_due = False
-                    if written == 1 and self._chunked:
+                    if not self._chunked:
+                        transport.write(b"".join([event_block(item) for item in items]))
+                    elif written == 1:
                         # A broadcast: every stream writes the delivery's one chunk.
                         transport.write(event_chunk(items[0]))
                     else:
-                        self._write(transport, b"".join([event_block(item) for item in items]))
+                        transport.write(_BATCH.chunk_of(items))
                     queue.next_heartbeat = now + self._clock.heartbeat_s
                 elif queue.heartbeat_due and reason is None:
                     queue.heartbeat_due = False

@@ -1,12 +1,21 @@
 """`service/transports/writes.py`: the streams woken in one loop iteration are
 written by one callback at its end, which reads the clock once and counts the
-deliveries once, exactly, whatever each stream wrote."""
+deliveries once, exactly, whatever each stream wrote; and what an SSE stream
+writes in it (`SseStream.write_due`)."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
+from service.fanout.clock import Clock
+from service.fanout.connection import SseConnection
+from service.fanout.queue import Delivery, DeliveryQueue
+from service.http_protocol import Taken
+from service.transports.sse_stream import SseStream
 from service.transports.writes import Writes
+from service.wire.sse import chunk, event_block, event_chunk
+from tests.support.metrics import metric
 
 
 class Tally:
@@ -88,3 +97,86 @@ async def test_what_was_written_before_an_escaping_error_is_still_counted() -> N
     await flushed()
     assert tally.incs == [2]
     assert [type(e) for e in errors] == [RuntimeError]
+
+
+# --- the SSE stream's write: each stream gets exactly its own deliveries -----------
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class FakeClock:
+    heartbeat_s = 15.0
+    send_timeout_s = 10.0
+
+    def add(self, watch: object, *, heartbeats: object = None) -> None: ...
+
+    def discard(self, owner: object) -> None: ...
+
+
+class FakeConnection:
+    def __init__(self) -> None:
+        self.queue = DeliveryQueue(maxlen=8, transport="sse")
+
+
+def live_stream(*, chunked: bool = True) -> tuple[DeliveryQueue, FakeTransport]:
+    connection = FakeConnection()
+    stream = SseStream(
+        connection=cast(SseConnection, connection),
+        clock=cast(Clock, FakeClock()),
+        retry_ms=3000,
+        resume_from=None,
+    )
+    transport = FakeTransport()
+    taken = Taken(
+        cast(asyncio.Transport, transport), chunked=chunked, write_paused=False, connections=set()
+    )
+    stream.take(taken, request_id=None)
+    return connection.queue, transport
+
+
+def delivery(n: int) -> Delivery:
+    return Delivery(kind="appointment.updated", payload=f'{{"n":{n}}}', event_id=f"{n}-0")
+
+
+async def test_streams_of_one_flush_each_write_exactly_their_own_deliveries() -> None:
+    """Streams that drain the same deliveries share one framed chunk; a stream
+    with other deliveries (fewer, more, another order, not chunked) still gets its
+    own bytes; `notify_deliveries_total` moves by what was written, once."""
+    one, two, three = delivery(1), delivery(2), delivery(3)
+    plans = {
+        "same_a": [one, two],
+        "same_b": [one, two],
+        "alone": [one],
+        "longer": [one, two, three],
+        "reordered": [two, one],
+        "same_c": [one, two],
+    }
+    streams = {name: live_stream() for name in plans}
+    plain_queue, plain = live_stream(chunked=False)
+    before = metric("notify_deliveries_total", transport="sse")
+    for name, items in plans.items():
+        queue, _ = streams[name]
+        for item in items:
+            assert queue.put_nowait(item)
+    plain_queue.put_nowait(one)
+    plain_queue.put_nowait(two)
+    await asyncio.sleep(0)
+    for name, items in plans.items():
+        _, transport = streams[name]
+        assert transport.written == [chunk(b"".join(event_block(i) for i in items))], name
+    assert streams["alone"][1].written == [event_chunk(one)]
+    assert plain.written == [event_block(one) + event_block(two)]
+    # Written once per stream: the next flush has nothing to write.
+    for queue, _ in streams.values():
+        assert len(queue) == 0
+    counted = sum(len(items) for items in plans.values()) + 2
+    assert metric("notify_deliveries_total", transport="sse") == before + counted
