@@ -30,8 +30,9 @@ from service.services.principal import Principal
 
 class Delivery:
     """One event (or control notice) from the hub, for every queue of a channel.
-    Its SSE block and WebSocket text are built once, by `service/wire/`, on first
-    use, and kept here (`sse`, `ws`) for the channel's other queues."""
+    Its SSE block (alone and as a chunk) and WebSocket text are built once, by
+    `service/wire/`, on first use, and kept here (`sse`, `sse_chunk`, `ws`) for the
+    channel's other queues."""
 
     __slots__ = (
         "appointment_id",
@@ -42,6 +43,7 @@ class Delivery:
         "payload",
         "published_at",
         "sse",
+        "sse_chunk",
         "ws",
     )
 
@@ -62,6 +64,7 @@ class Delivery:
         self.appointment_id = appointment_id
         self.published_at = published_at
         self.sse: bytes | None = None
+        self.sse_chunk: bytes | None = None
         self.ws: str | None = None
 
     @classmethod
@@ -178,13 +181,15 @@ class DeliveryQueue:
             return False
         items = self._items
         if items is None:
-            items = self._items = []
-        if len(items) >= self._maxlen:
+            # The usual case under a broadcast: an empty queue (the bound is >= 1).
+            self._items = [item]
+        elif len(items) >= self._maxlen:
             self.dropped += 1
             metrics.SLOW_CONSUMERS.labels(transport=self.transport).inc()
             self.close(CloseReason.TOO_SLOW)
             return False
-        items.append(item)
+        else:
+            items.append(item)
         self._wakeup.set()
         return True
 
@@ -228,7 +233,11 @@ class DeliveryQueue:
             if any(i.id_key is not None for i in items):
                 # A newer id went through: ids only grow from here on.
                 self.skip_through = None
-        self.delivered += sum(i.is_event for i in items)
+        if len(items) == 1:
+            # A broadcast's usual case, once per stream: no generator.
+            self.delivered += items[0].is_event
+        else:
+            self.delivered += sum(i.is_event for i in items)
         return items
 
     def __len__(self) -> int:

@@ -58,6 +58,7 @@ from service.wire.ws import delivery_texts, event_text, message_text
 log = structlog.get_logger("service.ws")
 
 TRANSPORT: Final = "ws"
+WS_DELIVERIES: Final = metrics.DELIVERIES.labels(transport=TRANSPORT)
 ROUTE: Final = "/v1/ws"
 
 Send = Callable[[str], Awaitable[None]]
@@ -388,7 +389,10 @@ class WsConnection(Connection):
 
     async def _flush(self, send: Send) -> None:
         while True:
+            before = self.delivered
             frames, starting = self.ready()
+            if self.delivered != before:
+                WS_DELIVERIES.inc(self.delivered - before)
             for frame in frames:
                 await send(frame)
             if starting is None:
@@ -412,9 +416,9 @@ class WsConnection(Connection):
         )
 
     def _count(self, items: list[Delivery]) -> None:
-        events = sum(1 for item in items if item.is_event)
-        self.delivered += events
-        metrics.DELIVERIES.labels(transport=TRANSPORT).inc(events)
+        """Events only; `notify_deliveries_total` is counted by the writer from
+        `delivered` (the socket-owning stream once per flush: `service/transports/writes.py`)."""
+        self.delivered += sum(1 for item in items if item.is_event)
 
     async def start_subscription(self, subscription: Subscription, send: Send) -> None:
         """A new subscription's `subscribed`, `gap` and replay; live from then on."""

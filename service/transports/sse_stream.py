@@ -40,14 +40,23 @@ from service.fanout.queue import Delivery, DeliveryQueue
 from service.fanout.subscription import reason_for
 from service.http_protocol import Taken
 from service.services.errors import UnavailableError
-from service.transports.writes import WRITES
-from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
+from service.transports.writes import Writes
+from service.wire.sse import (
+    HEARTBEAT,
+    HEARTBEAT_CHUNK,
+    LAST_CHUNK,
+    chunk,
+    event_block,
+    event_chunk,
+    id_block,
+    json_block,
+    retry_block,
+)
 
 log = structlog.get_logger("service.stream")
 
 SSE_DELIVERIES: Final = metrics.DELIVERIES.labels(transport="sse")
 SSE_SLOW: Final = metrics.SLOW_CONSUMERS.labels(transport="sse")
-LAST_CHUNK: Final = b"0\r\n\r\n"
 # Ends of handed-over streams in progress (detach and log), referenced until done.
 _ENDING: set[asyncio.Task[None]] = set()
 
@@ -63,7 +72,30 @@ def closing_frame(retry_ms: int, reason: CloseReason) -> bytes:
     return json_block("closed", {"reason": ending.public})
 
 
-_WRITES: Final = WRITES
+# The SSE streams woken in this loop iteration, written at its end.
+_WRITES: Final = Writes(SSE_DELIVERIES)
+
+
+class _SharedBatch:
+    """The chunk of the last several-delivery write. Under a broadcast every stream
+    woken by one listener batch drains the same deliveries: they are joined and
+    framed once, for all of them (the lists compare by identity, in C). Holds
+    those deliveries until the next batch, nothing of a stream."""
+
+    __slots__ = ("_chunk", "_items")
+
+    def __init__(self) -> None:
+        self._items: list[Delivery] = []
+        self._chunk = b""
+
+    def chunk_of(self, items: list[Delivery]) -> bytes:
+        if items != self._items:
+            self._items = items
+            self._chunk = chunk(b"".join([event_block(item) for item in items]))
+        return self._chunk
+
+
+_BATCH: Final = _SharedBatch()
 
 
 class SseStream:
@@ -208,50 +240,55 @@ class SseStream:
         self._due = True
         _WRITES.add(self)
 
-    def write_due(self) -> None:
+    def write_due(self, now: float) -> int:
+        """Write what is queued (or a heartbeat) in one write, then end the stream
+        if its queue is closed; the number of deliveries written (`Writes` counts
+        them once per flush). One method, no call per layer: a broadcast runs it
+        once per stream."""
         self._due = False
-        if self._transport is None:
-            return
+        transport = self._transport
+        if transport is None:
+            return 0
+        queue = self._connection.queue
+        reason = queue.close_reason
+        written = 0
         try:
-            self._flush()
+            if self._paused:
+                if reason is None:
+                    # Written on `resume_writing`; the queue's bound decides who is
+                    # too slow.
+                    return 0
+            else:
+                items = queue.drain()
+                if items:
+                    written = len(items)
+                    queue.heartbeat_due = False
+                    if not self._chunked:
+                        transport.write(b"".join([event_block(item) for item in items]))
+                    elif written == 1:
+                        # A broadcast: every stream writes the delivery's one chunk.
+                        transport.write(event_chunk(items[0]))
+                    else:
+                        transport.write(_BATCH.chunk_of(items))
+                    queue.next_heartbeat = now + self._clock.heartbeat_s
+                elif queue.heartbeat_due and reason is None:
+                    queue.heartbeat_due = False
+                    transport.write(HEARTBEAT_CHUNK if self._chunked else HEARTBEAT)
+                    queue.next_heartbeat = now + self._clock.heartbeat_s
+            if reason is not None:
+                self._finish(reason)
         except Exception:
             log.exception("stream_write_failed")
-            self._connection.queue.close(CloseReason.INTERNAL_ERROR)
+            queue.close(CloseReason.INTERNAL_ERROR)
             if self._transport is not None:
                 self._finish(CloseReason.INTERNAL_ERROR)
+        return written
 
     def clear(self) -> None:
         pass
 
-    def _flush(self) -> None:
-        queue = self._connection.queue
-        reason = queue.close_reason
-        if self._paused and reason is None:
-            # Written on `resume_writing`; the queue's bound decides who is too slow.
-            return
-        body = b""
-        if not self._paused:
-            items = queue.drain()
-            if items:
-                body = b"".join([event_block(item) for item in items])
-                SSE_DELIVERIES.inc(len(items))
-                queue.heartbeat_due = False
-            elif queue.heartbeat_due and reason is None:
-                body = HEARTBEAT
-                queue.heartbeat_due = False
-        if body:
-            self._write(body)
-            queue.next_heartbeat = time.monotonic() + self._clock.heartbeat_s
-        if reason is not None:
-            self._finish(reason)
-
-    def _write(self, body: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
-        if self._chunked:
-            transport.write(b"%x\r\n%b\r\n" % (len(body), body))
-        else:
-            transport.write(body)
+    def _write(self, transport: asyncio.Transport, body: bytes) -> None:
+        transport.write(chunk(body) if self._chunked else body)
 
     def _finish(self, reason: CloseReason) -> None:
         """The last frame, the last chunk, the socket closed; then the connection's end."""
@@ -264,9 +301,7 @@ class SseStream:
             if reason is not CloseReason.CLIENT_GONE:
                 frame = closing_frame(self._retry_ms, reason)
                 if frame:
-                    self._transport = transport
-                    self._write(frame)
-                    self._transport = None
+                    self._write(transport, frame)
                 if self._chunked:
                     transport.write(LAST_CHUNK)
             transport.close()

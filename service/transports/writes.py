@@ -1,27 +1,45 @@
 """The streams woken during one loop iteration, written by one callback at its end
-(`WRITES`): a batch of messages from the listener is one write per stream, not a
-write per message, and a queue that the hub fills beyond its bound within one
-batch is too slow. Shared by both transports' socket-owning streams
+(a `Writes` per transport): a batch of messages from the listener is one write per
+stream, not a write per message, and a queue that the hub fills beyond its bound
+within one batch is too slow. Used by both transports' socket-owning streams
 (`service/transports/sse_stream.py:SseStream`, `service/transports/ws_stream.py:WsStream`).
+
+What a broadcast pays per stream is kept to the stream's own work: the clock is
+read once per flush (`now`), and the deliveries written are counted once per flush
+(`notify_deliveries_total`), not once per stream. The count is complete when the
+callback returns, before anything else on the loop (a `/metrics` scrape) runs.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Final, Protocol
+import time
+from typing import Protocol
 
 
 class Due(Protocol):
     """A stream with something to write."""
 
-    def write_due(self) -> None: ...
+    def write_due(self, now: float) -> int:
+        """Write what is due (`now`: the flush's monotonic time); the number of
+        deliveries written, for the transport's counter."""
+        ...
+
+
+class Tally(Protocol):
+    """Where a flush's deliveries are counted (a Prometheus counter's child)."""
+
+    def inc(self, amount: float = 1) -> None: ...
 
 
 class Writes:
     """Streams due for a write at the end of this loop iteration (not a callback
-    per stream)."""
+    per stream), and the counter of the deliveries they write."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_delivered", "_due", "_loop")
+
+    def __init__(self, delivered: Tally) -> None:
+        self._delivered = delivered
         self._due: list[Due] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -37,8 +55,11 @@ class Writes:
 
     def _flush(self) -> None:
         due, self._due = self._due, []
-        for stream in due:
-            stream.write_due()
-
-
-WRITES: Final = Writes()
+        now = time.monotonic()
+        delivered = 0
+        try:
+            for stream in due:
+                delivered += stream.write_due(now)
+        finally:
+            if delivered:
+                self._delivered.inc(delivered)

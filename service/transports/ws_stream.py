@@ -46,11 +46,11 @@ from websockets.server import ServerProtocol
 
 from service.fanout.closing import CloseReason, Ending
 from service.fanout.subscription import Subscription
-from service.fanout.ws_connection import INTERNAL, UNAVAILABLE, WsConnection
+from service.fanout.ws_connection import INTERNAL, UNAVAILABLE, WS_DELIVERIES, WsConnection
 from service.http_protocol import WsTaken
 from service.services.errors import UnavailableError
 from service.state import AppState
-from service.transports.writes import WRITES
+from service.transports.writes import Writes
 from service.transports.ws_handlers import handle, reconnect_text
 
 log = structlog.get_logger("service.ws")
@@ -59,6 +59,8 @@ log = structlog.get_logger("service.ws")
 CLOSE_HANDSHAKE_TIMEOUT_S: Final = 10.0
 # Frames read ahead while a handler awaits; reading pauses beyond this.
 INBOX_MAX: Final = 32
+# The WebSocket streams woken in this loop iteration, written at its end.
+_WRITES: Final = Writes(WS_DELIVERIES)
 # Short tasks of streams (a frame batch, a subscription's start, an end),
 # referenced until done.
 _TASKS: set[asyncio.Task[None]] = set()
@@ -157,20 +159,25 @@ class WsStream:
         if self._transport is None or self._due or self._ending is not None:
             return
         self._due = True
-        WRITES.add(self)
+        _WRITES.add(self)
 
     def clear(self) -> None:
         pass
 
-    def write_due(self) -> None:
+    def write_due(self, now: float) -> int:
+        """Write what is ready; the number of events written (`Writes` counts
+        them once per flush)."""
         self._due = False
         if self._transport is None or self._ending is not None:
-            return
+            return 0
+        connection = self._connection
+        before = connection.delivered
         try:
             self._flush()
         except Exception:
             log.exception("ws_failed")
             self._close(INTERNAL)
+        return connection.delivered - before
 
     def _flush(self) -> None:
         if self._paused or self._starting is not None:

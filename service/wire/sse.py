@@ -18,6 +18,8 @@ SEP: Final = "\n"
 
 # A comment: browsers ignore it, proxies and the ALB see bytes.
 HEARTBEAT: Final = ServerSentEvent(comment="keep-alive", sep=SEP).encode()
+# The end of a chunked (`Transfer-Encoding: chunked`) body.
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 class Framed(Protocol):
@@ -28,6 +30,7 @@ class Framed(Protocol):
     payload: str
     id: str | None
     sse: bytes | None
+    sse_chunk: bytes | None
 
 
 def _block(*, event: str | None = None, data: str | None = None, id: str | None = None) -> bytes:
@@ -40,6 +43,23 @@ def event_block(item: Framed) -> bytes:
     if block is None:
         block = item.sse = _block(event=item.kind, data=item.payload, id=item.id)
     return block
+
+
+def chunk(body: bytes) -> bytes:
+    """`body` as one chunk of a chunked HTTP/1.1 body (a stream's one write)."""
+    return b"%x\r\n%b\r\n" % (len(body), body)
+
+
+HEARTBEAT_CHUNK: Final = chunk(HEARTBEAT)
+
+
+def event_chunk(item: Framed) -> bytes:
+    """`event_block` as one chunk, built once: a broadcast's streams that have
+    this delivery alone to write all write these bytes."""
+    framed = item.sse_chunk
+    if framed is None:
+        framed = item.sse_chunk = chunk(event_block(item))
+    return framed
 
 
 def retry_block(retry_ms: int) -> bytes:

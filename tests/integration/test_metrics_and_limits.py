@@ -13,8 +13,10 @@ from service.services.limits import ConnectionLimiter, Limit
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, ServiceProcess, run_app
 from tests.support.events import event_dict
+from tests.support.metrics import metric
 from tests.support.sse import SSEStream, open_sse, opened
 from tests.support.waiting import eventually
+from tests.support.ws import open_ws
 
 ME = "/v1/patients/me/events"
 
@@ -94,6 +96,47 @@ async def test_metrics_follow_a_real_flow(app: RunningApp, tokens: Tokens) -> No
         assert (
             value(await scrape(http), "notify_auth_refusals_total", reason="invalid") == refused + 1
         )
+
+
+async def test_deliveries_are_counted_exactly_on_both_transports(
+    app: RunningApp, tokens: Tokens
+) -> None:
+    """`notify_deliveries_total` moves by exactly events x streams: the streams that
+    own their sockets count once per end-of-iteration flush (`Writes`), not once per
+    stream, and a flush that writes several streams, or several events to one
+    stream, loses or doubles none."""
+    patient = "pt_counted"
+    token = tokens.patient(patient)
+    sse_before = metric("notify_deliveries_total", transport="sse")
+    ws_before = metric("notify_deliveries_total", transport="ws")
+    async with (
+        httpx.AsyncClient(base_url=app.base_url, timeout=10) as http,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        streams = [
+            await stack.enter_async_context(open_sse(http, ME, headers=bearer(token)))
+            for _ in range(3)
+        ]
+        for stream in streams:
+            await opened(stream)
+        ws = await stack.enter_async_context(open_ws(f"{app.ws_url}/v1/ws", token=token))
+        await ws.wait_type("authenticated")
+        await ws.request({"type": "subscribe"}, "subscribed")
+        service = bearer(tokens.service())
+        # One event alone (one delivery per stream in a flush), then four at once
+        # (several per stream, when the listener takes them in one batch).
+        await http.post("/v1/events", json=event_dict(patient), headers=service)
+        for stream in streams:
+            await stream.wait_events(1)
+        await ws.wait_events(1)
+        await asyncio.gather(
+            *(http.post("/v1/events", json=event_dict(patient), headers=service) for _ in range(4))
+        )
+        for stream in streams:
+            await stream.wait_events(5)
+        await ws.wait_events(5)
+        assert metric("notify_deliveries_total", transport="sse") == sse_before + 3 * 5
+        assert metric("notify_deliveries_total", transport="ws") == ws_before + 5
 
 
 async def test_label_sets_do_not_grow_with_patients(app: RunningApp, tokens: Tokens) -> None:

@@ -9,7 +9,17 @@ from notify_publisher.events import EventStored
 
 from service.fanout.queue import Delivery
 from service.schemas.ws import GapMessage, PongMessage, ReconnectMessage
-from service.wire.sse import HEARTBEAT, event_block, id_block, json_block, retry_block
+from service.wire.sse import (
+    HEARTBEAT,
+    HEARTBEAT_CHUNK,
+    LAST_CHUNK,
+    chunk,
+    event_block,
+    event_chunk,
+    id_block,
+    json_block,
+    retry_block,
+)
 from service.wire.ws import delivery_text, delivery_texts, event_text, message_text
 
 EVENT_JSON = (
@@ -58,6 +68,18 @@ def test_sse_blocks_of_the_stream_itself() -> None:
 def test_an_sse_block_is_framed_once_per_delivery() -> None:
     delivery = Delivery.from_event(stored())
     assert event_block(delivery) is event_block(delivery)
+
+
+def test_chunked_framing_of_a_handed_over_stream() -> None:
+    """A stream that owns its socket writes chunks (`Transfer-Encoding: chunked`):
+    the length in hex, the bytes, CRLF; a delivery's chunk is built once, for every
+    stream of its channel."""
+    assert chunk(b"x" * 26) == b"1a\r\n" + b"x" * 26 + b"\r\n"
+    assert HEARTBEAT_CHUNK == b"e\r\n: keep-alive\n\n\r\n"
+    assert LAST_CHUNK == b"0\r\n\r\n"
+    delivery = Delivery.from_event(stored())
+    assert event_chunk(delivery) == chunk(event_block(delivery))
+    assert event_chunk(delivery) is event_chunk(delivery)
 
 
 def test_no_value_can_inject_an_sse_field() -> None:
