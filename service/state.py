@@ -17,7 +17,7 @@ from service.config import Settings
 from service.fanout.clock import Clock
 from service.fanout.closing import CloseReason
 from service.fanout.hub import Hub
-from service.services.batching import KeyReader
+from service.services.batching import TickReads
 from service.services.history import HistoryReader
 from service.services.limits import ConnectionLimiter
 from service.services.supervisor import Supervisor
@@ -48,11 +48,12 @@ class AppState:
     clock: Clock
     draining: bool = False
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
-    # Ticket and revocation reads of one loop iteration share one MGET (issue 15).
-    key_reader: KeyReader = field(init=False)
+    # Ticket and revocation reads of one loop iteration share one MGET (issue 15),
+    # and one round trip with the iteration's history reads (issue 23).
+    reads: TickReads = field(init=False)
 
     def __post_init__(self) -> None:
-        self.key_reader = KeyReader(self.broker.get_values)
+        self.reads = self.history.reads
 
     def begin_drain(self) -> None:
         """Readiness goes 503 now; each stream gets its reconnect hint at a random

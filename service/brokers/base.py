@@ -12,9 +12,9 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections import deque
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 from notify_publisher.batch import Durability, Outcome
 from notify_publisher.request import PublishRequest
@@ -22,6 +22,7 @@ from notify_publisher.request import PublishRequest
 from service import metrics
 
 StreamKey = tuple[int, int]
+T = TypeVar("T")
 
 
 def parse_stream_id(value: str) -> StreamKey:
@@ -131,6 +132,36 @@ class HistoryPage:
     last_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReadBatch:
+    """The reads of one loop iteration, for `read_batch`: values by key (`MGET`:
+    tickets, revocations), history heads and history pages."""
+
+    keys: list[str]
+    heads: list[str]
+    pages: list[HistoryRead]
+
+
+@dataclass(frozen=True, slots=True)
+class ReadReplies:
+    """One answer per read of a `ReadBatch`, in its order: the value, or the
+    exception that this read alone failed with."""
+
+    values: list[str | Exception | None]
+    heads: list[str | Exception | None]
+    pages: list[HistoryPage | Exception]
+
+
+async def _each(call: Callable[[], Awaitable[Sequence[T]]], count: int) -> list[T | Exception]:
+    """`call`'s answers, or its exception once per read (the reads of one kind)."""
+    if not count:
+        return []
+    try:
+        return list(await call())
+    except Exception as exc:
+        return [exc] * count
+
+
 class Broker(abc.ABC):
     """One per process, created and closed by the lifespan.
 
@@ -238,6 +269,16 @@ class Broker(abc.ABC):
     async def read_heads(self, history_keys: list[str]) -> list[str | None]:
         """`read_head` for each key, in order (one round trip where it can)."""
         return [await self.read_head(key) for key in history_keys]
+
+    async def read_batch(self, batch: ReadBatch) -> ReadReplies:
+        """Every read of `batch`, one round trip where the broker can (issue 23:
+        all of one loop iteration's reads). Here one call per kind: a failure
+        fails that kind's reads only."""
+        return ReadReplies(
+            values=await _each(lambda: self.get_values(*batch.keys), len(batch.keys)),
+            heads=await _each(lambda: self.read_heads(batch.heads), len(batch.heads)),
+            pages=await _each(lambda: self.read_histories(batch.pages), len(batch.pages)),
+        )
 
     @abc.abstractmethod
     async def set_value(self, key: str, value: str, *, ttl_s: int) -> None:

@@ -39,6 +39,8 @@ from service.brokers.base import (
     HistoryEntry,
     HistoryPage,
     HistoryRead,
+    ReadBatch,
+    ReadReplies,
 )
 from service.brokers.refusals import OTHER, RecentRefusals, refusal_for
 from service.failures import BrokerRefusedError, BrokerTopologyError, BrokerUnavailableError
@@ -553,6 +555,58 @@ class RedisBroker(RedisCommands):
                 await pubsub.unsubscribe(channel)
             except UNAVAILABLE:
                 log.debug("unsubscribe_failed")
+
+    async def read_batch(self, batch: ReadBatch) -> ReadReplies:
+        """Every read of one loop iteration in one pipeline on the one primary (issue
+        23; Cluster spreads them over slots: `Broker.read_batch`): the `MGET`,
+        the heads and the pages. A command Redis refuses fails only the read it
+        belongs to; a lost connection fails them all."""
+        kinds = [
+            op
+            for op, reads in (("get", batch.keys), ("history", batch.heads or batch.pages))
+            if reads
+        ]
+        if not kinds:
+            return ReadReplies(values=[], heads=[], pages=[])
+        async with self.client.pipeline(transaction=False) as pipe:
+            if batch.keys:
+                pipe.mget(batch.keys)
+            for key in batch.heads:
+                pipe.xrevrange(key, count=1)
+            for r in batch.pages:
+                queue_history_reads(pipe, r.history_key, r.after_id, r.count)
+            try:
+                replies = await pipe.execute(raise_on_error=False)
+            except (ResponseError, BusyLoadingError) as exc:
+                raise self._refused(kinds[0], exc) from exc
+            except UNAVAILABLE as exc:
+                for op in kinds:
+                    metrics.REDIS_ERRORS.labels(operation=op).inc()
+                raise BrokerUnavailableError(kinds[0]) from exc
+        at = 0
+        values: list[str | Exception | None] = []
+        if batch.keys:
+            mget = replies[0]
+            at = 1
+            if isinstance(mget, ResponseError):
+                values = [self._refused("get", mget)] * len(batch.keys)
+            else:
+                values = [None if v is None else text(v) for v in mget]
+        heads: list[str | Exception | None] = []
+        for newest in replies[at : at + len(batch.heads)]:
+            if isinstance(newest, ResponseError):
+                heads.append(self._refused("history", newest))
+            else:
+                heads.append(text(newest[0][0]) if newest else None)
+        at += len(batch.heads)
+        pages: list[HistoryPage | Exception] = []
+        for i in range(at, len(replies), 4):
+            page = replies[i : i + 4]
+            refused = next((r for r in page if isinstance(r, ResponseError)), None)
+            pages.append(
+                self._refused("history", refused) if refused is not None else history_page(*page)
+            )
+        return ReadReplies(values=values, heads=heads, pages=pages)
 
 
 async def close_pubsub(pubsub: PubSub) -> None:

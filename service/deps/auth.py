@@ -48,11 +48,11 @@ DocumentedTicket = Annotated[str | None, Security(TICKET_SCHEME)]
 
 
 def ticket_store(state: AppState) -> TicketStore:
-    return TicketStore(broker=state.broker, keys=state.keys, reader=state.key_reader)
+    return TicketStore(broker=state.broker, keys=state.keys, reader=state.reads)
 
 
 def revocation_store(state: AppState) -> RevocationStore:
-    return RevocationStore(broker=state.broker, keys=state.keys, reader=state.key_reader)
+    return RevocationStore(broker=state.broker, keys=state.keys, reader=state.reads)
 
 
 def _refused(exc: UnauthorizedError) -> UnauthorizedError:

@@ -1,135 +1,181 @@
 """One Redis round trip per event-loop iteration instead of one per connection.
 
-In a reconnect storm thousands of connections reach the same step (revocation
-check, history head, first history page) within a few loop iterations. Each used
-to take a pool connection, write its own command and wait for its own reply.
-`TickBatcher` collects every request made during one iteration and runs them as
-one call (`MGET` of all keys, one pipeline of all reads), then hands each caller
+In a reconnect storm thousands of connections reach the same steps (revocation
+or ticket check, history head, first history page) within a few loop iterations.
+Each used to take a pool connection, write its own command and wait for its own
+reply. `TickReads` collects every read asked for during one iteration, whatever
+its kind, and runs them as one broker call (`Broker.read_batch`: one pipeline
+holding the `MGET` of all keys, the heads and the pages), then hands each caller
 its own answer. Nothing is skipped or cached: every caller gets the value Redis
 holds now, read after it asked; only the round trips are shared.
 
-    caller ─▶ TickBatcher.get(item) ─┐   (same iteration: joins the open batch)
-    caller ─▶ TickBatcher.get(item) ─┤
-                                     └─▶ next iteration: run_many([items…]) once
-                                         ─▶ each caller's future gets its result
-                                            (or the batch's exception)
+    caller ─▶ TickReads.get_values(*keys) ─┐   (same iteration: joins the open batch)
+    caller ─▶ TickReads.head(key)         ─┤
+    caller ─▶ TickReads.page(read)        ─┤
+                                          └─▶ next iteration: read_batch(…) once
+                                              ─▶ each caller's future gets its answer
+                                                 (or its read's exception, or the
+                                                 call's)
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Final, Generic, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
 
 from service import metrics
+from service.brokers.base import HistoryPage, HistoryRead, ReadBatch, ReadReplies
 
-K = TypeVar("K")
-V = TypeVar("V")
+T = TypeVar("T")
 
-# Largest batch sent as one call: a bounded MGET / pipeline (Redis answers a few
-# hundred reads in well under a millisecond; a huge reply would stall the loop
-# while it is parsed).
+# Largest number of reads of one kind sent in one call: a bounded MGET / pipeline
+# (Redis answers a few hundred reads in well under a millisecond; a huge reply
+# would stall the loop while it is parsed).
 MAX_BATCH: Final = 512
 
+_OBSERVE_VALUES: Final = metrics.REDIS_BATCH_SIZE.labels(operation="mget").observe
+_OBSERVE_HEADS: Final = metrics.REDIS_BATCH_SIZE.labels(operation="history_head").observe
+_OBSERVE_PAGES: Final = metrics.REDIS_BATCH_SIZE.labels(operation="history_page").observe
 
-class TickBatcher(Generic[K, V]):
-    """Calls `run_many(items)` once per loop iteration for every item asked for in it.
+ReadBatchCall = Callable[[ReadBatch], Awaitable[ReadReplies]]
 
-    `run_many` must return one result per item, in order. A failure of the call
-    (Redis unreachable) is every caller's failure. A caller that is cancelled
-    while waiting does not cancel the batch: the others still get their answers.
+
+def _settle(future: asyncio.Future[T], answer: T | Exception) -> None:
+    if future.done():  # its caller was cancelled
+        return
+    if isinstance(answer, Exception):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
+
+
+class TickReads:
+    """Calls `read_batch` once per loop iteration for every read asked for in it.
+
+    `read_batch` answers every read in order, a read's own failure in its place
+    (that caller's alone); a failure of the whole call (Redis unreachable) is the
+    failure of every caller of that call. A caller that is cancelled while
+    waiting does not cancel the call: the others still get their answers.
     """
 
-    __slots__ = ("_max_batch", "_observe", "_pending", "_run_many", "_tasks", "largest_batch")
+    __slots__ = (
+        "_heads",
+        "_max_batch",
+        "_pages",
+        "_read_batch",
+        "_scheduled",
+        "_tasks",
+        "_values",
+        "largest_batch",
+    )
 
-    def __init__(
-        self,
-        run_many: Callable[[list[K]], Awaitable[Sequence[V]]],
-        *,
-        operation: str,
-        max_batch: int = MAX_BATCH,
-    ) -> None:
-        self._observe = metrics.REDIS_BATCH_SIZE.labels(operation=operation).observe
-        self._run_many = run_many
+    def __init__(self, read_batch: ReadBatchCall, *, max_batch: int = MAX_BATCH) -> None:
+        self._read_batch = read_batch
         self._max_batch = max_batch
-        self._pending: list[tuple[K, asyncio.Future[V]]] = []
-        # The batches in flight. Each task is owned here, never outlives the loop's
+        self._values: list[tuple[tuple[str, ...], asyncio.Future[list[str | None]]]] = []
+        self._heads: list[tuple[str, asyncio.Future[str | None]]] = []
+        self._pages: list[tuple[HistoryRead, asyncio.Future[HistoryPage]]] = []
+        self._scheduled = False
+        # The calls in flight. Each task is owned here, never outlives the loop's
         # work for its callers, and hands any exception to their futures.
         self._tasks: set[asyncio.Task[None]] = set()
-        # The most requests one call has carried (diagnosis and tests).
+        # The most `get_values` requests one call has carried (diagnosis and tests).
         self.largest_batch = 0
 
-    async def get(self, item: K) -> V:
+    def _future(self) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[V] = loop.create_future()
-        if not self._pending:
-            # The first request of this iteration: the batch runs in the next one,
+        if not self._scheduled:
+            # The first read of this iteration: the call goes in the next one,
             # after every connection woken in this one has added its own.
+            self._scheduled = True
             loop.call_soon(self._flush)
-        self._pending.append((item, future))
+        return loop.create_future()
+
+    async def get_values(self, *keys: str) -> list[str | None]:
+        """What `broker.get_values(*keys)` would answer (ticket and revocation checks)."""
+        if not keys:
+            return []
+        future: asyncio.Future[list[str | None]] = self._future()
+        self._values.append((keys, future))
+        return await future
+
+    async def head(self, history_key: str) -> str | None:
+        """The newest id of a history stream, None when it is empty."""
+        future: asyncio.Future[str | None] = self._future()
+        self._heads.append((history_key, future))
+        return await future
+
+    async def page(self, read: HistoryRead) -> HistoryPage:
+        """One page of a history stream."""
+        future: asyncio.Future[HistoryPage] = self._future()
+        self._pages.append((read, future))
         return await future
 
     def _flush(self) -> None:
-        batch, self._pending = self._pending, []
-        self.largest_batch = max(self.largest_batch, min(len(batch), self._max_batch))
+        self._scheduled = False
+        values, heads, pages = self._values, self._heads, self._pages
+        self._values, self._heads, self._pages = [], [], []
         loop = asyncio.get_running_loop()
-        for start in range(0, len(batch), self._max_batch):
-            chunk = batch[start : start + self._max_batch]
-            self._observe(len(chunk))
-            task = loop.create_task(self._run(chunk))
+        n = self._max_batch
+        for start in range(0, max(len(values), len(heads), len(pages)), n):
+            chunk = (values[start : start + n], heads[start : start + n], pages[start : start + n])
+            self.largest_batch = max(self.largest_batch, len(chunk[0]))
+            for observe, count in zip(
+                (_OBSERVE_VALUES, _OBSERVE_HEADS, _OBSERVE_PAGES),
+                (len(chunk[0]), len(chunk[1]), len(chunk[2])),
+                strict=True,
+            ):
+                if count:
+                    observe(count)
+            task = loop.create_task(self._run(*chunk))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[K, asyncio.Future[V]]]) -> None:
+    async def _run(
+        self,
+        values: list[tuple[tuple[str, ...], asyncio.Future[list[str | None]]]],
+        heads: list[tuple[str, asyncio.Future[str | None]]],
+        pages: list[tuple[HistoryRead, asyncio.Future[HistoryPage]]],
+    ) -> None:
+        # Each distinct key once; every request gets its own keys' values back.
+        unique = list(dict.fromkeys(key for keys, _ in values for key in keys))
+        batch = ReadBatch(keys=unique, heads=[k for k, _ in heads], pages=[r for r, _ in pages])
+        futures: list[asyncio.Future[Any]] = [
+            *(f for _, f in values),
+            *(f for _, f in heads),
+            *(f for _, f in pages),
+        ]
         try:
-            results = await self._run_many([item for item, _ in batch])
-            if len(results) != len(batch):
-                raise RuntimeError("run_many returned a result count unlike its input")
+            replies = await self._read_batch(batch)
+            if (len(replies.values), len(replies.heads), len(replies.pages)) != (
+                len(unique),
+                len(heads),
+                len(pages),
+            ):
+                raise RuntimeError("read_batch answered a read count unlike its batch")
         except asyncio.CancelledError:
-            for _, future in batch:
+            for future in futures:
                 future.cancel()
             raise
         except Exception as exc:
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            for future in futures:
+                _settle(future, exc)
             return
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+        by_key = dict(zip(unique, replies.values, strict=True))
+        for keys, values_future in values:
+            answer = [by_key[key] for key in keys]
+            failed = next((v for v in answer if isinstance(v, Exception)), None)
+            if failed is not None:
+                _settle(values_future, failed)
+            else:
+                _settle(values_future, [v for v in answer if not isinstance(v, Exception)])
+        for (_, head_future), head in zip(heads, replies.heads, strict=True):
+            _settle(head_future, head)
+        for (_, page_future), page in zip(pages, replies.pages, strict=True):
+            _settle(page_future, page)
 
     async def aclose(self) -> None:
-        """Wait for the batches in flight (shutdown)."""
+        """Wait for the calls in flight (shutdown)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class KeyReader:
-    """`MGET` coalesced per loop iteration: `await reader.get_values(*keys)` answers
-    exactly what `broker.get_values(*keys)` would, sharing the round trip with every
-    other read of the same iteration (ticket and revocation checks)."""
-
-    __slots__ = ("_batcher", "_get_values")
-
-    def __init__(self, get_values: Callable[..., Awaitable[list[str | None]]]) -> None:
-        self._get_values = get_values
-        self._batcher: TickBatcher[tuple[str, ...], list[str | None]] = TickBatcher(
-            self._mget, operation="mget"
-        )
-
-    @property
-    def largest_batch(self) -> int:
-        return self._batcher.largest_batch
-
-    async def get_values(self, *keys: str) -> list[str | None]:
-        if not keys:
-            return []
-        return await self._batcher.get(keys)
-
-    async def _mget(self, requests: list[tuple[str, ...]]) -> list[list[str | None]]:
-        if len(requests) == 1:
-            return [await self._get_values(*requests[0])]
-        # Each distinct key once; every request gets its own keys' values back.
-        unique = list(dict.fromkeys(key for keys in requests for key in keys))
-        values = dict(zip(unique, await self._get_values(*unique), strict=True))
-        return [[values[key] for key in keys] for keys in requests]

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from service import metrics
 from service.brokers.base import Broker, HistoryPage, HistoryRead, parse_stream_id, splice_id
-from service.services.batching import TickBatcher
+from service.services.batching import TickReads
 
 log = structlog.get_logger(__name__)
 
@@ -35,21 +35,20 @@ class ReplayStart:
 
 
 class HistoryReader:
-    def __init__(self, *, broker: Broker, keys: RedisKeys, page_size: int) -> None:
+    def __init__(
+        self, *, broker: Broker, keys: RedisKeys, page_size: int, reads: TickReads | None = None
+    ) -> None:
         self._broker = broker
         self._keys = keys
         self._page_size = page_size
         # The heads and pages read by every connection of one loop iteration go to
-        # Redis as one pipeline (a reconnect storm reads thousands at once).
-        self._heads: TickBatcher[str, str | None] = TickBatcher(
-            broker.read_heads, operation="history_head"
-        )
-        self._pages: TickBatcher[HistoryRead, HistoryPage] = TickBatcher(
-            broker.read_histories, operation="history_page"
-        )
+        # Redis in one call, with the ticket and revocation checks of the same
+        # iteration (a reconnect storm reads thousands at once): the process'
+        # `TickReads`, shared with `AppState.reads`.
+        self.reads = reads if reads is not None else TickReads(broker.read_batch)
 
     async def _read(self, key: str, *, after_id: str) -> HistoryPage:
-        return await self._pages.get(
+        return await self.reads.page(
             HistoryRead(history_key=key, after_id=after_id, count=self._page_size)
         )
 
@@ -98,7 +97,7 @@ class HistoryReader:
     async def head(self, patient_id: str) -> str:
         """Where a client that has received nothing resumes from: the id of the
         newest history entry, or `EMPTY_HISTORY_ID`."""
-        newest = await self._heads.get(self._keys.history(patient_id))
+        newest = await self.reads.head(self._keys.history(patient_id))
         return newest or EMPTY_HISTORY_ID
 
     async def read_all_after(

@@ -28,7 +28,7 @@ import structlog
 from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import Broker
-from service.services.batching import KeyReader
+from service.services.batching import TickReads
 from service.services.control import announce_revocation, revokes_issued_at
 from service.services.errors import DomainError, UnauthorizedError
 from service.services.principal import Principal
@@ -70,7 +70,7 @@ def _revoked_at(value: str) -> float | None:
 
 
 class RevocationStore:
-    def __init__(self, *, broker: Broker, keys: RedisKeys, reader: KeyReader | None = None) -> None:
+    def __init__(self, *, broker: Broker, keys: RedisKeys, reader: TickReads | None = None) -> None:
         self._broker = broker
         self._keys = keys
         # Reads for connection checks: the process' coalescing reader when given

@@ -29,7 +29,7 @@ from notify_publisher.keys import RedisKeys
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.brokers.base import Broker
-from service.services.batching import KeyReader
+from service.services.batching import TickReads
 from service.services.control import announce_ticket_deleted
 from service.services.errors import NotFoundError, UnauthorizedError
 from service.services.principal import Principal, Role, scope_set
@@ -101,7 +101,7 @@ class IssuedTicket:
 class TicketStore:
     """Issue, redeem and delete tickets; state lives only in Redis."""
 
-    def __init__(self, *, broker: Broker, keys: RedisKeys, reader: KeyReader | None = None) -> None:
+    def __init__(self, *, broker: Broker, keys: RedisKeys, reader: TickReads | None = None) -> None:
         self._broker = broker
         self._keys = keys
         # Redeeming reads through the process' coalescing reader when given (one

@@ -24,7 +24,7 @@ from typing import Final
 
 from fastapi.routing import APIRoute
 from notify_publisher.events import OPAQUE_ID_PATTERN
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -69,14 +69,16 @@ class LeanStreamRoutes:
             await self.app(scope, receive, send)
             return
         route, params = matched
-        conn = HTTPConnection(scope)
-        query = conn.query_params.get(LAST_EVENT_ID_QUERY)
+        # One request object for the whole open: its query string and headers are
+        # parsed once, here and by the ticket and bearer look-ups alike.
+        request = Request(scope, receive)
+        query = request.query_params.get(LAST_EVENT_ID_QUERY)
         if query is not None and len(query) > LAST_EVENT_ID_QUERY_MAX:
             await self.app(scope, receive, send)  # FastAPI's 422, word for word
             return
         scope["route"] = route
         scope["path_params"] = params
-        response = await self._open(state, Request(scope, receive), params, query)
+        response = await self._open(state, request, params, query)
         await response(scope, receive, send)
 
     def _match(self, path: str) -> tuple[APIRoute, dict[str, str]] | None:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
@@ -42,10 +43,13 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
     pushes the next keep-alive back."""
 
     def __init__(self, stream: SseStream, *, headers: dict[str, str], clock: Clock) -> None:
-        super().__init__(_nothing(), headers=headers, ping=0, sep="\n")
-        # Serialises the library's ping task with its writer; neither runs here
-        # (HEAD is answered without them), and the lock costs ~0.8 KiB a stream.
-        del self._send_lock
+        # What sse-starlette's `__init__` sets, taken from one response built by
+        # it per distinct `headers` (issue 23: building and encoding the same
+        # headers, and an `anyio.Lock`, cost every connect ~3 % of its CPU).
+        # `tests/unit/test_sse_response.py` holds the two equal.
+        self.__dict__.update(_library_attributes(headers))
+        self.raw_headers = list(self.raw_headers)  # each response its own list
+        self.body_iterator = _nothing()
         self._sse = stream
         self._clock = clock
         SendWatch.__init__(self)
@@ -139,6 +143,28 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+
+
+# sse-starlette's attributes per distinct header set (a handful in a process).
+_LIBRARY_ATTRIBUTES: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+
+
+def _library_attributes(headers: dict[str, str]) -> dict[str, Any]:
+    """The attributes `EventSourceResponse(…, headers=headers, ping=0, sep="\\n")`
+    sets, but its `_send_lock` (it serialises the library's ping task with its
+    writer; neither runs here, HEAD is answered without them, and the lock costs
+    ~0.8 KiB a stream) and its `body_iterator`."""
+    key = tuple(headers.items())
+    found = _LIBRARY_ATTRIBUTES.get(key)
+    if found is None:
+        built = EventSourceResponse(_nothing(), headers=headers, ping=0, sep="\n")
+        found = {
+            name: value
+            for name, value in vars(built).items()
+            if name not in ("_send_lock", "body_iterator")
+        }
+        _LIBRARY_ATTRIBUTES[key] = found
+    return found
 
 
 async def _nothing() -> AsyncIterator[bytes]:

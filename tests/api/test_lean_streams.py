@@ -9,6 +9,8 @@ from typing import Any, cast
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette import requests
+from starlette.datastructures import QueryParams
 from structlog.testing import capture_logs
 
 from service.config import Settings
@@ -118,3 +120,21 @@ def test_a_stream_is_logged_by_its_route_template_never_its_path(
         next(r.iter_bytes())
     opened = [line for line in logs if line["event"] == "stream_opened"]
     assert [line["route"] for line in opened] == ["/v1/patients/{patient_id}/events"]
+
+
+def test_a_lean_open_parses_its_query_string_once(
+    lean: TestClient, tokens: Tokens, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The `last_event_id` and `ticket` look-ups share one parse (issue 23: a
+    connect's CPU)."""
+    parsed: list[bytes] = []
+
+    class Counting(QueryParams):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            parsed.append(args[0] if args else b"")
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(requests, "QueryParams", Counting)
+    url = f"{ME}?last_event_id=5-0&ticket={'a' * 43}"
+    assert answer(lean, url, {})["status"] == 401  # an unknown ticket
+    assert parsed == [b"last_event_id=5-0&ticket=" + b"a" * 43]

@@ -14,9 +14,10 @@ from notify_publisher.request import PublishRequest
 from notify_publisher.topology import RedisMode, RedisTopology
 
 from service import metrics
-from service.brokers.base import Broker
+from service.brokers.base import Broker, HistoryPage, HistoryRead, ReadBatch
 from service.brokers.factory import build_broker
 from service.brokers.memory import MemoryBroker
+from service.failures import BrokerRefusedError
 from service.services.errors import InvalidEventError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.publisher import publish
@@ -196,3 +197,67 @@ async def test_replay_from_the_empty_history_id_sees_trimming(broker: Broker) ->
     reader = HistoryReader(broker=broker, keys=keys_of(broker), page_size=500)
     gap, _ = await replay_all(reader, EMPTY_HISTORY_ID)
     assert gap
+
+
+async def test_read_batch_answers_what_each_read_would(broker: Broker) -> None:
+    """One loop iteration's reads in one call (issue 23) answer exactly what the
+    reads one by one do, on every broker."""
+    keys = keys_of(broker)
+    stored = await publish_n(broker, 3)
+    await broker.set_value(keys.revoked_sub("pt_1"), "12.5", ttl_s=60)
+    full, empty = keys.history("pt_1"), keys.history("pt_none")
+    batch = ReadBatch(
+        keys=[keys.revoked_sub("pt_1"), keys.revoked_jti("j1")],
+        heads=[full, empty],
+        pages=[
+            HistoryRead(history_key=full, after_id=stored[0].id or "", count=10),
+            HistoryRead(history_key=empty, after_id=EMPTY_HISTORY_ID, count=10),
+        ],
+    )
+    replies = await broker.read_batch(batch)
+    assert replies.values == ["12.5", None]
+    assert replies.heads == [stored[-1].id, None]
+    assert replies.pages == [
+        await broker.read_history(r.history_key, after_id=r.after_id, count=r.count)
+        for r in batch.pages
+    ]
+    assert [e.id for e in replies.pages[0].entries] == [s.id for s in stored[1:]]  # type: ignore[union-attr]
+
+
+async def test_a_refused_read_in_the_pipeline_fails_only_itself(
+    redis_server: RedisServer,
+) -> None:
+    """Standalone Redis: one pipeline for the whole batch; a key of the wrong type
+    fails its own page, and the values, heads and other pages still arrive."""
+    keys = RedisKeys(f"h{uuid.uuid4().hex[:8]}:")
+    broker = build_broker(
+        RedisTopology(mode=RedisMode.STANDALONE, url=redis_server.url),
+        control_channel=keys.control,
+        max_connections=4,
+        pool_timeout_s=2,
+        socket_timeout_s=5,
+    )
+    try:
+        stored = await publish_to(broker, keys, "pt_1")
+        # A string where a history stream should be: XRANGE answers WRONGTYPE.
+        await broker.set_value(keys.history("pt_bad"), "x", ttl_s=60)
+        await broker.set_value(keys.revoked_jti("j1"), "1.0", ttl_s=60)
+        replies = await broker.read_batch(
+            ReadBatch(
+                keys=[keys.revoked_jti("j1")],
+                heads=[keys.history("pt_1"), keys.history("pt_bad")],
+                pages=[
+                    HistoryRead(history_key=keys.history("pt_bad"), after_id="0-0", count=10),
+                    HistoryRead(history_key=keys.history("pt_1"), after_id="0-0", count=10),
+                ],
+            )
+        )
+        assert replies.values == ["1.0"]
+        assert replies.heads[0] == stored.id
+        assert isinstance(replies.heads[1], BrokerRefusedError)
+        assert isinstance(replies.pages[0], BrokerRefusedError)
+        page = replies.pages[1]
+        assert isinstance(page, HistoryPage)
+        assert [e.id for e in page.entries] == [stored.id]
+    finally:
+        await broker.stop()

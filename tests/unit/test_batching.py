@@ -1,92 +1,190 @@
-"""Coalescing per loop iteration (issue 15): one broker call for the reads and the
-subscriptions of many connections, each caller still getting its own answer."""
+"""Coalescing per loop iteration (issues 15 and 23): one broker call for the reads
+(of every kind) and the subscriptions of many connections, each caller still
+getting its own answer, and a failure reaching only the callers it concerns."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import TypeVar
 
 import pytest
 from notify_publisher.keys import RedisKeys
 
+from service.brokers.base import HistoryPage, HistoryRead, ReadBatch, ReadReplies
+from service.brokers.memory import MemoryBroker
 from service.fanout.hub import Hub
 from service.fanout.queue import DeliveryQueue
-from service.services.batching import KeyReader, TickBatcher
+from service.services.batching import TickReads
+
+T = TypeVar("T")
 
 KEYS = RedisKeys("u:")
 
 
+def page_of(read: HistoryRead) -> HistoryPage:
+    return HistoryPage(entries=[], exists=True, first_id=read.after_id, last_id=read.history_key)
+
+
 class FakeRedis:
+    """`read_batch` over a dict; a key or history key in `refuse` fails its read alone."""
+
     def __init__(self, values: dict[str, str]) -> None:
         self.values = values
-        self.calls: list[tuple[str, ...]] = []
+        self.calls: list[ReadBatch] = []
         self.fail: Exception | None = None
+        self.refuse: set[str] = set()
 
-    async def get_values(self, *keys: str) -> list[str | None]:
-        self.calls.append(keys)
+    def _answer(self, key: str, value: T) -> T | Exception:
+        return RuntimeError(f"refused {key}") if key in self.refuse else value
+
+    async def read_batch(self, batch: ReadBatch) -> ReadReplies:
+        self.calls.append(batch)
         await asyncio.sleep(0)
         if self.fail is not None:
             raise self.fail
-        return [self.values.get(k) for k in keys]
+        return ReadReplies(
+            values=[self._answer(k, self.values.get(k)) for k in batch.keys],
+            heads=[self._answer(k, self.values.get(k)) for k in batch.heads],
+            pages=[self._answer(r.history_key, page_of(r)) for r in batch.pages],
+        )
 
 
-async def test_reads_of_one_iteration_share_one_mget() -> None:
-    redis = FakeRedis({"a": "1", "c": "3"})
-    reader = KeyReader(redis.get_values)
+def read(key: str) -> HistoryRead:
+    return HistoryRead(history_key=key, after_id="1-0", count=10)
+
+
+async def test_reads_of_one_iteration_of_every_kind_share_one_call() -> None:
+    redis = FakeRedis({"a": "1", "c": "3", "h": "9-0"})
+    reads = TickReads(redis.read_batch)
     answers = await asyncio.gather(
-        reader.get_values("a", "b"), reader.get_values("c"), reader.get_values("a")
+        reads.get_values("a", "b"),
+        reads.head("h"),
+        reads.get_values("c"),
+        reads.page(read("p")),
+        reads.get_values("a"),
+        reads.head("empty"),
     )
-    assert list(answers) == [["1", None], ["3"], ["1"]]
+    assert list(answers) == [["1", None], "9-0", ["3"], page_of(read("p")), ["1"], None]
     assert len(redis.calls) == 1
-    assert sorted(redis.calls[0]) == ["a", "b", "c"]  # each key once
+    assert sorted(redis.calls[0].keys) == ["a", "b", "c"]  # each key once
+    assert redis.calls[0].heads == ["h", "empty"]
+    assert redis.calls[0].pages == [read("p")]
+    assert reads.largest_batch == 3
 
 
 async def test_a_value_written_between_batches_is_seen_by_the_next() -> None:
     redis = FakeRedis({})
-    reader = KeyReader(redis.get_values)
-    assert await reader.get_values("k") == [None]
+    reads = TickReads(redis.read_batch)
+    assert await reads.get_values("k") == [None]
     redis.values["k"] = "revoked"
-    assert await reader.get_values("k") == ["revoked"]
+    assert await reads.get_values("k") == ["revoked"]
     assert len(redis.calls) == 2
 
 
-async def test_a_failed_batch_fails_every_caller() -> None:
-    redis = FakeRedis({})
+async def test_a_failed_call_fails_every_caller_of_it_and_no_later_one() -> None:
+    redis = FakeRedis({"a": "1"})
     redis.fail = ConnectionError("down")
-    reader = KeyReader(redis.get_values)
+    reads = TickReads(redis.read_batch)
     results = await asyncio.gather(
-        reader.get_values("a"), reader.get_values("b"), return_exceptions=True
+        reads.get_values("a"), reads.head("h"), reads.page(read("p")), return_exceptions=True
     )
     assert all(isinstance(r, ConnectionError) for r in results)
+    redis.fail = None
+    assert await reads.get_values("a") == ["1"]
+
+
+async def test_a_failed_read_fails_only_its_callers() -> None:
+    redis = FakeRedis({"a": "1", "h": "9-0"})
+    redis.refuse = {"bad", "bad-head", "bad-page"}
+    reads = TickReads(redis.read_batch)
+    results = await asyncio.gather(
+        reads.get_values("a"),
+        reads.get_values("a", "bad"),
+        reads.head("h"),
+        reads.head("bad-head"),
+        reads.page(read("p")),
+        reads.page(read("bad-page")),
+        return_exceptions=True,
+    )
+    assert len(redis.calls) == 1
+    assert results[0] == ["1"]
+    assert results[2] == "9-0"
+    assert results[4] == page_of(read("p"))
+    assert [str(r) for r in results[1::2]] == [
+        "refused bad",
+        "refused bad-head",
+        "refused bad-page",
+    ]
+
+
+async def test_errors_of_one_chunk_reach_only_its_callers() -> None:
+    calls = 0
+
+    async def first_fails(batch: ReadBatch) -> ReadReplies:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ConnectionError("down")
+        return ReadReplies(values=list(batch.keys), heads=[], pages=[])
+
+    reads = TickReads(first_fails, max_batch=2)
+    results = await asyncio.gather(
+        *(reads.get_values(f"k{i}") for i in range(4)), return_exceptions=True
+    )
+    assert calls == 2
+    assert [isinstance(r, ConnectionError) for r in results] == [True, True, False, False]
+    assert results[2:] == [["k2"], ["k3"]]
 
 
 async def test_a_cancelled_caller_does_not_cancel_the_others() -> None:
     release = asyncio.Event()
 
-    async def slow(items: list[int]) -> list[int]:
+    async def slow(batch: ReadBatch) -> ReadReplies:
         await release.wait()
-        return [i * 2 for i in items]
+        return ReadReplies(values=[k * 2 for k in batch.keys], heads=[], pages=[])
 
-    batcher: TickBatcher[int, int] = TickBatcher(slow, operation="test")
-    first = asyncio.create_task(batcher.get(1))
-    second = asyncio.create_task(batcher.get(2))
+    reads = TickReads(slow)
+    first = asyncio.create_task(reads.get_values("a"))
+    second = asyncio.create_task(reads.get_values("b"))
     await asyncio.sleep(0)
     first.cancel()
     release.set()
-    assert await second == 4
+    assert await second == ["bb"]
     with pytest.raises(asyncio.CancelledError):
         await first
 
 
 async def test_batches_are_bounded() -> None:
-    sizes: list[int] = []
+    sizes: list[tuple[int, int, int]] = []
 
-    async def run(items: list[int]) -> list[int]:
-        sizes.append(len(items))
-        return items
+    async def run(batch: ReadBatch) -> ReadReplies:
+        sizes.append((len(batch.keys), len(batch.heads), len(batch.pages)))
+        return ReadReplies(
+            values=list(batch.keys),
+            heads=list(batch.heads),
+            pages=[page_of(r) for r in batch.pages],
+        )
 
-    batcher: TickBatcher[int, int] = TickBatcher(run, operation="test", max_batch=3)
-    assert await asyncio.gather(*(batcher.get(i) for i in range(7))) == list(range(7))
-    assert sorted(sizes) == [1, 3, 3]
+    reads = TickReads(run, max_batch=3)
+    answers = await asyncio.gather(
+        *(reads.get_values(str(i)) for i in range(7)), *(reads.head(f"h{i}") for i in range(4))
+    )
+    assert answers == [[str(i)] for i in range(7)] + [f"h{i}" for i in range(4)]
+    assert sorted(sizes) == [(1, 0, 0), (3, 1, 0), (3, 3, 0)]
+
+
+async def test_the_default_read_batch_fails_one_kind_only() -> None:
+    """Brokers without a pipeline of everything (memory, Cluster) answer per kind."""
+    broker = MemoryBroker(control_channel=KEYS.control)
+    await broker.set_value("k", "v", ttl_s=60)
+
+    async def no_heads(history_keys: list[str]) -> list[str | None]:
+        raise ConnectionError("down")
+
+    broker.read_heads = no_heads  # type: ignore[method-assign]
+    replies = await broker.read_batch(ReadBatch(keys=["k", "x"], heads=["h1", "h2"], pages=[]))
+    assert replies.values == ["v", None]
+    assert [type(h) for h in replies.heads] == [ConnectionError, ConnectionError]
 
 
 class BatchBroker:
