@@ -30,7 +30,7 @@ from service.fanout.clock import Clock as ServiceClock
 from service.fanout.connection import SseConnection
 from service.fanout.hub import Hub
 from service.fanout.queue import DeliveryQueue
-from service.http_protocol import Taken
+from service.transports.http_protocol import Taken
 from service.transports.sse_stream import SseStream
 
 N = int(sys.argv[1]) if len(sys.argv) > 1 else 1000

@@ -20,9 +20,10 @@ import uvicorn
 from pydantic import ValidationError
 
 from service.config import Settings, get_settings
-from service.http_protocol import HttpProtocol, WsProtocol
 from service.services.principal import Role, Scope
 from service.services.tokens import mint_token
+from service.transports.http_protocol import HttpProtocol
+from service.transports.ws_protocol import WsProtocol
 from service.workers import serve_workers
 
 
@@ -54,7 +55,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         # drain needs the grace window, uvicorn gets a little more to finish writing.
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s) + 2,
         # httptools, minus its cycle per WebSocket upgrade, plus a header deadline
-        # (service/http_protocol.py). A partial of a module-level class pickles, so
+        # (service/transports/http_protocol.py). A partial of a module-level class pickles, so
         # it reaches every worker process.
         "http": functools.partial(HttpProtocol, header_timeout_s=settings.header_timeout_s),
         # websockets' sans-I/O protocol, able to reset a stalled connection.

@@ -9,7 +9,7 @@ runs from the edge middleware once routing has returned, so the framework's
 per-request frames and exit stacks are not kept alive for hours: the headers and
 the stream's opening go through ASGI `send` (the middleware's request id and CORS
 headers on them), then, under `notify serve`, the stream takes its socket over
-(`service/http_protocol.py:HandOver`, `service/transports/sse_stream.py:SseStream`)
+(`service/transports/http_protocol.py:HandOver`, `service/transports/sse_stream.py:SseStream`)
 and this response returns; under any other server it writes the live part itself.
 """
 
@@ -26,13 +26,9 @@ from starlette.types import Receive, Scope, Send
 
 from service.fanout.clock import Clock, SendWatch
 from service.fanout.closing import CloseReason
-from service.http_protocol import (
-    DISCONNECT_EXTENSION,
-    HAND_OVER_EXTENSION,
-    DisconnectHook,
-    HandOver,
-)
 from service.middleware import defer_stream, handed_over
+from service.transports.hand_over import DISCONNECT_EXTENSION, DisconnectHook
+from service.transports.http_protocol import HAND_OVER_EXTENSION, HandOver
 from service.transports.sse_stream import SseStream
 
 

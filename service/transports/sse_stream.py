@@ -5,7 +5,7 @@ live part, which owns its socket when the server can hand it over.
   `retry:`, the resume point, a `gap`, the replay. Always through ASGI: the
   headers before it went through the edge middleware (request id, CORS) like any
   response's.
-- Live, under `notify serve` (`service/http_protocol.py:HandOver`): the stream is
+- Live, under `notify serve` (`service/transports/http_protocol.py:HandOver`): the stream is
   the transport's protocol. No task, no ASGI `send`, no scope: the queue wakes it
   (`DeliveryQueue.hand_to`) and it writes what is queued at once, framed once per
   channel (`service/wire/sse.py`), in one chunk; heartbeats come from the process'
@@ -38,8 +38,8 @@ from service.fanout.closing import ENDINGS, CloseReason
 from service.fanout.connection import SseConnection, jittered_retry_ms
 from service.fanout.queue import Delivery, DeliveryQueue
 from service.fanout.subscription import reason_for
-from service.http_protocol import Taken
 from service.services.errors import UnavailableError
+from service.transports.http_protocol import Taken
 from service.transports.writes import Writes
 from service.wire.sse import (
     HEARTBEAT,
@@ -330,7 +330,7 @@ class SseStream:
             if at_end is not None:
                 at_end()
 
-    # asyncio's protocol callbacks (`service/http_protocol.py:SocketOwner`).
+    # asyncio's protocol callbacks (`service/transports/hand_over.py:SocketOwner`).
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._connection.queue.close(CloseReason.CLIENT_GONE)

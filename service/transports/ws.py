@@ -14,7 +14,7 @@ returned (`service/middleware.py:defer_stream`), like an SSE body: it keeps no
 route coroutine, dependency exit stack or Starlette `WebSocket`. It reads the
 first-frame `auth` if needed (through ASGI), admits the connection, and then:
 
-- under `notify serve` (`service/http_protocol.py:WsHandOver`), hands the socket to
+- under `notify serve` (`service/transports/ws_protocol.py:WsHandOver`), hands the socket to
   the connection's stream (`service/transports/ws_stream.py:WsStream`) and returns:
   no task, no ASGI `send`/`receive`, no scope, no uvicorn protocol is kept. The
   edge middleware's access line waits for the stream's end.
@@ -48,18 +48,14 @@ from service.fanout.ws_connection import (
     UNAVAILABLE,
     WsConnection,
 )
-from service.http_protocol import (
-    DISCONNECT_EXTENSION,
-    WS_HAND_OVER_EXTENSION,
-    DisconnectHook,
-    WsHandOver,
-)
 from service.middleware import handed_over
 from service.schemas.ws import CLIENT_MESSAGE, AuthenticatedMessage, AuthMessage
 from service.services.errors import UnauthorizedError, UnavailableError
 from service.services.principal import Principal
 from service.state import AppState
+from service.transports.hand_over import DISCONNECT_EXTENSION, DisconnectHook
 from service.transports.ws_handlers import handle, reconnect_text
+from service.transports.ws_protocol import WS_HAND_OVER_EXTENSION, WsHandOver
 from service.transports.ws_stream import WsStream
 from service.wire.ws import message_text
 

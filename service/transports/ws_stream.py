@@ -1,5 +1,5 @@
 """A WebSocket that owns its socket: once accepted, authenticated and admitted
-under `notify serve` (`service/http_protocol.py:WsHandOver`), the connection is
+under `notify serve` (`service/transports/ws_protocol.py:WsHandOver`), the connection is
 this small object, the transport's protocol. No reader or writer task, no ASGI
 `send`/`receive`, no scope, no uvicorn protocol.
 
@@ -47,11 +47,11 @@ from websockets.server import ServerProtocol
 from service.fanout.closing import CloseReason, Ending
 from service.fanout.subscription import Subscription
 from service.fanout.ws_connection import INTERNAL, UNAVAILABLE, WS_DELIVERIES, WsConnection
-from service.http_protocol import WsTaken
 from service.services.errors import UnavailableError
 from service.state import AppState
 from service.transports.writes import Writes
 from service.transports.ws_handlers import handle, reconnect_text
+from service.transports.ws_protocol import WsTaken
 
 log = structlog.get_logger("service.ws")
 
@@ -449,7 +449,7 @@ class WsStream:
             if at_end is not None:
                 at_end()
 
-    # --- asyncio's protocol callbacks (`service/http_protocol.py:SocketOwner`) --------
+    # --- asyncio's protocol callbacks (`service/transports/hand_over.py:SocketOwner`) --------
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

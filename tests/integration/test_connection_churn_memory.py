@@ -31,8 +31,10 @@ from service.fanout.connection import SseConnection
 from service.fanout.queue import DeliveryQueue
 from service.fanout.subscription import Subscription
 from service.fanout.ws_connection import WsConnection
-from service.http_protocol import DisconnectHook, HttpProtocol, WsProtocol
+from service.transports.hand_over import DisconnectHook
+from service.transports.http_protocol import HttpProtocol
 from service.transports.sse_response import SseStreamResponse
+from service.transports.ws_protocol import WsProtocol
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import RunningApp, run_app
 from tests.support.collector import collector_off

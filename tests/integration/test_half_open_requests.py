@@ -15,7 +15,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.http_protocol import REQUEST_TIMEOUT_RESPONSE
+from service.transports.http_protocol import REQUEST_TIMEOUT_RESPONSE
 from tests.conftest import SettingsFactory, Tokens, bearer
 from tests.support.app_server import ServiceProcess, running
 from tests.support.events import event_dict

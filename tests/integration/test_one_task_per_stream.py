@@ -1,12 +1,12 @@
 """Under `notify serve`'s uvicorn protocol a live SSE stream is no task at all: once
-its opening is written it owns its socket (`service/http_protocol.py:HandOver`,
+its opening is written it owns its socket (`service/transports/http_protocol.py:HandOver`,
 `service/transports/sse_stream.py:SseStream`), so no request task, no ASGI
 request cycle, no response object and no uvicorn protocol stays alive for it, and
 the client's departure still ends it (`connection_lost`, now the stream's own).
 During its opening the departure reaches it through the protocol's
 `connection_lost` (`DisconnectHook`), not a task blocked in `receive()`.
 
-A WebSocket likewise, once admitted (`service/http_protocol.py:WsHandOver`,
+A WebSocket likewise, once admitted (`service/transports/ws_protocol.py:WsHandOver`,
 `service/transports/ws_stream.py:WsStream`): no session task, no reader or writer,
 no uvicorn WebSocket protocol."""
 
@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from service.config import Settings
-from service.http_protocol import DisconnectHook
+from service.transports.hand_over import DisconnectHook
 from service.transports.sse_response import SseStreamResponse
 from service.transports.sse_stream import SseStream
 from service.transports.ws_stream import WsStream

@@ -1,4 +1,4 @@
-"""What `service/http_protocol.py` takes from uvicorn's private httptools protocol,
+"""What `service/transports/http_protocol.py` takes from uvicorn's private httptools protocol,
 pinned: the callback order the header deadline relies on, the attributes it reads,
 and how `notify serve` hands it its settings. An uvicorn upgrade that changes any
 of it fails here, not in production."""
@@ -24,21 +24,16 @@ from websockets.server import ServerProtocol
 
 from service.cli import uvicorn_options
 from service.config import Settings
-from service.http_protocol import (
+from service.transports.hand_over import DISCONNECT_EXTENSION, DisconnectHook, LightEvent
+from service.transports.http_protocol import (
     DEFAULT_HEADER_TIMEOUT_S,
-    DISCONNECT_EXTENSION,
     HAND_OVER_EXTENSION,
     REQUEST_TIMEOUT_RESPONSE,
-    WS_HAND_OVER_EXTENSION,
-    DisconnectHook,
     HandOver,
     HttpProtocol,
-    LightEvent,
     Taken,
-    WsHandOver,
-    WsProtocol,
-    WsTaken,
 )
+from service.transports.ws_protocol import WS_HAND_OVER_EXTENSION, WsHandOver, WsProtocol, WsTaken
 from tests.support.transport import RecordingTransport
 from tests.support.waiting import eventually
 

@@ -26,13 +26,13 @@ from service.fanout.connection import SseConnection
 from service.fanout.hub import Hub
 from service.fanout.listener import HubListener
 from service.fanout.subscription import Replay, reason_for
-from service.http_protocol import Taken
 from service.services.channels import StreamScope
 from service.services.errors import BrokerUnavailableError
 from service.services.history import EMPTY_HISTORY_ID, HistoryReader
 from service.services.limits import ConnectionLimiter, Limit
 from service.services.principal import Principal, Role
 from service.services.publisher import publish
+from service.transports.http_protocol import Taken
 from service.transports.sse_stream import SSE_SLOW, SseStream
 from tests.support.events import event_dict
 from tests.support.transport import RecordingTransport

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.http_protocol import LightEvent
+from service.transports.hand_over import LightEvent
 
 
 async def test_wait_returns_at_once_when_set_and_waits_when_clear() -> None:

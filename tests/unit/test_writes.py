@@ -11,7 +11,7 @@ from typing import cast
 from service.fanout.clock import Clock
 from service.fanout.connection import SseConnection
 from service.fanout.queue import Delivery, DeliveryQueue
-from service.http_protocol import Taken
+from service.transports.http_protocol import Taken
 from service.transports.sse_stream import SseStream
 from service.transports.writes import Writes
 from service.wire.sse import chunk, event_block, event_chunk
