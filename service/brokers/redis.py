@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Collection, Sequence
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import structlog
 from notify_publisher.aio import AsyncRunner
@@ -555,6 +555,8 @@ class RedisBroker(RedisCommands):
                 await pubsub.unsubscribe(channel)
             except UNAVAILABLE:
                 log.debug("unsubscribe_failed")
+
+    reads_in_one_round_trip: ClassVar[bool] = True
 
     async def read_batch(self, batch: ReadBatch) -> ReadReplies:
         """Every read of one loop iteration in one pipeline on the one primary (issue

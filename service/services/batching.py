@@ -21,7 +21,7 @@ holds now, read after it asked; only the round trips are shared.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, TypeVar
 
 from service import metrics
@@ -62,6 +62,7 @@ class TickReads:
     __slots__ = (
         "_heads",
         "_max_batch",
+        "_one_round_trip",
         "_pages",
         "_read_batch",
         "_scheduled",
@@ -70,9 +71,20 @@ class TickReads:
         "largest_batch",
     )
 
-    def __init__(self, read_batch: ReadBatchCall, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self,
+        read_batch: ReadBatchCall,
+        *,
+        max_batch: int = MAX_BATCH,
+        one_round_trip: bool = True,
+    ) -> None:
         self._read_batch = read_batch
         self._max_batch = max_batch
+        # False where `read_batch` cannot send every kind in one round trip (Cluster,
+        # memory: `Broker.reads_in_one_round_trip`): each kind is then a call of
+        # its own, answered on its own, so a ticket or revocation check never
+        # waits for the history pages of the same iteration.
+        self._one_round_trip = one_round_trip
         self._values: list[tuple[tuple[str, ...], asyncio.Future[list[str | None]]]] = []
         self._heads: list[tuple[str, asyncio.Future[str | None]]] = []
         self._pages: list[tuple[HistoryRead, asyncio.Future[HistoryPage]]] = []
@@ -128,9 +140,20 @@ class TickReads:
             ):
                 if count:
                     observe(count)
-            task = loop.create_task(self._run(*chunk))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            if self._one_round_trip:
+                self._start(self._run(*chunk), loop)
+                continue
+            if chunk[0]:
+                self._start(self._run(chunk[0], [], []), loop)
+            if chunk[1]:
+                self._start(self._run([], chunk[1], []), loop)
+            if chunk[2]:
+                self._start(self._run([], [], chunk[2]), loop)
+
+    def _start(self, call: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> None:
+        task = loop.create_task(call)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _run(
         self,

@@ -45,7 +45,11 @@ class HistoryReader:
         # Redis in one call, with the ticket and revocation checks of the same
         # iteration (a reconnect storm reads thousands at once): the process'
         # `TickReads`, shared with `AppState.reads`.
-        self.reads = reads if reads is not None else TickReads(broker.read_batch)
+        self.reads = (
+            reads
+            if reads is not None
+            else TickReads(broker.read_batch, one_round_trip=broker.reads_in_one_round_trip)
+        )
 
     async def _read(self, key: str, *, after_id: str) -> HistoryPage:
         return await self.reads.page(

@@ -16,6 +16,10 @@ import asyncio
 import time
 from typing import Protocol
 
+import structlog
+
+log = structlog.get_logger("service.stream")
+
 
 class Due(Protocol):
     """A stream with something to write."""
@@ -57,9 +61,13 @@ class Writes:
         due, self._due = self._due, []
         now = time.monotonic()
         delivered = 0
-        try:
-            for stream in due:
+        for stream in due:
+            try:
                 delivered += stream.write_due(now)
-        finally:
-            if delivered:
-                self._delivered.inc(delivered)
+            except Exception:
+                # Each stream ends itself on the errors it knows; whatever still
+                # escapes is that stream's alone: the streams after it in this
+                # flush are written all the same (none is left marked due).
+                log.exception("stream_write_failed")
+        if delivered:
+            self._delivered.inc(delivered)

@@ -11,10 +11,13 @@ import pytest
 from notify_publisher.keys import RedisKeys
 
 from service.brokers.base import HistoryPage, HistoryRead, ReadBatch, ReadReplies
+from service.brokers.cluster import ClusterBroker
 from service.brokers.memory import MemoryBroker
+from service.brokers.redis import RedisBroker
 from service.fanout.hub import Hub
 from service.fanout.queue import DeliveryQueue
 from service.services.batching import TickReads
+from service.services.history import HistoryReader
 
 T = TypeVar("T")
 
@@ -185,6 +188,59 @@ async def test_the_default_read_batch_fails_one_kind_only() -> None:
     replies = await broker.read_batch(ReadBatch(keys=["k", "x"], heads=["h1", "h2"], pages=[]))
     assert replies.values == ["v", None]
     assert [type(h) for h in replies.heads] == [ConnectionError, ConnectionError]
+
+
+async def test_without_one_round_trip_each_kind_is_answered_on_its_own() -> None:
+    """Where a broker cannot send every kind in one round trip, a ticket or
+    revocation check does not wait for the history pages of its iteration."""
+    pages_go = asyncio.Event()
+    calls: list[ReadBatch] = []
+
+    async def per_kind(batch: ReadBatch) -> ReadReplies:
+        calls.append(batch)
+        if batch.pages:
+            await pages_go.wait()
+        return ReadReplies(
+            values=[k * 2 for k in batch.keys],
+            heads=[f"{k}-head" for k in batch.heads],
+            pages=[page_of(r) for r in batch.pages],
+        )
+
+    reads = TickReads(per_kind, one_round_trip=False)
+    page = asyncio.create_task(reads.page(read("p")))
+    values = asyncio.create_task(reads.get_values("a"))
+    head = asyncio.create_task(reads.head("h"))
+    assert await values == ["aa"]
+    assert await head == "h-head"
+    assert not page.done()
+    pages_go.set()
+    assert await page == page_of(read("p"))
+    kinds = sorted((len(c.keys), len(c.heads), len(c.pages)) for c in calls)
+    assert kinds == [(0, 0, 1), (0, 1, 0), (1, 0, 0)]
+
+
+async def test_the_history_reader_reads_per_kind_where_the_broker_must() -> None:
+    """The memory broker (like Cluster) answers per kind: the shared `TickReads`
+    does not hold a check back for a slow page."""
+    broker = MemoryBroker(control_channel=KEYS.control)
+    await broker.set_value("k", "v", ttl_s=60)
+    history = HistoryReader(broker=broker, keys=KEYS, page_size=10)
+    pages_go = asyncio.Event()
+    read_histories = broker.read_histories
+
+    async def slow_pages(requests: list[HistoryRead]) -> list[HistoryPage]:
+        await pages_go.wait()
+        return await read_histories(requests)
+
+    broker.read_histories = slow_pages  # type: ignore[method-assign]
+    page = asyncio.create_task(history.reads.page(read(KEYS.history("pt_1"))))
+    assert await history.reads.get_values("k") == ["v"]
+    assert not page.done()
+    pages_go.set()
+    assert (await page).entries == []
+    assert not MemoryBroker.reads_in_one_round_trip
+    assert RedisBroker.reads_in_one_round_trip
+    assert not ClusterBroker.reads_in_one_round_trip
 
 
 class BatchBroker:
