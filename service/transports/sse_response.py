@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Final
 
 from sse_starlette import EventSourceResponse
 from starlette.types import Receive, Scope, Send
@@ -141,8 +141,10 @@ class SseStreamResponse(EventSourceResponse, SendWatch):
                     await watcher
 
 
-# sse-starlette's attributes per distinct header set (a handful in a process).
+# sse-starlette's attributes per distinct header set (the routes' constant ones;
+# past this many, a header set is built each time rather than remembered).
 _LIBRARY_ATTRIBUTES: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
+_LIBRARY_ATTRIBUTES_MAX: Final = 16
 
 
 def _library_attributes(headers: dict[str, str]) -> dict[str, Any]:
@@ -159,7 +161,8 @@ def _library_attributes(headers: dict[str, str]) -> dict[str, Any]:
             for name, value in vars(built).items()
             if name not in ("_send_lock", "body_iterator")
         }
-        _LIBRARY_ATTRIBUTES[key] = found
+        if len(_LIBRARY_ATTRIBUTES) < _LIBRARY_ATTRIBUTES_MAX:
+            _LIBRARY_ATTRIBUTES[key] = found
     return found
 
 

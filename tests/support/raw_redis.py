@@ -6,7 +6,7 @@ and key inspection."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio as aioredis
@@ -40,8 +40,9 @@ def sync_client(settings: Settings) -> Any:
         return redis.RedisCluster(
             host=seed.hostname or "127.0.0.1",
             port=seed.port or 6379,
-            username=seed.username,
-            password=seed.password,
+            username=unquote(seed.username) if seed.username else None,
+            password=unquote(seed.password) if seed.password else None,
+            ssl=seed.scheme == "rediss",
         )
     return redis.Redis.from_url(url)
 

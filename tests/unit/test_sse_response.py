@@ -10,6 +10,7 @@ from typing import Any, cast
 from sse_starlette import EventSourceResponse
 
 from service.fanout.clock import Clock, SendWatch
+from service.transports import sse_response
 from service.transports.sse import SSE_HEADERS
 from service.transports.sse_response import SseStreamResponse, _nothing
 from service.transports.sse_stream import SseStream
@@ -53,7 +54,36 @@ def test_each_response_has_its_own_header_list_and_body() -> None:
     assert first.body_iterator is not second.body_iterator
 
 
+# What two responses may share: values nothing can change in place.
+IMMUTABLE = (str, bytes, int, float, bool, type(None), tuple, frozenset)
+
+
+def test_what_responses_share_cannot_be_changed_in_place() -> None:
+    """The attributes copied from the one library-built response are shared by
+    every stream: an upgrade of sse-starlette that sets a list, dict or other
+    mutable per response must fail here, not be shared silently."""
+    first, second = ours(), ours()
+    shared = {name: value for name, value in vars(first).items() if value is vars(second).get(name)}
+    assert "raw_headers" not in shared
+    mutable = {
+        name: type(value).__name__
+        for name, value in shared.items()
+        if not isinstance(value, IMMUTABLE)
+    }
+    assert not mutable, mutable
+
+
 def test_other_headers_get_their_own_attributes() -> None:
     other = {"Cache-Control": "no-store"}
     assert attributes(ours(other), OURS | PER_STREAM) == attributes(library(other), PER_STREAM)
     assert attributes(ours(), OURS | PER_STREAM) == attributes(library(), PER_STREAM)
+
+
+def test_distinct_header_sets_are_remembered_up_to_a_bound() -> None:
+    """Header sets beyond the bound are built each time, never kept."""
+    for i in range(3 * sse_response._LIBRARY_ATTRIBUTES_MAX):
+        headers = {"Cache-Control": f"max-age={i}"}
+        assert attributes(ours(headers), OURS | PER_STREAM) == attributes(
+            library(headers), PER_STREAM
+        )
+    assert len(sse_response._LIBRARY_ATTRIBUTES) <= sse_response._LIBRARY_ATTRIBUTES_MAX
