@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.main import create_app
+from tests.support import socket_origins
 from tests.support.app_server import RunningApp, run_app
 from tests.support.redis_server import RedisServer
 from tests.support.redis_topologies import LocalCluster
@@ -201,6 +202,13 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if handler.records:
         raise AssertionError(f"event loop blocked: {handler.records}")
     return result
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """After pytest's own unraisable hook is in place: a socket collected unclosed
+    is reported with where it was opened (`tests/support/socket_origins.py`)."""
+    socket_origins.install()
 
 
 def _debug_loop() -> asyncio.AbstractEventLoop:
