@@ -9,7 +9,7 @@ import asyncio
 import functools
 import inspect
 import pickle
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 from prometheus_client import REGISTRY
@@ -410,8 +410,12 @@ def address_transports(
     return SocketlessTransport(peername, sockname), theirs
 
 
-def uvicorn_protocol(cls: type[HttpToolsProtocol]) -> HttpToolsProtocol:
-    config = Config(app, http="httptools")
+P = TypeVar("P", HttpToolsProtocol, WebSocketsSansIOProtocol)
+
+
+def uvicorn_protocol(cls: type[P], **config_options: str) -> P:
+    """A protocol of `cls` as uvicorn builds one (`http=`/`ws=` chosen by the caller)."""
+    config = Config(app, **config_options)  # type: ignore[arg-type]
     config.load()
     return cls(
         config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_event_loop()
@@ -428,8 +432,8 @@ async def test_connection_made_sets_what_uvicorns_does_without_asking_for_the_so
     socket's path), and the transport's `socket` never asked for."""
 
     ours_transport, theirs_transport = address_transports(peername, sockname)
-    ours = uvicorn_protocol(HttpProtocol)
-    theirs = uvicorn_protocol(HttpToolsProtocol)
+    ours = uvicorn_protocol(HttpProtocol, http="httptools")
+    theirs = uvicorn_protocol(HttpToolsProtocol, http="httptools")
     ours.connection_made(ours_transport)
     theirs.connection_made(theirs_transport)
     assert "socket" not in ours_transport.asked
@@ -463,14 +467,6 @@ def test_uvicorns_connection_made_is_still_the_one_copied() -> None:
     ]
 
 
-def ws_uvicorn_protocol(cls: type[WebSocketsSansIOProtocol]) -> WebSocketsSansIOProtocol:
-    config = Config(app, ws="websockets-sansio")
-    config.load()
-    return cls(
-        config=config, server_state=ServerState(), app_state={}, _loop=asyncio.get_event_loop()
-    )
-
-
 @ADDRESSES
 async def test_the_websocket_protocol_sets_what_uvicorns_does_without_asking_for_the_socket(
     peername: Any, sockname: Any
@@ -481,8 +477,8 @@ async def test_the_websocket_protocol_sets_what_uvicorns_does_without_asking_for
     the WebSocket stream the connection becomes, never asked for."""
 
     ours_transport, theirs_transport = address_transports(peername, sockname)
-    ours = ws_uvicorn_protocol(WsProtocol)
-    theirs = ws_uvicorn_protocol(WebSocketsSansIOProtocol)
+    ours = uvicorn_protocol(WsProtocol, ws="websockets-sansio")
+    theirs = uvicorn_protocol(WebSocketsSansIOProtocol, ws="websockets-sansio")
     ours.connection_made(ours_transport)
     theirs.connection_made(theirs_transport)
     assert "socket" not in ours_transport.asked
